@@ -1,0 +1,232 @@
+"""The clip Dataset: T consecutive frames with the next N steps of steer and motor as targets.
+
+One item (torch tensors, ready for the default collate)::
+
+    frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major: [cam0 t-1, cam1 t-1, cam0 t, cam1 t]
+    target  float32 (T, N, 2)        steer, motor at frames t, t+s, ..., normalised to [-1, 1] (driver.units)
+    modes   float32 (M,)             the run's behavioral-mode labels over ``ClipConfig.modes``
+    run     int64                    index into ``dataset.runs``
+    start   int64                    frame index of the clip's first step in its run
+    flipped bool                     horizontal-flip augmentation applied
+
+A clip may start at frame s only if every frame it touches (the stacked previous frames, the T inputs
+and all their targets) is valid and lies in one segment of the run. Turn frames into model input with
+``driver.preprocess.frames_to_input`` (the one preprocessing function shared with the car).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .store import Store, StoreError
+from .validity import ValidityRules, validity_mask
+
+# The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
+MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
+DEFAULT_EXCLUDE = ("reject_run",)
+
+_NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
+
+
+def run_units_to_norm(v: np.ndarray) -> np.ndarray:
+    """Run units (0..99, 49 neutral) to [-1, 1]; the same piecewise map as ``driver.units.run_to_norm``."""
+    c = v.astype(np.float32) - np.float32(_NEUTRAL)
+    return np.where(c < 0, c / np.float32(_BELOW), c / np.float32(_ABOVE)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """What a clip is. Every field is validated with a message naming it and its valid range."""
+
+    clip_length: int = 1
+    frame_stride: int = 1
+    cameras: tuple[str, ...] = ("left", "right")
+    stack: int = 1
+    horizon: int = 10
+    target_stride: int = 1
+    flip: float = 0.0
+    modes: tuple[str, ...] = MODES
+    include_labels: tuple[str, ...] = ()
+    exclude_labels: tuple[str, ...] = DEFAULT_EXCLUDE
+    validity: ValidityRules | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            ("clip_length", self.clip_length, 1, 64),
+            ("frame_stride", self.frame_stride, 1, 1000),
+            ("stack", self.stack, 1, 2),
+            ("horizon", self.horizon, 1, 1000),
+            ("target_stride", self.target_stride, 1, 1000),
+        ]
+        for name, value, lo, hi in checks:
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name}={value!r} must be an integer in {lo}..{hi}")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip={self.flip} must be a probability in 0..1")
+        if self.cameras not in (("left",), ("right",), ("left", "right")):
+            raise ValueError(f"cameras={self.cameras!r} must be ('left',), ('right',) or ('left', 'right')")
+        object.__setattr__(self, "modes", tuple(self.modes))
+        object.__setattr__(self, "include_labels", tuple(self.include_labels))
+        object.__setattr__(self, "exclude_labels", tuple(self.exclude_labels))
+
+    @property
+    def views(self) -> int:
+        return self.stack * len(self.cameras)
+
+    def span(self) -> tuple[int, int]:
+        """Frames touched before and after a clip's start frame (inclusive offsets)."""
+        before = self.stack - 1
+        after = (self.clip_length - 1) * self.frame_stride + (self.horizon - 1) * self.target_stride
+        return before, after
+
+
+def eligible_starts(valid: np.ndarray, segment: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Start frames s whose whole window [s-before, s+after] is valid and inside one segment."""
+    n = len(valid)
+    lo, hi = np.arange(-before, n - before), np.arange(after, n + after)
+    inside = (lo >= 0) & (hi < n)
+    s = np.flatnonzero(inside)
+    bad = np.concatenate([[0], np.cumsum(~valid.astype(bool))])  # bad[i] = invalid frames before i
+    a, b = s - before, s + after
+    ok = (bad[b + 1] - bad[a] == 0) & (segment[a] == segment[b])
+    return s[ok].astype(np.int64)
+
+
+@dataclass
+class _RunArrays:
+    name: str
+    steer: np.ndarray
+    motor: np.ndarray
+    modes: np.ndarray
+    n_frames: int = 0
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+class ClipDataset(Dataset):
+    """Clips from an ingested store (see module docstring). Safe under fork, spawn and forkserver."""
+
+    def __init__(self, store: str | os.PathLike | Store, config: ClipConfig = ClipConfig(),
+                 runs: list[str] | None = None):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.config = config
+        self.epoch = 0
+        names = self.store.runs if runs is None else list(runs)
+        if not names:
+            raise StoreError(f"{self.store.path}: the store holds no runs")
+        self._runs: list[_RunArrays] = []
+        before, after = config.span()
+        for name in names:
+            meta = self.store.run_meta(name)
+            labels = {k for k, v in meta["labels"].items() if v}
+            if config.include_labels and not labels & set(config.include_labels):
+                continue
+            if labels & set(config.exclude_labels):
+                continue
+            missing = [c for c in config.cameras if c not in meta["cameras"]]
+            if missing:
+                raise StoreError(f"{self.store.path}: run {name!r} has no {missing[0]!r} camera "
+                                 f"(has {meta['cameras']}); use cameras=('left',)")
+            steer, motor = self.store.series(name, "steer"), self.store.series(name, "motor")
+            segment = self.store.series(name, "segment")
+            if config.validity is None:
+                valid = self.store.series(name, "valid")
+            else:
+                valid = validity_mask(self.store.series(name, "state"), steer, motor,
+                                      self.store.series(name, "timestamp"), segment, config.validity)
+            modes = np.array([float(m in labels) for m in config.modes], dtype=np.float32)
+            arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
+                                eligible_starts(valid, segment, before, after))
+            self._runs.append(arrays)
+        self.runs = [r.name for r in self._runs]
+        counts = [len(r.starts) for r in self._runs]
+        self._run_index = np.repeat(np.arange(len(self._runs)), counts)
+        self._starts = np.concatenate([r.starts for r in self._runs]) if self._runs else np.zeros(0, np.int64)
+        if len(self._starts) == 0:
+            raise StoreError(f"{self.store.path}: no clips of length {config.clip_length} (horizon "
+                             f"{config.horizon}) pass the validity mask in runs {names}")
+        shape = self.store.run_meta(self.runs[0])
+        self.frame_shape = (shape["height"], shape["width"], 3)
+        for r in self.runs[1:]:
+            m = self.store.run_meta(r)
+            if (m["height"], m["width"]) != self.frame_shape[:2]:
+                raise StoreError(f"{self.store.path}: run {r!r} is {m['height']}x{m['width']} but run "
+                                 f"{self.runs[0]!r} is {self.frame_shape[0]}x{self.frame_shape[1]}; "
+                                 "a dataset needs one frame size")
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentation for a new epoch (items stay a pure function of seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def clip_run_and_start(self, index: int) -> tuple[str, int]:
+        return self.runs[self._run_index[index]], int(self._starts[index])
+
+    def high_steer(self) -> np.ndarray:
+        """Per clip: is the lab-smoothed steering at its start outside 43..55 (for SteerBalancedSampler)."""
+        from .sampling import high_steer_mask
+
+        masks = [high_steer_mask(self.store.series(r.name, "steer"))[r.starts] for r in self._runs]
+        return np.concatenate(masks)
+
+    def read_frames(self, run: int, start: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The uint8 (T, V, H, W, 3) input frames of the clip starting at ``start`` in run index ``run``."""
+        cfg = self.config
+        T, cams = cfg.clip_length, cfg.cameras
+        if out is None:
+            out = np.empty((T, cfg.views, *self.frame_shape), dtype=np.uint8)
+        name = self._runs[run].name
+        for c, cam in enumerate(cams):
+            reader = self.store.frames(name, cam)
+            for j in range(cfg.stack):
+                first = start - (cfg.stack - 1 - j)
+                slot = out[:, j * len(cams) + c]
+                if cfg.frame_stride == 1:
+                    reader.read(first, T, slot)
+                else:
+                    reader.read_frames(first + np.arange(T) * cfg.frame_stride, slot)
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
+        index = int(index) % len(self)
+        cfg = self.config
+        r, s = int(self._run_index[index]), int(self._starts[index])
+        run = self._runs[r]
+        frames = self.read_frames(r, s)
+        steps = s + np.arange(cfg.clip_length)[:, None] * cfg.frame_stride + \
+            np.arange(cfg.horizon)[None, :] * cfg.target_stride  # (T, N)
+        steer = run.steer[steps]
+        flipped = cfg.flip > 0 and np.random.default_rng([cfg.seed, self.epoch, index]).random() < cfg.flip
+        if flipped:
+            frames, steer = flip_clip(frames, len(cfg.cameras)), -steer
+        target = np.stack([steer, run.motor[steps]], axis=-1)  # (T, N, 2)
+        return {
+            "frames": torch.from_numpy(frames),
+            "target": torch.from_numpy(target.astype(np.float32, copy=False)),
+            "modes": torch.from_numpy(run.modes.copy()),
+            "run": torch.tensor(r, dtype=torch.int64),
+            "start": torch.tensor(s, dtype=torch.int64),
+            "flipped": torch.tensor(bool(flipped)),
+        }
+
+
+def flip_clip(frames: np.ndarray, n_cameras: int) -> np.ndarray:
+    """Mirror (T, V, H, W, 3) frames left-right and swap left/right cameras within each stacked view.
+
+    The mirrored left image is what a right camera would see of the mirrored world, so cameras swap.
+    The caller negates the normalised steering targets (symmetric about 0).
+    """
+    mirrored = frames[:, :, :, ::-1, :]
+    if n_cameras == 2:
+        order = np.arange(frames.shape[1]).reshape(-1, 2)[:, ::-1].reshape(-1)
+        mirrored = mirrored[:, order]
+    return np.ascontiguousarray(mirrored)

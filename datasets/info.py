@@ -1,0 +1,61 @@
+"""`driver info`: what a store holds (runs, frames, modes, resolution, size on disk)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .store import Store
+
+
+@dataclass
+class StoreSummary:
+    path: str
+    runs: list[dict] = field(default_factory=list)
+    disk_bytes: int = 0
+
+    @property
+    def frames(self) -> int:
+        return sum(r["n_frames"] for r in self.runs)
+
+    @property
+    def valid(self) -> int:
+        return sum(r["n_valid"] for r in self.runs)
+
+    @property
+    def labels(self) -> Counter:
+        return Counter(k for r in self.runs for k, v in r["labels"].items() if v)
+
+    @property
+    def resolutions(self) -> Counter:
+        return Counter(f"{r['height']}x{r['width']} {'stereo' if len(r['cameras']) == 2 else 'mono'}"
+                       for r in self.runs)
+
+
+def describe_store(path: str | os.PathLike) -> StoreSummary:
+    store = Store(path)
+    return StoreSummary(str(store.path), [store.run_meta(r) for r in store.runs], store.disk_bytes)
+
+
+def info_tables(summary: StoreSummary):
+    """Two rich renderables: the per-run table and the totals."""
+    from rich.table import Table
+
+    runs = Table(title=f"runs in {summary.path}")
+    for col in ("run", "frames", "valid", "segments", "size", "cameras", "labels", "source"):
+        runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left")
+    for r in summary.runs:
+        labels = ",".join(k for k, v in sorted(r["labels"].items()) if v)
+        runs.add_row(r["name"], f"{r['n_frames']:,}", f"{r['n_valid']:,}", str(len(r["segments"])),
+                     f"{r['height']}x{r['width']}", "+".join(r["cameras"]), labels, r["source"]["file"])
+    totals = Table(title="totals", show_header=False)
+    totals.add_column("what")
+    totals.add_column("value")
+    pct = 100.0 * summary.valid / summary.frames if summary.frames else 0.0
+    totals.add_row("runs", str(len(summary.runs)))
+    totals.add_row("frames", f"{summary.frames:,} ({summary.valid:,} valid, {pct:.1f}%)")
+    totals.add_row("resolution", ", ".join(f"{k} ({n} runs)" for k, n in summary.resolutions.items()) or "-")
+    totals.add_row("labels", ", ".join(f"{k} ({n})" for k, n in sorted(summary.labels.items())) or "-")
+    totals.add_row("size on disk", f"{summary.disk_bytes / 1e6:,.1f} MB")
+    return runs, totals

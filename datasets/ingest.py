@@ -1,0 +1,223 @@
+"""`driver ingest`: turn HDF5 runs into a sharded zarr v3 store, one atomic run at a time.
+
+Each source file is validated, then written into ``STORE/.staging/`` and renamed into
+``STORE/runs/<run>`` only when complete, so a killed ingest never leaves a half-written run visible;
+re-running skips what is done (same size and mtime, or same sha256) and finishes the rest. A bad file
+fails alone with one line naming it and the problem. Runs ingest in parallel processes with ``jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from .layout import CODECS
+from .run_format import RunFormatError
+from .run_ingest import RunJob, ingest_run_file
+from .store import Store, StoreError, commit_run, create_store, locked, run_name_for, sweep_leftovers
+from .validity import ValidityRules
+
+log = logging.getLogger(__name__)
+
+RUN_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass
+class IngestConfig:
+    """What to ingest and how. ``sources`` are run files or folders of them (``*.h5``, ``*.hdf5``)."""
+
+    sources: list[str]
+    out: str
+    jobs: int = 1
+    codec: str = "none"
+    shard_frames: int | None = None
+    validity: ValidityRules = field(default_factory=ValidityRules)
+    force: bool = False
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one run file or folder")
+        if not 1 <= self.jobs <= 256:
+            raise ValueError(f"jobs={self.jobs} must be in 1..256")
+        if self.codec not in CODECS:
+            raise ValueError(f"codec={self.codec!r} must be one of {', '.join(CODECS)}")
+        if self.shard_frames is not None and not 1 <= self.shard_frames <= 65536:
+            raise ValueError(f"shard_frames={self.shard_frames} must be in 1..65536")
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one source file."""
+
+    source: str
+    run: str
+    status: str  # ingested | replaced | unchanged | failed
+    frames: int = 0
+    valid: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    staging: str = ""
+
+
+@dataclass
+class IngestReport:
+    store: str
+    outcomes: list[RunOutcome]
+    seconds: float
+
+    @property
+    def failures(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Files as given; folders expand to the run files inside them, sorted."""
+    out: list[str] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in RUN_SUFFIXES)
+        else:
+            out.append(str(p))
+    return out
+
+
+def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[RunJob], list[RunOutcome]]:
+    """Split sources into jobs to run and outcomes already known (duplicates, unchanged, missing)."""
+    jobs, known, seen = [], [], {}
+    for path in files:
+        name = run_name_for(path)
+        if name in seen:
+            known.append(RunOutcome(path, name, "failed",
+                                    error=f"{path}: run name {name!r} is also used by {seen[name]}; rename one"))
+            continue
+        seen[name] = path
+        if not os.path.isfile(path):
+            known.append(RunOutcome(path, name, "failed", error=f"{path}: no such file"))
+            continue
+        previous = store.run_meta(name) if store.has_run(name) else None
+        st = os.stat(path)
+        if previous and not config.force:
+            src = previous["source"]
+            if src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns:
+                known.append(RunOutcome(path, name, "unchanged", previous["n_frames"], previous["n_valid"],
+                                        st.st_size))
+                continue
+        jobs.append(RunJob(
+            source=os.path.abspath(path), run=name, store=str(store.path), codec=config.codec,
+            shard_frames=config.shard_frames, validity=config.validity.to_dict(),
+            previous_sha256=None if (previous is None or config.force) else previous["source"]["sha256"],
+            replaces=previous is not None,
+        ))
+    return jobs, known
+
+
+def _run_jobs(jobs: list[RunJob], n_procs: int, on_done) -> None:
+    if n_procs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(job, _safe_ingest(job))
+        return
+    with ProcessPoolExecutor(max_workers=min(n_procs, len(jobs)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_safe_ingest, job): job for job in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as e:  # the worker process died (killed, out of memory)
+                result = {"status": "failed", "seconds": 0.0,
+                          "error": f"{job.source}: worker process failed: {type(e).__name__}: {e}"}
+            on_done(job, result)
+
+
+def _safe_ingest(job: RunJob) -> dict:
+    """Run one job; never raises, so one bad file cannot take the pool (or the others) down."""
+    t0 = time.perf_counter()
+    try:
+        result = ingest_run_file(job)
+    except RunFormatError as e:
+        result = {"status": "failed", "error": str(e)}
+    except Exception as e:  # truncated reads, disk errors: reported per file, the rest goes on
+        result = {"status": "failed", "error": f"{job.source}: {type(e).__name__}: {e}"}
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
+    """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring)."""
+    t0 = time.perf_counter()
+    files = expand_sources(config.sources)
+    if not files:
+        raise StoreError(f"no run files found in {config.sources}")
+    store = create_store(config.out)
+    outcomes: list[RunOutcome] = []
+    with locked(store):
+        sweep_leftovers(store)
+        jobs, known = _plan(store, config, files)
+        outcomes.extend(known)
+        bar = _progress(progress, len(files))
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("ingest", total=len(files), completed=len(known))
+
+        def on_done(job: RunJob, result: dict) -> None:
+            o = RunOutcome(job.source, job.run, result["status"], result.get("frames", 0), result.get("valid", 0),
+                           result.get("bytes_in", 0), result.get("bytes_out", 0), result["seconds"],
+                           result.get("error", ""), result.get("staging", ""))
+            if o.status in ("ingested", "replaced"):
+                commit_run(store, job.run, o.staging)
+            elif o.status == "unchanged" and result.get("source"):
+                store.update_source(job.run, result["source"])
+            if o.status == "failed":
+                log.error("%s", o.error)
+            outcomes.append(o)
+            if bar is not None:
+                bar.advance(task)
+
+        try:
+            _run_jobs(jobs, config.jobs, on_done)
+        finally:
+            if bar is not None:
+                bar.stop()
+        sweep_leftovers(store)
+    order = {f: i for i, f in enumerate(files)}
+    outcomes.sort(key=lambda o: order.get(o.source, order.get(os.path.relpath(o.source), len(order))))
+    return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
+
+
+def summary_table(report: IngestReport):
+    """A rich Table: one row per run plus a total row (runs, frames, valid, bytes in/out, seconds)."""
+    from rich.table import Table
+
+    t = Table(title=f"ingest into {report.store}")
+    for col in ("run", "status", "frames", "valid", "MB in", "MB out", "s"):
+        t.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for o in report.outcomes:
+        t.add_row(o.run, o.status, f"{o.frames:,}", f"{o.valid:,}", f"{o.bytes_in / 1e6:.1f}",
+                  f"{o.bytes_out / 1e6:.1f}", f"{o.seconds:.2f}")
+    n_ok = sum(o.status != "failed" for o in report.outcomes)
+    t.add_section()
+    t.add_row(f"{n_ok} ok, {len(report.failures)} failed", "",
+              f"{sum(o.frames for o in report.outcomes):,}", f"{sum(o.valid for o in report.outcomes):,}",
+              f"{sum(o.bytes_in for o in report.outcomes) / 1e6:.1f}",
+              f"{sum(o.bytes_out for o in report.outcomes) / 1e6:.1f}", f"{report.seconds:.2f}")
+    return t

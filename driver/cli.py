@@ -1,0 +1,127 @@
+"""The `driver` command line: parses arguments into typed configs and dispatches. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+
+INGEST_EXAMPLES = """examples:
+  driver ingest runs/*.h5 --out data/store.zarr
+  driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
+  driver ingest runs/*.h5 --out store.zarr --accepted-states 1 --min-motor 50 --max-gap 0.2
+  driver ingest new_runs/*.h5 --out data/store.zarr             # adds new runs; unchanged ones are skipped
+
+A run that fails validation is reported on one line and skipped; the others are ingested and the exit
+code is 1. A killed ingest leaves no half-written run: run the same command again to finish.
+"""
+
+DEMO_EXAMPLES = """examples:
+  driver demo                    # synthetic runs -> ingest -> store info -> clip loader -> model forward
+  driver demo --workdir /tmp/d --runs 6 --frames 600
+"""
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from driver.datasets.ingest import IngestConfig, ingest, summary_table
+    from driver.datasets.validity import ValidityRules
+
+    rules = ValidityRules(accepted_states=tuple(args.accepted_states), min_motor=args.min_motor,
+                          max_gap_s=args.max_gap, reject_pinned_steer=not args.keep_pinned_steer)
+    config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
+                          shard_frames=args.shard_frames, validity=rules, force=args.force)
+    report = ingest(config, progress=sys.stderr.isatty())
+    console = Console()
+    console.print(summary_table(report))
+    for o in report.failures:
+        console.print(f"[red]FAILED[/red] {o.error}", highlight=False, soft_wrap=True)
+    return 0 if report.ok else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    from driver.datasets.info import describe_store, info_tables
+
+    console = Console()
+    for table in info_tables(describe_store(args.store)):
+        console.print(table)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from driver.models import InputSpec
+    from driver.models.summary import format_model_table, model_rows
+
+    spec = InputSpec(height=args.height, width=args.width, cameras=args.cameras, stack=args.stack,
+                     n_modes=args.modes, horizon=args.horizon)
+    print(format_model_table(model_rows(spec)))  # noqa: T201 - the command's output
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from driver.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, frames=args.frames, jobs=args.jobs))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="driver", description="Behavioral cloning for small autonomous cars.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    s = sub.add_parser("ingest", help="shard HDF5 runs into a zarr v3 store", epilog=INGEST_EXAMPLES,
+                       formatter_class=fmt, description="Validate HDF5 driving runs and write them into a store.")
+    s.add_argument("sources", nargs="+", help="run files (.h5/.hdf5) or folders of them")
+    s.add_argument("--out", required=True, help="store path (created if missing)")
+    s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
+    s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",
+                   help="frame compression (default none: fastest reads; see docs/dataset-format.md)")
+    s.add_argument("--shard-frames", type=int, default=None, help="frames per shard file (default: ~24 MiB)")
+    s.add_argument("--accepted-states", type=int, nargs="+", default=[1, 3, 5, 6, 7], metavar="S",
+                   help="state codes whose frames are valid (default 1 3 5 6 7)")
+    s.add_argument("--min-motor", type=float, default=53.0, help="valid frames need motor >= this (default 53)")
+    s.add_argument("--max-gap", type=float, default=0.1, help="max seconds to the next frame (default 0.1)")
+    s.add_argument("--keep-pinned-steer", action="store_true",
+                   help="do not reject autonomous frames with steering pinned at 0 or 99")
+    s.add_argument("--force", action="store_true", help="re-ingest runs even if unchanged")
+    s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
+    s.add_argument("store", help="store path")
+    s.set_defaults(func=_info)
+
+    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame")
+    s.add_argument("--height", type=int, default=94)
+    s.add_argument("--width", type=int, default=168)
+    s.add_argument("--cameras", type=int, default=2, choices=(1, 2))
+    s.add_argument("--stack", type=int, default=2, choices=(1, 2))
+    s.add_argument("--modes", type=int, default=6, help="behavioral-mode planes (default 6)")
+    s.add_argument("--horizon", type=int, default=10, help="future steps predicted (default 10)")
+    s.set_defaults(func=_models)
+
+    s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
+                       epilog=DEMO_EXAMPLES, formatter_class=fmt)
+    s.add_argument("--workdir", default="demo_out", help="where runs, store and report go (default demo_out)")
+    s.add_argument("--runs", type=int, default=6)
+    s.add_argument("--frames", type=int, default=900, help="frames per run (default 900 = 30 s)")
+    s.add_argument("--jobs", type=int, default=2)
+    s.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
+        logging.getLogger("driver").error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Model zoo: Z2Color, SqueezeNet, AlexNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
+
+Every model follows the interface in :mod:`driver.models.base`; build them by name with
+:func:`create_model` and list them with :func:`list_models`. The family modules are imported here
+explicitly, which registers their builders.
+"""
+
+from driver.models.alexnet import AlexNet, build_alexnet
+from driver.models.base import DrivingModel, RecurrentState, detach_state
+from driver.models.fire import Fire
+from driver.models.recurrent import (
+    RecurrentDriver,
+    build_squeezenet_gru,
+    build_squeezenet_lstm,
+    build_z2color_gru,
+    build_z2color_lstm,
+)
+from driver.models.registry import create_model, list_models, register_model
+from driver.models.spec import LAB_MODES, InputSpec
+from driver.models.squeezenet import SqueezeNet, build_squeezenet
+from driver.models.summary import count_parameters, flops_per_frame, format_model_table, model_rows
+from driver.models.z2color import Z2Color, build_z2color
+
+__all__ = [
+    "LAB_MODES",
+    "AlexNet",
+    "DrivingModel",
+    "Fire",
+    "InputSpec",
+    "RecurrentDriver",
+    "RecurrentState",
+    "SqueezeNet",
+    "Z2Color",
+    "build_alexnet",
+    "build_squeezenet",
+    "build_squeezenet_gru",
+    "build_squeezenet_lstm",
+    "build_z2color",
+    "build_z2color_gru",
+    "build_z2color_lstm",
+    "count_parameters",
+    "create_model",
+    "detach_state",
+    "flops_per_frame",
+    "format_model_table",
+    "list_models",
+    "model_rows",
+    "register_model",
+]

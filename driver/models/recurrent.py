@@ -1,0 +1,152 @@
+"""Recurrent controllers: a per-frame CNN encoder feeding an LSTM/GRU that runs across consecutive frames.
+
+Unlike the lab's SqueezeNetLSTM/GRU (whose recurrence unrolled over the 10 *future outputs*), the memory
+here is over input time: each frame is encoded on its own, the RNN carries state from frame to frame, and
+a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame::
+
+    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --LSTM/GRU--> (B, T, hidden)
+                         --linear head--> (B, T, horizon, 2)
+
+State is explicit: ``(h, c)`` for LSTM and ``h`` for GRU, each (num_layers, B, hidden), float32. The RNN
+always runs in float32 (autocast is disabled around it) so a state carried for thousands of frames on the
+car does not accumulate bf16 rounding. ``forward`` over a clip equals calling ``step`` frame by frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from driver.models.base import (
+    RecurrentState,
+    fold_time,
+    make_output_activation,
+    outputs_to_pairs,
+    validate_clip,
+)
+from driver.models.registry import register_model
+from driver.models.spec import InputSpec
+from driver.models.squeezenet import SqueezeNetTrunk, init_squeezenet_weights, squeezenet_mode_planes
+from driver.models.z2color import Z2ColorTrunk, z2color_mode_planes
+
+RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class SqueezeNetEncoder(nn.Module):
+    """SqueezeNet trunk + global average pool: (N, C, H, W), (N, n_modes) -> (N, out_features)."""
+
+    def __init__(self, spec: InputSpec, dropout: float = 0.0, **trunk_kwargs: Any) -> None:
+        super().__init__()
+        self.features = SqueezeNetTrunk(spec, **trunk_kwargs)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=dropout))
+        self.out_features = self.features.out_channels
+        init_squeezenet_weights(self)
+
+    def forward(self, frames: Tensor, modes: Tensor | None) -> Tensor:
+        return self.pool(self.features(frames, modes))
+
+
+class RecurrentDriver(nn.Module):
+    """Frame encoder -> LSTM/GRU over time -> linear head. See the module docstring for shapes."""
+
+    is_recurrent = True
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        encoder: nn.Module,
+        cell: str = "lstm",
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        output_activation: str = "none",
+    ) -> None:
+        super().__init__()
+        if cell not in RNN_CELLS:
+            raise ValueError(f"cell={cell!r} is not one of {sorted(RNN_CELLS)}")
+        if hidden_size < 1 or num_layers < 1:
+            raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1")
+        self.spec = spec
+        self.arch = f"recurrent_{cell}"  # overwritten by create_model with the registry name
+        self.arch_kwargs: dict[str, Any] = {}
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.encoder = encoder
+        self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, spec.outputs)
+        self.output_activation = make_output_activation(output_activation)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> RecurrentState:
+        """Zero state: ``(h, c)`` for LSTM, ``h`` for GRU, each (num_layers, batch_size, hidden_size)."""
+        hidden = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device)
+        return (hidden, torch.zeros_like(hidden)) if self.cell == "lstm" else hidden
+
+    def forward(
+        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """(B, T, C, H, W), (B, n_modes), state -> ((B, T, horizon, 2), state after the last frame)."""
+        validate_clip(self.spec, clip, modes)
+        batch, steps = clip.shape[:2]
+        if state is None:
+            state = self.initial_state(batch, clip.device)
+        frames, frame_modes = fold_time(clip, modes)
+        features = self.encoder(frames, frame_modes).reshape(batch, steps, -1)  # (B, T, F)
+        with torch.autocast(device_type=clip.device.type, enabled=False):
+            hidden, new_state = self.rnn(features.float(), state)  # (B, T, hidden)
+        raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
+        out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
+        return out.reshape(batch, steps, self.spec.horizon, 2), new_state
+
+    def step(
+        self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """One frame (B, C, H, W) and the previous state -> ((B, horizon, 2), new state)."""
+        out, new_state = self(frame.unsqueeze(1), modes, state)
+        return out[:, 0], new_state
+
+
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation")
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split builder kwargs into (RNN/head kwargs, encoder kwargs)."""
+    rnn_kwargs = {key: kwargs.pop(key) for key in _RNN_KWARGS if key in kwargs}
+    return rnn_kwargs, kwargs
+
+
+def _squeezenet_recurrent(spec: InputSpec, cell: str, lab: bool, mode_planes: int | None, **kwargs: Any):
+    rnn_kwargs, encoder_kwargs = _split_kwargs(kwargs)
+    encoder = SqueezeNetEncoder(spec, mode_planes=squeezenet_mode_planes(lab, mode_planes), **encoder_kwargs)
+    return RecurrentDriver(spec, encoder, cell=cell, **rnn_kwargs)
+
+
+def _z2color_recurrent(spec: InputSpec, cell: str, lab: bool, mode_planes: int | None, **kwargs: Any):
+    rnn_kwargs, encoder_kwargs = _split_kwargs(kwargs)
+    encoder = Z2ColorTrunk(spec, mode_planes=z2color_mode_planes(lab, mode_planes), **encoder_kwargs)
+    return RecurrentDriver(spec, encoder, cell=cell, **rnn_kwargs)
+
+
+@register_model("squeezenet_lstm")
+def build_squeezenet_lstm(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any):
+    """SqueezeNet encoder (all :class:`SqueezeNetTrunk` knobs) + LSTM(hidden_size=128) over frames."""
+    return _squeezenet_recurrent(spec, "lstm", lab, mode_planes, **kwargs)
+
+
+@register_model("squeezenet_gru")
+def build_squeezenet_gru(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any):
+    """SqueezeNet encoder + GRU(hidden_size=128) over frames."""
+    return _squeezenet_recurrent(spec, "gru", lab, mode_planes, **kwargs)
+
+
+@register_model("z2color_lstm")
+def build_z2color_lstm(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any):
+    """Z2Color trunk up to ip1 (512) + LSTM(hidden_size=128) over frames."""
+    return _z2color_recurrent(spec, "lstm", lab, mode_planes, **kwargs)
+
+
+@register_model("z2color_gru")
+def build_z2color_gru(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any):
+    """Z2Color trunk up to ip1 (512) + GRU(hidden_size=128) over frames."""
+    return _z2color_recurrent(spec, "gru", lab, mode_planes, **kwargs)

@@ -1,0 +1,1 @@
+"""driver.sim: the driving world, replay metrics and closed-loop evaluation."""

@@ -1,0 +1,299 @@
+"""One test over every registered model (shape, finiteness, gradients, state), plus counts and registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from driver.models import (
+    InputSpec,
+    count_parameters,
+    create_model,
+    detach_state,
+    format_model_table,
+    list_models,
+    model_rows,
+    register_model,
+)
+
+# Small input for the all-models tests: AlexNet needs >= 63 px and Z2Color >= 53 px per side.
+# 2 cameras x 1 frame (6 channels), an odd number of modes (exercises Z2Color's grouped-conv padding).
+SMALL = InputSpec(height=64, width=72, cameras=2, stack=1, n_modes=3, horizon=3)
+BATCH, STEPS = 2, 3
+
+EXPECTED_ARCHS = [
+    "alexnet",
+    "squeezenet",
+    "squeezenet_gru",
+    "squeezenet_lstm",
+    "z2color",
+    "z2color_gru",
+    "z2color_lstm",
+]
+
+# Parameter counts at the default InputSpec (94x168, 2 cameras x 2 frames, 6 modes, horizon 10).
+PARAM_COUNTS_DEFAULT_SPEC = {
+    "alexnet": 23_621_780,
+    "squeezenet": 738_036,
+    "squeezenet_gru": 976_884,
+    "squeezenet_lstm": 1_059_060,
+    "z2color": 1_578_740,
+    "z2color_gru": 1_817_588,
+    "z2color_lstm": 1_899_764,
+}
+
+# Lab-faithful configurations and the counts of seed_lineage.md §2 (lab layers at 94x168x12).
+LAB_PARAM_COUNTS = [
+    ("z2color", InputSpec(), {}, 1_578_740),
+    ("z2color", InputSpec(), {"lab": True}, 1_578_740),
+    ("squeezenet", InputSpec(), {"lab": True}, 739_988),
+    ("squeezenet", InputSpec(horizon=15), {"lab": True}, 745_118),  # the early 30-output variant
+    ("alexnet", InputSpec(), {"lab": True}, 24_043_412),
+]
+
+
+def make_inputs(spec: InputSpec, batch: int = BATCH, steps: int = STEPS, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    clip = torch.rand(batch, steps, spec.channels, spec.height, spec.width, generator=generator) - 0.5
+    modes = None
+    if spec.n_modes:
+        modes = torch.zeros(batch, spec.n_modes)
+        modes[torch.arange(batch), torch.arange(batch) % spec.n_modes] = 1.0  # one-hot, a different mode each
+    return clip, modes
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    return [state] if isinstance(state, torch.Tensor) else list(state)
+
+
+def build(arch: str, spec: InputSpec = SMALL, **kwargs):
+    torch.manual_seed(0)
+    return create_model(arch, spec, **kwargs)
+
+
+def test_registry_lists_every_family():
+    assert list_models() == EXPECTED_ARCHS
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_forward_shape_finite_and_gradient_on_every_parameter(arch):
+    model = build(arch)
+    clip, modes = make_inputs(SMALL)
+    out, state = model(clip, modes)
+    assert out.shape == (BATCH, STEPS, SMALL.horizon, 2)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert (state is not None) == model.is_recurrent
+    loss = out.square().mean() + sum(part.square().mean() for part in state_tensors(state))
+    loss.backward()
+    missing = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_model_records_its_config_and_rebuilds(arch):
+    model = build(arch, hidden_size=16) if arch.endswith(("_lstm", "_gru")) else build(arch)
+    assert model.arch == arch
+    assert model.spec == SMALL
+    json.dumps(model.arch_kwargs)
+    rebuilt = create_model(model.arch, InputSpec.from_dict(model.spec.to_dict()), **model.arch_kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    assert count_parameters(rebuilt) == count_parameters(model)
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_modes_condition_the_output(arch):
+    model = build(arch).eval()
+    clip, modes = make_inputs(SMALL, batch=1)
+    with torch.no_grad():
+        out_direct, _ = model(clip, torch.tensor([[1.0, 0.0, 0.0]]))
+        out_follow, _ = model(clip, torch.tensor([[0.0, 1.0, 0.0]]))
+        out_none, _ = model(clip, None)
+        out_zeros, _ = model(clip, torch.zeros(1, 3))
+    assert not torch.allclose(out_direct, out_follow)
+    torch.testing.assert_close(out_none, out_zeros)  # modes=None means "no mode set"
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_without_modes_and_single_step_horizon(arch):
+    spec = InputSpec(height=64, width=64, cameras=1, stack=1, n_modes=0, horizon=1)
+    model = build(arch, spec).eval()
+    clip, modes = make_inputs(spec, batch=1, steps=2)
+    assert modes is None
+    with torch.no_grad():
+        out, _ = model(clip, None)
+    assert out.shape == (1, 2, 1, 2)
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_step_frame_by_frame_equals_clip_forward(arch):
+    model = build(arch).eval()
+    clip, modes = make_inputs(SMALL, steps=4)
+    with torch.no_grad():
+        clip_out, clip_state = model(clip, modes)
+        state = model.initial_state(BATCH)
+        step_outs = []
+        for index in range(clip.shape[1]):
+            frame_out, state = model.step(clip[:, index], modes, state)
+            step_outs.append(frame_out)
+        first_half, half_state = model(clip[:, :2], modes)
+        second_half, resumed_state = model(clip[:, 2:], modes, detach_state(half_state))
+    torch.testing.assert_close(torch.stack(step_outs, dim=1), clip_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([first_half, second_half], dim=1), clip_out, atol=1e-5, rtol=1e-4)
+    for stepped, whole, resumed in zip(
+        state_tensors(state), state_tensors(clip_state), state_tensors(resumed_state), strict=True
+    ):
+        torch.testing.assert_close(stepped, whole, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(resumed, whole, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", [arch for arch in EXPECTED_ARCHS if arch.endswith(("_lstm", "_gru"))])
+def test_recurrent_state_has_memory_and_detaches(arch):
+    model = build(arch, hidden_size=8, num_layers=2).eval()
+    assert model.is_recurrent
+    state = model.initial_state(BATCH)
+    parts = state_tensors(state)
+    assert len(parts) == (2 if arch.endswith("_lstm") else 1)
+    assert all(part.shape == (2, BATCH, 8) for part in parts)
+    clip, modes = make_inputs(SMALL, steps=2)
+    with torch.no_grad():
+        fresh, _ = model.step(clip[:, 1], modes, None)
+        _, after_first = model.step(clip[:, 0], modes, None)
+        remembered, _ = model.step(clip[:, 1], modes, after_first)
+    assert not torch.allclose(fresh, remembered)  # the previous frame changes the prediction
+    model.train()
+    _, state = model(clip, modes)
+    assert all(part.requires_grad for part in state_tensors(state))
+    assert not any(part.requires_grad for part in state_tensors(detach_state(state)))
+    assert detach_state(None) is None
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_channels_last_and_bf16_autocast(arch):
+    model = build(arch).eval().to(memory_format=torch.channels_last)
+    clip, modes = make_inputs(SMALL, batch=2, steps=1)
+    frame = clip[:, 0].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference, _ = model.step(clip[:, 0], modes)
+        channels_last, _ = model.step(frame, modes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, state = model.step(frame, modes)
+    torch.testing.assert_close(channels_last, reference, atol=1e-5, rtol=1e-4)
+    assert torch.isfinite(bf16.float()).all()
+    assert (bf16.float() - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05
+    assert all(part.dtype == torch.float32 for part in state_tensors(state))  # RNN state stays fp32
+
+
+@pytest.mark.parametrize("arch", EXPECTED_ARCHS)
+def test_param_counts_at_default_spec(arch):
+    assert count_parameters(build(arch, InputSpec())) == PARAM_COUNTS_DEFAULT_SPEC[arch]
+
+
+@pytest.mark.parametrize(("arch", "spec", "kwargs", "expected"), LAB_PARAM_COUNTS)
+def test_lab_faithful_param_counts(arch, spec, kwargs, expected):
+    assert count_parameters(build(arch, spec, **kwargs)) == expected
+
+
+@pytest.mark.parametrize("size", [(94, 168), (96, 96), (120, 160)])
+def test_dataset_image_sizes(size):
+    spec = InputSpec(height=size[0], width=size[1], cameras=1, stack=2, n_modes=6, horizon=10)
+    for arch in ("z2color", "squeezenet", "alexnet"):
+        model = build(arch, spec).eval()
+        clip, modes = make_inputs(spec, batch=1, steps=1)
+        with torch.no_grad():
+            out, _ = model(clip, modes)
+        assert out.shape == (1, 1, 10, 2)
+
+
+@pytest.mark.parametrize("bypass", ["none", "simple", "complex"])
+def test_squeezenet_design_knobs(bypass):
+    baseline = count_parameters(build("squeezenet", SMALL))
+    model = build("squeezenet", SMALL, bypass=bypass, squeeze_ratio=0.25, pct_3x3=0.25, base_width=64)
+    widths = [(fire.squeeze.out_channels, fire.expand1x1.out_channels, fire.expand3x3.out_channels)
+              for fire in model.features.fires]
+    assert widths[0] == (16, 48, 16) and widths[-1] == (112, 336, 112)
+    clip, modes = make_inputs(SMALL)
+    out, _ = model(clip, modes)
+    assert torch.isfinite(out).all()
+    if bypass == "none":
+        assert len(model.features.bypasses) == 0
+    else:
+        assert sorted(model.features.bypasses) == (["1", "3", "5", "7"] if bypass == "simple" else list("01234567"))
+    plain = count_parameters(build("squeezenet", SMALL, bypass="none"))
+    assert plain == baseline
+    simple = count_parameters(build("squeezenet", SMALL, bypass="simple"))
+    complex_ = count_parameters(build("squeezenet", SMALL, bypass="complex"))
+    assert simple == plain < complex_
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="valid models: alexnet, squeezenet") as error:
+        create_model("resnet50")
+    assert all(name in str(error.value) for name in EXPECTED_ARCHS)
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("z2color")(lambda spec: None)
+
+
+def test_bad_arch_kwargs_raise():
+    with pytest.raises(ValueError, match="JSON"):
+        create_model("squeezenet", SMALL, bypass={1, 2})
+    with pytest.raises(ValueError, match="bypass"):
+        create_model("squeezenet", SMALL, bypass="dense")
+    with pytest.raises(ValueError, match="mode_planes"):
+        create_model("squeezenet", SMALL, mode_planes=2)
+    with pytest.raises(TypeError):
+        create_model("z2color", SMALL, no_such_knob=1)
+
+
+def test_input_too_small_names_the_stage():
+    with pytest.raises(ValueError, match="alexnet: input 48x64 is too small"):
+        create_model("alexnet", InputSpec(height=48, width=64))
+
+
+def test_wrong_input_shapes_raise():
+    model = build("squeezenet")
+    clip, modes = make_inputs(SMALL)
+    with pytest.raises(ValueError, match="clip of shape"):
+        model(clip[:, :, :3], modes)
+    with pytest.raises(ValueError, match="modes of shape"):
+        model(clip, modes[:, :2])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("height", 0), ("cameras", 9), ("stack", 0), ("n_modes", -1), ("horizon", 0), ("width", 1.5)]
+)
+def test_input_spec_validation_names_field(field, value):
+    with pytest.raises(ValueError, match=f"InputSpec.{field}"):
+        InputSpec(**{field: value})
+
+
+def test_input_spec_channels_and_round_trip():
+    spec = InputSpec()
+    assert spec.channels == 12 and spec.outputs == 20
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="unknown InputSpec fields"):
+        InputSpec.from_dict({"heigth": 3})
+
+
+def test_model_rows_and_table():
+    spec = InputSpec(height=64, width=64, cameras=1, stack=1, n_modes=2, horizon=2)
+    rows = model_rows(spec)
+    assert [row["arch"] for row in rows] == EXPECTED_ARCHS
+    for row in rows:
+        assert set(row) >= {"arch", "params", "mflops_per_frame", "recurrent"}
+        assert row["params"] > 0 and row["mflops_per_frame"] > 0
+    by_arch = {row["arch"]: row for row in rows}
+    assert by_arch["squeezenet_lstm"]["mflops_per_frame"] > by_arch["squeezenet"]["mflops_per_frame"] * 0.9
+    table = format_model_table(rows)
+    assert "squeezenet_lstm" in table and "MFLOPs/frame" in table
+    too_small = model_rows(InputSpec(height=48, width=48))
+    assert {row["arch"] for row in too_small if row["params"] is None} >= {"alexnet", "z2color"}
+    assert "input too small" in format_model_table(too_small)

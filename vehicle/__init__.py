@@ -1,0 +1,1 @@
+"""driver.vehicle: the on-car runtime (camera, carlink, drive loop, safety checks)."""
