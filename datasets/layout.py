@@ -63,4 +63,5 @@ def create_frames_array(group: zarr.Group, name: str, n_frames: int, height: int
         compressors=frame_compressors(codec),
         fill_value=0,
         dimension_names=("t", "y", "x", "c"),
+        config={"write_empty_chunks": True},  # all-black frames too: keeps every shard one contiguous block
     )

@@ -1,8 +1,9 @@
 """A fast reader for frame arrays stored as standard zarr v3 shards.
 
 zarr-python costs ~0.5 ms per indexing call; a training clip needs far less. This reader parses the
-array's ``zarr.json`` and each shard's index (once per process), then reads a run of consecutive frames
-with one positioned read straight into the caller's array (or decodes Blosc/Zstd chunks in place). It
+array's ``zarr.json`` and each shard's index (once per process). An uncompressed shard whose frames lie
+in order is memory-mapped, and a run of consecutive frames is one copy into the caller's array; other
+shards are read chunk by chunk with positioned reads and Blosc/Zstd decoding. It
 reads exactly the files zarr writes and falls back to zarr-python for layouts it does not handle.
 
 Supported fast layout: ``sharding_indexed`` with shards split along axis 0 only, inner chunks of whole
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -86,12 +88,12 @@ class ShardedFrames:
         self._pid = os.getpid()
         self._fds: dict[int, int] = {}
         self._index: dict[int, np.ndarray] = {}
-        self._contiguous: dict[int, bool] = {}
+        self._views: dict[int, np.ndarray] = {}  # memory-mapped frames of uncompressed, in-order shards
         self._zarr = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for k in ("_fds", "_index", "_contiguous", "_zarr"):
+        for k in ("_fds", "_index", "_views", "_zarr"):
             state.pop(k, None)
         return state
 
@@ -156,18 +158,22 @@ class ShardedFrames:
         frames_here = min(self.shard_frames, self.shape[0] - shard * self.shard_frames)
         used = index[: -(-frames_here // self.chunk_frames)]
         offs = used[:, 0]
-        self._contiguous[shard] = bool(
+        contiguous = bool(
             self._decoder is None and np.all(used[:, 0] != _MISSING) and np.all(used[:, 1] == self.chunk_bytes)
             and np.all(offs[1:] == offs[:-1] + used[:-1, 1])
         )
+        if contiguous:  # map the frames: a copy out of the page cache beats a read() syscall's copy
+            mapped = np.frombuffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ), dtype=np.uint8)
+            start = int(offs[0])
+            self._views[shard] = mapped[start : start + len(used) * self.chunk_bytes].view(self.dtype).reshape(
+                -1, *self.frame_shape)
         return index
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``start .. start+count-1`` as ``(count, *frame_shape)``, into ``out`` when given.
 
-        ``out`` may be a strided view (e.g. one camera's slots of a stereo clip) as long as each frame
-        in it is contiguous; frames are then scattered into place by the same single read.
+        ``out`` may be a strided view (e.g. one camera's slots of a stereo clip).
         """
         if self._pid != os.getpid():  # forked into a DataLoader worker: never share descriptors
             self._reset()
@@ -208,14 +214,11 @@ class ShardedFrames:
             if index is None:
                 out[...] = self.fill_value
                 return
-        fd = self._fds[shard]
-        if self._contiguous[shard]:
-            offset = int(index[0, 0]) + first * self.frame_bytes
-            nbytes = count * self.frame_bytes
-            buffers = [out] if out.flags.c_contiguous else list(out)  # scatter into strided frame slots
-            if os.preadv(fd, buffers, offset) != nbytes:
-                raise ShardReadError(f"{self._shard_path(shard)}: short read (truncated shard)")
+        view = self._views.get(shard)
+        if view is not None:
+            np.copyto(out, view[first : first + count])
             return
+        fd = self._fds[shard]
         c0, c1 = first // self.chunk_frames, (first + count - 1) // self.chunk_frames
         for c in range(c0, c1 + 1):
             lo = max(first, c * self.chunk_frames)

@@ -62,7 +62,8 @@ def _models(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from driver.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, frames=args.frames, jobs=args.jobs))
+    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, frames=args.frames, jobs=args.jobs,
+                        batches=args.batches))
     return 0
 
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=int, default=6)
     s.add_argument("--frames", type=int, default=900, help="frames per run (default 900 = 30 s)")
     s.add_argument("--jobs", type=int, default=2)
+    s.add_argument("--batches", type=int, default=20, help="loader batches of 8 clips fed to the model")
     s.set_defaults(func=_demo)
     return p
 

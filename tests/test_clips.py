@@ -1,0 +1,144 @@
+"""The clip Dataset: windows, targets, stacking, flip, workers, splits and sampling."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from driver.datasets.clips import ClipConfig, ClipDataset, eligible_starts
+from driver.datasets.sampling import SteerBalancedSampler, lab_smooth, split_runs
+from driver.datasets.store import Store, StoreError
+from driver.preprocess import frames_to_input
+from driver.units import run_to_norm
+
+from .conftest import read_run_frames, read_run_series
+
+
+def test_eligible_starts_respect_validity_and_segments():
+    valid = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1], bool)
+    segment = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
+    assert eligible_starts(valid, segment, 0, 1).tolist() == [0, 1, 2, 5, 7, 8]
+    assert eligible_starts(valid, segment, 1, 1).tolist() == [1, 2, 8]
+    assert eligible_starts(valid, segment, 0, 9).tolist() == []
+
+
+def test_item_matches_the_source_run(small_store, small_runs):
+    cfg = ClipConfig(clip_length=4, frame_stride=2, stack=2, horizon=3, target_stride=3)
+    ds = ClipDataset(small_store, cfg)
+    st = Store(small_store)
+    for index in (0, len(ds) // 2, len(ds) - 1):
+        item = ds[index]
+        run, s = ds.clip_run_and_start(index)
+        path = next(p for p in small_runs if p.stem == run)
+        left, right = read_run_frames(path, "left"), read_run_frames(path, "right")
+        assert item["frames"].shape == (4, 4, 24, 32, 3) and item["frames"].dtype == torch.uint8
+        for t in range(4):
+            f = s + 2 * t
+            expected = [left[f - 1], right[f - 1], left[f], right[f]]  # time-major, lab order
+            for v in range(4):
+                assert np.array_equal(item["frames"][t, v].numpy(), expected[v])
+        steer, motor = read_run_series(path, "steer"), read_run_series(path, "motor")
+        steps = s + 2 * np.arange(4)[:, None] + 3 * np.arange(3)[None, :]
+        assert np.allclose(item["target"][..., 0].numpy(), run_to_norm(steer[steps].astype(np.float32)), atol=1e-6)
+        assert np.allclose(item["target"][..., 1].numpy(), run_to_norm(motor[steps].astype(np.float32)), atol=1e-6)
+        assert st.series(run, "valid")[s - 1 : steps.max() + 1].all()
+        assert len(set(st.series(run, "segment")[s - 1 : steps.max() + 1])) == 1
+    labels = st.run_meta(run)["labels"]
+    assert item["modes"].tolist() == [float(labels.get(m, 0)) for m in cfg.modes]
+
+
+def test_flip_mirrors_swaps_cameras_and_negates_steer(small_store):
+    plain = ClipDataset(small_store, ClipConfig(clip_length=2, stack=2, horizon=2))
+    flipped = ClipDataset(small_store, ClipConfig(clip_length=2, stack=2, horizon=2, flip=1.0))
+    a, b = plain[7], flipped[7]
+    assert b["flipped"] and not a["flipped"]
+    fa, fb = a["frames"].numpy(), b["frames"].numpy()
+    assert np.array_equal(fb[:, 0], fa[:, 1, :, ::-1])  # new left = mirrored old right
+    assert np.array_equal(fb[:, 3], fa[:, 2, :, ::-1])
+    assert torch.equal(b["target"][..., 0], -a["target"][..., 0])
+    assert torch.equal(b["target"][..., 1], a["target"][..., 1])
+    half = ClipDataset(small_store, ClipConfig(flip=0.5, seed=1))
+    flags = [bool(half[i]["flipped"]) for i in range(200)]
+    assert 60 < sum(flags) < 140
+    assert flags == [bool(half[i]["flipped"]) for i in range(200)]  # a pure function of the index
+    half.set_epoch(1)
+    assert flags != [bool(half[i]["flipped"]) for i in range(200)]
+
+
+def test_mono_and_label_filters(small_store):
+    mono = ClipDataset(small_store, ClipConfig(cameras=("left",), stack=1, horizon=1))
+    assert mono[0]["frames"].shape == (1, 1, 24, 32, 3)
+    racing = ClipDataset(small_store, ClipConfig(include_labels=("racing", "follow")))
+    assert racing.runs == ["run_001", "run_002"]
+    rest = ClipDataset(small_store, ClipConfig(exclude_labels=("direct",)))
+    assert "run_000" not in rest.runs
+    with pytest.raises(StoreError, match="no clips of length 64"):
+        ClipDataset(small_store, ClipConfig(clip_length=64, horizon=100))
+    with pytest.raises(ValueError, match=r"clip_length=65 must be an integer in 1\.\.64"):
+        ClipConfig(clip_length=65)
+    with pytest.raises(ValueError, match="flip=1.5"):
+        ClipConfig(flip=1.5)
+
+
+def _read_all(ds, workers, context=None):
+    loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=workers, multiprocessing_context=context)
+    return [b for b in loader]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker")
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_workers_read_the_same_bits(small_store, context):
+    ds = ClipDataset(small_store, ClipConfig(clip_length=3, stack=2, horizon=4, flip=0.5))
+    sub = torch.utils.data.Subset(ds, list(range(0, len(ds), 7)))
+    ds.store.frames(ds.runs[0]).read(0, 1)  # parent opened files before forking
+    ref = _read_all(sub, 0)
+    got = _read_all(sub, 4, context)
+    assert len(ref) == len(got)
+    for a, b in zip(ref, got):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_split_by_run_never_mixes_runs(small_store):
+    names = Store(small_store).runs
+    train, val = split_runs(names, 0.25, seed=0)
+    assert set(train).isdisjoint(val) and sorted(train + val) == names and len(val) == 1
+    assert split_runs(list(reversed(names)), 0.25, seed=0) == (train, val)  # order-independent
+    assert split_runs(names, 0.25, seed=1) != (train, val) or split_runs(names, 0.25, seed=2) != (train, val)
+    tr = ClipDataset(small_store, runs=train)
+    va = ClipDataset(small_store, runs=val)
+    train_runs = {tr.clip_run_and_start(i)[0] for i in range(len(tr))}
+    val_runs = {va.clip_run_and_start(i)[0] for i in range(len(va))}
+    assert train_runs == set(train) and val_runs == set(val)
+    assert split_runs(names, val_runs=["run_003"]) == (names[:3], ["run_003"])
+    with pytest.raises(ValueError, match="not in the store"):
+        split_runs(names, val_runs=["nope"])
+
+
+def test_steer_balanced_sampler(small_store):
+    ds = ClipDataset(small_store)
+    high = ds.high_steer()
+    assert 0 < high.mean() < 1
+    sampler = SteerBalancedSampler(high, num_samples=4000, seed=3)
+    idx = list(sampler)
+    assert len(idx) == 4000 and 0.45 < high[idx].mean() < 0.55
+    assert idx == list(SteerBalancedSampler(high, num_samples=4000, seed=3))
+    sampler.set_epoch(1)
+    assert idx != list(sampler)
+    assert lab_smooth(np.array([49.0, 49.0, 84.0])).tolist()[-1] == pytest.approx((84 + 24.5 + 12.25) / 1.75)
+    with pytest.raises(ValueError, match="needs both low and high"):
+        SteerBalancedSampler(np.zeros(5, bool))
+
+
+def test_preprocess_layouts_agree(small_store):
+    batch = next(iter(DataLoader(ClipDataset(small_store, ClipConfig(clip_length=2, stack=2)), batch_size=3)))
+    x = frames_to_input(batch["frames"])
+    y = frames_to_input(batch["frames"], channels_last=False)
+    assert x.shape == (3, 2, 12, 24, 32) and torch.equal(x, y)
+    assert x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    f = batch["frames"]
+    assert torch.equal(x[:, :, 3:6], f[:, :, 1].permute(0, 1, 4, 2, 3).float() / 255 - 0.5)
+    assert x.min() >= -0.5 and x.max() <= 0.5
+    with pytest.raises(TypeError, match="uint8"):
+        frames_to_input(f.float())

@@ -1,0 +1,164 @@
+"""driver ingest: bit-exact round trip, standard zarr, idempotence, replacement, resume, bad files."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.run_writer import write_run
+from driver.datasets.store import Store, StoreError
+from driver.datasets.synthetic import write_synthetic_runs
+from driver.datasets.validity import ValidityRules, validity_mask
+
+from .conftest import read_run_frames, read_run_series
+
+
+def _assert_run_equal(store_path, run_name, h5_path, cameras=("left", "right")):
+    g = zarr.open_group(store_path, mode="r")[f"runs/{run_name}"]  # plain zarr-python, no driver code
+    st = Store(store_path)
+    for cam in cameras:
+        ref = read_run_frames(h5_path, cam)
+        assert np.array_equal(g[cam][...], ref)
+        assert np.array_equal(st.frames(run_name, cam).read(0, len(ref)), ref)
+    for name, key in (("steer", "steer"), ("motor", "motor"), ("left_timestamp", "timestamp")):
+        ref = read_run_series(h5_path, name)
+        assert np.array_equal(g[key][...], ref.astype(g[key].dtype))
+    assert np.array_equal(g["extra/gyro"][...], read_run_series(h5_path, "gyro"))
+    assert np.array_equal(g["extra/encoder"][...], read_run_series(h5_path, "encoder"))
+
+
+@pytest.mark.parametrize("shape, stereo, codec", [((94, 168), True, "none"), ((96, 96), False, "lz4"),
+                                                  ((120, 160), True, "zstd")])
+def test_round_trip_bit_exact(tmp_path, shape, stereo, codec):
+    runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=90, height=shape[0], width=shape[1],
+                                stereo=stereo, seed=1)
+    out = tmp_path / "s.zarr"
+    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), codec=codec, shard_frames=32))
+    assert report.ok and [o.status for o in report.outcomes] == ["ingested", "ingested"]
+    for p in runs:
+        _assert_run_equal(out, p.stem, p, ("left", "right") if stereo else ("left",))
+    meta = Store(out).run_meta("run_000")
+    assert meta["labels"]["direct"] == 1 and meta["source"]["size"] == os.path.getsize(runs[0])
+    assert len(meta["source"]["sha256"]) == 64 and meta["codec"] == codec
+    assert [s["length"] for s in meta["segments"]] == [45, 45]
+    arr = zarr.open_group(out, mode="r")["runs/run_000/left"]
+    assert arr.shards == (32, *shape, 3) and arr.chunks == (1, *shape, 3)
+
+
+def test_validity_mask_as_the_lab(tmp_path, small_store, small_runs):
+    st = Store(small_store)
+    p = small_runs[0]
+    state, motor = read_run_series(p, "state"), read_run_series(p, "motor")
+    valid = st.series("run_000", "valid")
+    assert not valid[state == 2].any() and not valid[motor < 53].any()
+    t = read_run_series(p, "left_timestamp")
+    seg = st.series("run_000", "segment")
+    gaps = np.flatnonzero((np.diff(t) >= 0.1) & (seg[1:] == seg[:-1]))
+    assert len(gaps) and not valid[gaps].any()
+    assert 0.7 < valid.mean() < 1.0
+    # configurable thresholds; lone state-4 frames read as the state before them
+    lone4 = np.array([1, 1, 4, 1, 4, 4, 1], dtype=float)
+    m = validity_mask(lone4, np.full(7, 49.0), np.full(7, 60.0), np.arange(7) * 0.03, np.zeros(7, int),
+                      ValidityRules(accepted_states=(1,), min_motor=50))
+    assert m.tolist() == [True, True, True, True, False, False, True]
+
+
+def test_idempotent_and_changed_file_replaces(tmp_path, segments):
+    runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=60, height=24, width=32, seed=2)
+    out = str(tmp_path / "s.zarr")
+    ingest(IngestConfig(sources=[str(p) for p in runs], out=out))
+    before = {f: os.stat(os.path.join(r, f)).st_mtime_ns for r, _, fs in os.walk(out) for f in fs}
+    again = ingest(IngestConfig(sources=[str(p) for p in runs], out=out))
+    assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
+    after = {f: os.stat(os.path.join(r, f)).st_mtime_ns for r, _, fs in os.walk(out) for f in fs}
+    assert before == after  # a true no-op
+    os.utime(runs[0])  # touched but identical: hashed, still unchanged
+    assert ingest(IngestConfig(sources=[str(runs[0])], out=out)).outcomes[0].status == "unchanged"
+    write_run(runs[1], segments(seed=9, n_frames=50), {"racing": 1})  # new content, same name
+    third = ingest(IngestConfig(sources=[str(p) for p in runs], out=out))
+    assert [o.status for o in third.outcomes] == ["unchanged", "replaced"]
+    _assert_run_equal(out, "run_001", runs[1])
+    assert Store(out).run_meta("run_001")["labels"] == {"racing": 1}
+    assert sorted(os.listdir(out)) == ["runs", "zarr.json"]  # no staging or trash left behind
+
+
+def test_bad_files_fail_alone(tmp_path, segments):
+    runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=60, height=24, width=32, seed=4)
+    bad = tmp_path / "runs" / "bad.h5"
+    segs = segments(n_frames=40)
+    segs[0]["steer"][2] = np.nan
+    write_run(bad, segs)
+    trunc = tmp_path / "runs" / "trunc.h5"
+    write_run(trunc, segments(n_frames=80))
+    data = trunc.read_bytes()
+    trunc.write_bytes(data[: int(len(data) * 0.6)])
+    (tmp_path / "runs" / "readme.h5").write_text("not a run")
+    out = tmp_path / "s.zarr"
+    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), jobs=2))
+    status = {o.run: o.status for o in report.outcomes}
+    assert status == {"bad": "failed", "readme": "failed", "run_000": "ingested", "run_001": "ingested",
+                      "trunc": "failed"}
+    errors = {o.run: o.error for o in report.failures}
+    assert "bad.h5: segments/0/steer[2] is nan" in errors["bad"]
+    assert "readme.h5: not an HDF5 file" in errors["readme"]
+    assert str(trunc) in errors["trunc"]
+    assert Store(out).runs == ["run_000", "run_001"]
+    for p in runs:
+        _assert_run_equal(out, p.stem, p)
+
+
+def test_duplicate_names_and_missing_files(tmp_path):
+    a = write_synthetic_runs(tmp_path / "a", 1, n_frames=40, height=24, width=32)[0]
+    b = write_synthetic_runs(tmp_path / "b", 1, n_frames=40, height=24, width=32, seed=5)[0]
+    report = ingest(IngestConfig(sources=[str(a), str(b), str(tmp_path / "nope.h5")], out=str(tmp_path / "s")))
+    assert [o.status for o in report.outcomes] == ["ingested", "failed", "failed"]
+    assert "also used by" in report.outcomes[1].error and "no such file" in report.outcomes[2].error
+
+
+def test_refuses_a_non_store_path(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f.txt").write_text("hi")
+    with pytest.raises(StoreError, match="is not a store"):
+        ingest(IngestConfig(sources=["whatever.h5"], out=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match=r"jobs=0 must be in 1\.\.256"):
+        IngestConfig(sources=["a.h5"], out="s", jobs=0)
+
+
+def test_killed_ingest_resumes(tmp_path):
+    runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=400, height=94, width=168, seed=6)
+    out = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "runs" / "run_000").exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "runs" / "run_000").exists()
+    done = Store(out).runs
+    assert len(done) < 6, "ingest finished before it could be killed"
+    for name in done:  # everything visible is complete
+        _assert_run_equal(out, name, tmp_path / "runs" / f"{name}.h5")
+    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
+    assert report.ok
+    assert sum(o.status == "unchanged" for o in report.outcomes) == len(done)
+    assert Store(out).runs == [p.stem for p in runs]
+    for p in runs:
+        _assert_run_equal(out, p.stem, p)
+    assert not (out / ".staging").exists()
+
+
+def test_concurrent_ingest_is_refused(tmp_path):
+    from driver.datasets.store import create_store, locked
+
+    st = create_store(tmp_path / "s.zarr")
+    with locked(st), pytest.raises(StoreError, match="another ingest"), locked(Store(tmp_path / "s.zarr")):
+        pass
+    shutil.rmtree(tmp_path / "s.zarr")
