@@ -20,12 +20,11 @@ import h5py
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader, Dataset
-
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.synthetic import render_stripe_frames
+from torch.utils.data import DataLoader, Dataset
 
 T, H, W = 10, 94, 168
 

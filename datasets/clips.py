@@ -2,16 +2,17 @@
 
 One item (torch tensors, ready for the default collate)::
 
-    frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major: [cam0 t-1, cam1 t-1, cam0 t, cam1 t]
+    frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major [cam0 t-1, cam1 t-1, cam0 t, ...]
     target  float32 (T, N, 2)        steer, motor at frames t, t+s, ..., normalised to [-1, 1] (driver.units)
     modes   float32 (M,)             the run's behavioral-mode labels over ``ClipConfig.modes``
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
     flipped bool                     horizontal-flip augmentation applied
 
-A clip may start at frame s only if every frame it touches (the stacked previous frames, the T inputs
-and all their targets) is valid and lies in one segment of the run. Turn frames into model input with
-``driver.preprocess.frames_to_input`` (the one preprocessing function shared with the car).
+A clip may start at frame s only if every frame of its window, from the stacked previous frame to its
+last target (frames the strides skip included), is valid and lies in one segment of the run.
+Turn frames into model input with ``driver.preprocess.frames_to_input`` (the one preprocessing function
+shared with the car).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class ClipConfig:
             ("target_stride", self.target_stride, 1, 1000),
         ]
         for name, value, lo, hi in checks:
-            if not isinstance(value, int) or not lo <= value <= hi:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name}={value!r} must be an integer in {lo}..{hi}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip={self.flip} must be a probability in 0..1")

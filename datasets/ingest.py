@@ -176,10 +176,11 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
                            result.get("error", ""), result.get("staging", ""))
             if o.status in ("ingested", "replaced"):
                 commit_run(store, job.run, o.staging)
-            elif o.status == "unchanged" and result.get("source"):
+            elif o.status == "unchanged":
                 store.update_source(job.run, result["source"])
+                o.frames, o.valid = store.run_meta(job.run)["n_frames"], store.run_meta(job.run)["n_valid"]
             if o.status == "failed":
-                log.error("%s", o.error)
+                log.debug("%s", o.error)
             outcomes.append(o)
             if bar is not None:
                 bar.advance(task)

@@ -52,8 +52,11 @@ def frame_compressors(codec: str):
 
 def create_frames_array(group: zarr.Group, name: str, n_frames: int, height: int, width: int,
                         shard_frames: int, codec: str) -> zarr.Array:
-    """A (N, H, W, 3) uint8 frames array: one frame per inner chunk, ``shard_frames`` per shard file."""
-    shards = (min(shard_frames, max(n_frames, 1)), height, width, 3)
+    """A (N, H, W, 3) uint8 frames array: one frame per inner chunk, ``shard_frames`` per shard file.
+
+    Callers pass ``shard_frames <= N`` so a short run is one shard of exactly its frames.
+    """
+    shards = (shard_frames, height, width, 3)
     return group.create_array(
         name,
         shape=(n_frames, height, width, 3),

@@ -154,6 +154,10 @@ def _extras_of(path, seg: str, group: h5py.Group, n: int) -> list[ExtraSeries]:
     return sorted(extras, key=lambda e: e.name)
 
 
+def _describe(extras: list[ExtraSeries]) -> str:
+    return ", ".join(f"{e.name} {e.dtype}{list(e.shape)}" for e in extras) or "none"
+
+
 def _read_labels(path, f: h5py.File) -> dict[str, int]:
     labels: dict[str, int] = {}
     if "labels" not in f:
@@ -161,6 +165,8 @@ def _read_labels(path, f: h5py.File) -> dict[str, int]:
     if not isinstance(f["labels"], h5py.Group):
         _fail(path, "'labels' must be a group of 0/1 datasets")
     for name, ds in f["labels"].items():
+        if not isinstance(ds, h5py.Dataset):
+            _fail(path, f"labels/{name} is a group; labels must be 0/1 datasets")
         value = np.asarray(ds[()]).reshape(-1)
         if value.size != 1 or value[0] not in (0, 1):
             _fail(path, f"labels/{name} must be a single 0 or 1, found {value[:4].tolist()}")
@@ -227,8 +233,8 @@ def _inspect_open(path: str, f: h5py.File) -> RunInfo:
         last_t = series["left_timestamp"][-1]
         seg_extras = _extras_of(path, seg, g, n)
         if extras is not None and seg_extras != extras:
-            _fail(path, f"segments/{seg} has extra series {[e.name for e in seg_extras]} "
-                  f"but earlier segments have {[e.name for e in extras]} (same names, dtypes, shapes needed)")
+            _fail(path, f"segments/{seg} has extra series {_describe(seg_extras)} "
+                  f"but earlier segments have {_describe(extras)} (same names, dtypes and shapes needed)")
         extras = seg_extras
         for k in SERIES:
             parts[k].append(series[k])

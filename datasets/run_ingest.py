@@ -71,7 +71,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
     rules = ValidityRules.from_dict(job.validity)
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
-    shard = job.shard_frames or shard_frames_for(frame_bytes)
+    shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
     group = zarr.open_group(path, mode="w")
     with open_run_file(info.path) as h5:
         for cam in info.cameras:
@@ -106,7 +106,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
         "n_frames": n,
         "n_valid": int(valid.sum()),
         "segments": [{"name": seg.name, "start": int(a), "length": seg.n_frames}
-                     for seg, a in zip(info.segments, starts)],
+                     for seg, a in zip(info.segments, starts[:-1], strict=True)],
         "extras": [{"name": e.name, "dtype": e.dtype, "shape": list(e.shape)} for e in info.extras],
         "validity": rules.to_dict(),
         "codec": job.codec,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 
-def frames_to_input(frames: torch.Tensor, channels_last: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def frames_to_input(frames: torch.Tensor, channels_last: bool = True,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (..., V, H, W, 3) → float (..., 3V, H, W) in [-0.5, 0.5]."""
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8 RGB, got {frames.dtype}")

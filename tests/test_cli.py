@@ -44,7 +44,8 @@ def test_models_table():
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--frames", "200", "--jobs", "1", "--batches", "3")
+    r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--frames", "200", "--jobs", "1",
+                "--batches", "3")
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "d" / "report.md").read_text()
     assert "3 synthetic" in report and "squeezenet_lstm" in report and "| ingest |" in report

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from driver.datasets.clips import ClipConfig, ClipDataset, eligible_starts
 from driver.datasets.sampling import SteerBalancedSampler, lab_smooth, split_runs
 from driver.datasets.store import Store, StoreError
+from torch.utils.data import DataLoader
+
 from driver.preprocess import frames_to_input
 from driver.units import run_to_norm
 
@@ -82,7 +82,7 @@ def test_mono_and_label_filters(small_store):
 
 def _read_all(ds, workers, context=None):
     loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=workers, multiprocessing_context=context)
-    return [b for b in loader]
+    return list(loader)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker")
@@ -94,7 +94,7 @@ def test_workers_read_the_same_bits(small_store, context):
     ref = _read_all(sub, 0)
     got = _read_all(sub, 4, context)
     assert len(ref) == len(got)
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k

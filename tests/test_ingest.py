@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import zarr
-
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.store import Store, StoreError

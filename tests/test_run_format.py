@@ -3,7 +3,6 @@
 import h5py
 import numpy as np
 import pytest
-
 from driver.datasets.run_format import RunFormatError, inspect_run
 from driver.datasets.run_writer import write_run
 
@@ -125,9 +124,9 @@ def test_bad_label(tmp_path, segments):
 
 
 def test_truncated_file(tmp_path, segments):
-    path = write_run(tmp_path / "t.h5", segments(n_frames=60))
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 3])
+    path = tmp_path / "t.h5"
+    write_run(path, segments(n_frames=60))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     with pytest.raises(RunFormatError) as e:
         inspect_run(path)
     assert str(e.value).startswith(str(path))

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import zarr
-
 from driver.datasets.layout import create_frames_array
 from driver.datasets.shard_reader import ShardedFrames, ShardReadError
 
