@@ -144,6 +144,9 @@ class ClipDataset(Dataset):
             arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
                                 eligible_starts(valid, segment, before, after))
             self._runs.append(arrays)
+        if not self._runs:
+            raise StoreError(f"{self.store.path}: no run matches include_labels={list(config.include_labels)} "
+                             f"and exclude_labels={list(config.exclude_labels)} among {len(names)} runs")
         self.runs = [r.name for r in self._runs]
         counts = [len(r.starts) for r in self._runs]
         self._run_index = np.repeat(np.arange(len(self._runs)), counts)
@@ -166,6 +169,10 @@ class ClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Reseed the augmentation for a new epoch (items stay a pure function of seed, epoch, index)."""
         self.epoch = int(epoch)
+
+    def clip_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(run index, start frame) of every clip, ordered by run then start."""
+        return self._run_index, self._starts
 
     def clip_run_and_start(self, index: int) -> tuple[str, int]:
         return self.runs[self._run_index[index]], int(self._starts[index])

@@ -1,3 +1,27 @@
-"""driver: behavioral cloning for small autonomous cars."""
+"""driver: behavioral cloning for small autonomous cars.
+
+The public Python API (imported lazily so `import driver` stays light):
+
+- ``driver.train(config) -> RunResult``: train a controller (``driver.TrainConfig``).
+- ``driver.open_store(path)``: an ingested store's runs, frames, labels and series.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("driver.training", "train"),
+    "TrainConfig": ("driver.training", "TrainConfig"),
+    "RunResult": ("driver.training", "RunResult"),
+    "open_store": ("driver.datasets.store", "Store"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'driver' has no attribute {name!r}")

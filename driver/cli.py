@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 
@@ -16,6 +18,14 @@ INGEST_EXAMPLES = """examples:
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish.
+"""
+
+TRAIN_EXAMPLES = """examples:
+  driver train --data store.zarr --arch squeezenet_lstm
+  driver train --data store.zarr --arch squeezenet --stack 2 --epochs 20 --batch-size 64 --name sq1
+  driver train --config train.toml --lr 3e-4          # flags override the file
+  driver train --resume runs/train/sq1                # after a crash or kill -9: continues exactly
+  torchrun --nproc-per-node 2 -m driver.cli train --data store.zarr --name ddp1   # data parallel
 """
 
 DEMO_EXAMPLES = """examples:
@@ -57,6 +67,53 @@ def _models(args: argparse.Namespace) -> int:
                      n_modes=args.modes, horizon=args.horizon)
     print(format_model_table(model_rows(spec)))  # noqa: T201 - the command's output
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from driver.training import resolve_config, train
+    from driver.training.config import TrainConfig
+
+    if args.resume:
+        result = train(resume=args.resume)
+    else:
+        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        if isinstance(overrides.get("arch_kwargs"), str):
+            overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
+        result = train(resolve_config(args.config, overrides))
+    Console().print(train_summary(result))
+    return 0
+
+
+def train_summary(result):
+    from rich.table import Table
+
+    t = Table(title=f"training {result.stopped}: {result.run_dir}", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("steps / epochs", f"{result.steps:,} / {result.epochs}")
+    t.add_row("throughput", f"{result.samples_per_s:,.0f} samples/s, data wait {100 * result.data_wait:.1f}%")
+    for name, val in (("best val", result.best_val), ("final val", result.final_val)):
+        if val:
+            t.add_row(name, f"loss {val['loss']:.4f}, steer MAE {val['steer_mae']:.2f}, "
+                            f"motor MAE {val['motor_mae']:.2f} (run units)")
+    t.add_row("checkpoints", f"{result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint
+                                                            else ""))
+    return t
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of a config dataclass; only flags given on the command line override."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind.startswith("list"):
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="X")
+        elif kind.startswith("dict"):
+            parser.add_argument(flag, dest=f.name, default=None, metavar="JSON", help="e.g. '{\"hidden_size\": 64}'")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type={"int": int, "float": float}.get(kind, str))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -102,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modes", type=int, default=6, help="behavioral-mode planes (default 6)")
     s.add_argument("--horizon", type=int, default=10, help="future steps predicted (default 10)")
     s.set_defaults(func=_models)
+
+    from driver.training.config import TrainConfig
+
+    s = sub.add_parser("train", help="train a model on a store", epilog=TRAIN_EXAMPLES, formatter_class=fmt,
+                       description="Train a controller; every option can also come from --config FILE.")
+    s.add_argument("--config", default=None, help="TOML or YAML file of options (flags override it)")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    _add_config_flags(s, TrainConfig)
+    s.set_defaults(func=_train)
 
     s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        epilog=DEMO_EXAMPLES, formatter_class=fmt)

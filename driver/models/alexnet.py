@@ -89,9 +89,7 @@ class AlexNet(DrivingModel):
 
 
 @register_model("alexnet")
-def build_alexnet(
-    spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any
-) -> AlexNet:
+def build_alexnet(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any) -> AlexNet:
     """AlexNet driver; ``lab=True`` uses the lab's 128 mode planes (24,043,412 params at the default spec)."""
     if lab and mode_planes is not None:
         raise ValueError("pass either lab=True or mode_planes, not both")

@@ -102,9 +102,7 @@ def validate_clip(spec: InputSpec, clip: Tensor, modes: Tensor | None) -> None:
         expected_text = ", ".join(map(str, expected))
         raise ValueError(f"expected a clip of shape (B, T, {expected_text}), got {tuple(clip.shape)}")
     if modes is not None and tuple(modes.shape) != (clip.shape[0], spec.n_modes):
-        raise ValueError(
-            f"expected modes of shape ({clip.shape[0]}, {spec.n_modes}), got {tuple(modes.shape)}"
-        )
+        raise ValueError(f"expected modes of shape ({clip.shape[0]}, {spec.n_modes}), got {tuple(modes.shape)}")
 
 
 def fold_time(clip: Tensor, modes: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -12,9 +12,7 @@ class Fire(nn.Module):
     (N, inplanes, h, w) -> (N, expand1x1_planes + expand3x3_planes, h, w).
     """
 
-    def __init__(
-        self, inplanes: int, squeeze_planes: int, expand1x1_planes: int, expand3x3_planes: int
-    ) -> None:
+    def __init__(self, inplanes: int, squeeze_planes: int, expand1x1_planes: int, expand3x3_planes: int) -> None:
         super().__init__()
         for name, value in (
             ("inplanes", inplanes),

@@ -135,9 +135,7 @@ class SqueezeNet(DrivingModel):
         super().__init__(spec)
         self.features = SqueezeNetTrunk(spec, **trunk_kwargs)
         final_conv = nn.Conv2d(self.features.out_channels, spec.outputs, kernel_size=1)
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), final_conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
-        )
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.output_activation = make_output_activation(output_activation)
         init_squeezenet_weights(self, final_conv)
 
@@ -166,8 +164,6 @@ def squeezenet_mode_planes(lab: bool, mode_planes: int | None) -> int | None:
 
 
 @register_model("squeezenet")
-def build_squeezenet(
-    spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any
-) -> SqueezeNet:
+def build_squeezenet(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any) -> SqueezeNet:
     """SqueezeNet v1.1-style driver; ``lab=True`` reproduces the lab's 128 mode planes (739,988 params)."""
     return SqueezeNet(spec, mode_planes=squeezenet_mode_planes(lab, mode_planes), **kwargs)

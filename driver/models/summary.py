@@ -30,7 +30,7 @@ def _mkldnn_rnn_layer_flops(input_shape, weight_ih, weight_hh, *args, out_shape=
 
 
 # FlopCounterMode has no formula for the fused CPU LSTM kernels (GRU decomposes into counted matmuls).
-_RNN_FLOP_FORMULAS = {aten.lstm: _lstm_flops, aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops}
+RNN_FLOP_FORMULAS = {aten.lstm: _lstm_flops, aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -45,7 +45,7 @@ def flops_per_frame(model: nn.Module, spec: InputSpec) -> int:
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False, custom_mapping=_RNN_FLOP_FORMULAS)
+        counter = FlopCounterMode(display=False, custom_mapping=RNN_FLOP_FORMULAS)
         with torch.no_grad(), counter:
             model.step(frame, modes, model.initial_state(1))
     finally:

@@ -64,9 +64,7 @@ class Z2ColorTrunk(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.conv2 = nn.Sequential(
-            nn.Conv2d(
-                conv1_channels + self.mode_planes, conv2_channels, kernel_size=3, stride=2, groups=groups
-            ),
+            nn.Conv2d(conv1_channels + self.mode_planes, conv2_channels, kernel_size=3, stride=2, groups=groups),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Flatten(1),
@@ -115,8 +113,6 @@ def z2color_mode_planes(lab: bool, mode_planes: int | None) -> int | None:
 
 
 @register_model("z2color")
-def build_z2color(
-    spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any
-) -> Z2Color:
+def build_z2color(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any) -> Z2Color:
     """Z2Color; the defaults are the lab's (1,578,740 params at the default spec); ``lab=True`` is a no-op."""
     return Z2Color(spec, mode_planes=z2color_mode_planes(lab, mode_planes), **kwargs)
