@@ -5,11 +5,14 @@ autocast) it measures
 
 * latency: median ms of one batch-1 ``step`` (recurrent models carry their state between calls), eval mode;
 * training: frames/s of forward + backward + AdamW at 64 frames per batch (recurrent: 8 clips x 8 frames),
-  MSE against zero targets;
+  MSE against zero targets, from the median step time;
+
+The three runtimes are timed in interleaved rounds, so load from other processes hits them alike.
 
 and reports each as a fraction of the machine's GEMM peak, measured first in the same run (sgemm for fp32
-rows, bf16 GEMM for bf16 rows). Training is counted as 3x the forward FLOPs. Ratios are against eager fp32
-NCHW of the same run.
+rows, bf16 GEMM for bf16 rows). Training FLOPs are counted by FlopCounterMode over a real forward + backward
+(no gradient for the input, so less than 3x the forward when the first conv dominates). Ratios are against
+eager fp32 NCHW of the same run.
 
     python bench/models.py                      # all models, lab input 94x168x12, a few minutes on 2 cores
     python bench/models.py --archs squeezenet z2color --train-steps 8 --latency-iters 100
@@ -27,8 +30,10 @@ import time
 
 import torch
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from driver.models import InputSpec, count_parameters, create_model, flops_per_frame, list_models
+from driver.models.summary import RNN_FLOP_FORMULAS
 
 RUNTIMES = ("fp32", "channels_last", "channels_last+bf16")
 
@@ -40,12 +45,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=168)
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--stack", type=int, default=2)
-    parser.add_argument("--latency-iters", type=int, default=30, help="timed batch-1 steps per runtime")
+    parser.add_argument("--latency-iters", type=int, default=60, help="timed batch-1 steps per runtime")
     parser.add_argument("--train-steps", type=int, default=3, help="timed optimizer steps per runtime")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the runtimes")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per runtime before timing")
     parser.add_argument("--batch", type=int, default=64, help="frames per training batch")
     parser.add_argument("--clip-steps", type=int, default=8, help="frames per clip for recurrent training")
-    parser.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n x n GEMM peak test")
+    parser.add_argument("--gemm-size", type=int, default=4096, help="n of the n x n x n GEMM peak test")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args()
 
@@ -72,28 +78,40 @@ def prepare(model: torch.nn.Module, tensor: torch.Tensor, runtime: str):
     return tensor, torch.autocast("cpu", dtype=torch.bfloat16, enabled=runtime.endswith("bf16"))
 
 
-def measure_latency_ms(arch: str, spec: InputSpec, runtime: str, args: argparse.Namespace) -> float:
+def training_flops_per_frame(arch: str, spec: InputSpec) -> float:
+    """Forward + backward FLOPs per frame, counted on a 2-frame batch (no input gradient, as in training)."""
+    torch.manual_seed(0)
+    model = create_model(arch, spec).train()
+    clip = torch.zeros(1, 2, spec.channels, spec.height, spec.width)
+    counter = FlopCounterMode(display=False, custom_mapping=RNN_FLOP_FORMULAS)
+    with counter:
+        out, _ = model(clip, torch.zeros(1, spec.n_modes))
+        out.square().mean().backward()
+    return counter.get_total_flops() / 2
+
+
+def latency_runner(arch: str, spec: InputSpec, runtime: str):
+    """A closure running one batch-1 ``step`` (carrying recurrent state) in eval mode."""
     torch.manual_seed(0)
     model = create_model(arch, spec).eval()
     frame, autocast = prepare(model, torch.rand(1, spec.channels, spec.height, spec.width) - 0.5, runtime)
     modes = torch.zeros(1, spec.n_modes)
     modes[:, 0] = 1.0
-    state = model.initial_state(1)
-    times = []
-    with torch.inference_mode(), autocast:
-        for index in range(args.warmup + args.latency_iters):
-            start = time.perf_counter()
-            _, state = model.step(frame, modes, state)
-            if index >= args.warmup:
-                times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    state = [model.initial_state(1)]
+
+    def run() -> None:
+        with torch.inference_mode(), autocast:
+            _, state[0] = model.step(frame, modes, state[0])
+
+    return run, 1
 
 
-def measure_training_fps(arch: str, spec: InputSpec, runtime: str, args: argparse.Namespace) -> float:
+def training_runner(arch: str, spec: InputSpec, runtime: str, batch: int, clip_steps: int):
+    """A closure running one AdamW step on ``batch`` frames (recurrent: batch // clip_steps clips)."""
     torch.manual_seed(0)
     model = create_model(arch, spec).train()
-    steps = args.clip_steps if model.is_recurrent else 1
-    clips = max(1, args.batch // steps)
+    steps = clip_steps if model.is_recurrent else 1
+    clips = max(1, batch // steps)
     frames = torch.rand(clips * steps, spec.channels, spec.height, spec.width) - 0.5
     frames, autocast = prepare(model, frames, runtime)
     clip = frames.view(clips, steps, spec.channels, spec.height, spec.width)  # keeps channels_last strides
@@ -101,18 +119,32 @@ def measure_training_fps(arch: str, spec: InputSpec, runtime: str, args: argpars
     modes[:, 0] = 1.0
     target = torch.zeros(clips, steps, spec.horizon, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    elapsed = 0.0
-    for index in range(args.warmup + args.train_steps):
-        start = time.perf_counter()
+
+    def run() -> None:
         with autocast:
             out, _ = model(clip, modes)
         loss = F.mse_loss(out.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if index >= args.warmup:
-            elapsed += time.perf_counter() - start
-    return clips * steps * args.train_steps / elapsed
+
+    return run, clips * steps
+
+
+def interleaved_median_seconds(runners: dict, warmup: int, rounds: int, per_round: int) -> dict[str, float]:
+    """Median seconds per call of each runner, timed in interleaved rounds so that load from other
+    processes on a shared machine hits every runtime alike."""
+    for run, _ in runners.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (run, _) in runners.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def machine_description() -> str:
@@ -140,9 +172,7 @@ def main() -> int:
         "fp32": gemm_peak_gflops(args.gemm_size, torch.float32),
         "bf16": gemm_peak_gflops(args.gemm_size, torch.bfloat16),
     }
-    print(
-        f"GEMM peak {args.gemm_size}^3: sgemm {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s\n"
-    )
+    print(f"GEMM peak {args.gemm_size}^3: sgemm {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s\n")
 
     header = (
         "| arch | params | MFLOPs/frame | runtime | batch-1 ms | x vs fp32 | % peak | train frames/s "
@@ -153,14 +183,25 @@ def main() -> int:
     for arch in archs:
         probe = create_model(arch, spec)
         params, mflops = count_parameters(probe), flops_per_frame(probe, spec) / 1e6
-        base_latency = base_fps = None
+        train_flops = training_flops_per_frame(arch, spec)
+        latency_s = interleaved_median_seconds(
+            {runtime: latency_runner(arch, spec, runtime) for runtime in RUNTIMES},
+            args.warmup,
+            args.rounds,
+            max(1, args.latency_iters // args.rounds),
+        )
+        trainers = {runtime: training_runner(arch, spec, runtime, args.batch, args.clip_steps) for runtime in RUNTIMES}
+        train_s = interleaved_median_seconds(
+            trainers, args.warmup, args.rounds, max(1, args.train_steps // args.rounds)
+        )
+        base_latency = 1e3 * latency_s["fp32"]
+        base_fps = trainers["fp32"][1] / train_s["fp32"]
         for runtime in RUNTIMES:
-            latency = measure_latency_ms(arch, spec, runtime, args)
-            fps = measure_training_fps(arch, spec, runtime, args)
-            base_latency, base_fps = base_latency or latency, base_fps or fps
+            latency = 1e3 * latency_s[runtime]
+            fps = trainers[runtime][1] / train_s[runtime]
             peak = peaks["bf16" if runtime.endswith("bf16") else "fp32"] * 1e9
             latency_peak = 100 * mflops * 1e6 / (latency / 1e3) / peak
-            train_peak = 100 * 3 * mflops * 1e6 * fps / peak
+            train_peak = 100 * train_flops * fps / peak
             first = runtime == RUNTIMES[0]
             described = f"| {arch} | {params:,} | {mflops:.0f}" if first else "| | |"
             print(

@@ -111,7 +111,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
         "validity": rules.to_dict(),
         "codec": job.codec,
         "shard_frames": shard,
-        "ingested_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "ingested_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     group.attrs["driver_run"] = meta
     return meta

@@ -10,6 +10,8 @@ import sys
 
 from rich.console import Console
 
+from driver.errors import DriverError
+
 INGEST_EXAMPLES = """examples:
   driver ingest runs/*.h5 --out data/store.zarr
   driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, DriverError) as e:  # bad input: one clear line, no traceback
         logging.getLogger("driver").error("%s", e)
         return 2
 

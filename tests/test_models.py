@@ -17,6 +17,7 @@ from driver.models import (
     model_rows,
     register_model,
 )
+from driver.models.base import concat_mode_planes
 
 # Small input for the all-models tests: AlexNet needs >= 63 px and Z2Color >= 53 px per side.
 # 2 cameras x 1 frame (6 channels), an odd number of modes (exercises Z2Color's grouped-conv padding).
@@ -197,6 +198,16 @@ def test_channels_last_and_bf16_autocast(arch):
     assert torch.isfinite(bf16.float()).all()
     assert (bf16.float() - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05
     assert all(part.dtype == torch.float32 for part in state_tensors(state))  # RNN state stays fp32
+
+
+def test_mode_planes_keep_channels_last_and_values():
+    features = torch.rand(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    modes = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    joined = concat_mode_planes(features, modes, planes=4)
+    assert joined.shape == (2, 12, 5, 7)
+    assert joined.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(joined[:, :8], features)
+    assert (joined[1, 9] == 0.5).all() and (joined[0, 8] == 1.0).all() and (joined[:, 10:] == 0).all()
 
 
 @pytest.mark.parametrize("arch", EXPECTED_ARCHS)

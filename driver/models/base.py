@@ -78,6 +78,9 @@ def concat_mode_planes(features: Tensor, modes: Tensor | None, planes: int) -> T
     else:
         values = F.pad(modes.to(features.dtype), (0, planes - modes.shape[1]))  # zero extra planes
     mode_maps = values[:, :, None, None].expand(batch, planes, height, width)
+    if not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last):
+        # cat returns NCHW unless every input is channels_last; keep the layout for the layers after.
+        mode_maps = mode_maps.contiguous(memory_format=torch.channels_last)
     return torch.cat([features, mode_maps], dim=1)
 
 

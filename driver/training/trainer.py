@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.sampling import split_runs
 from driver.datasets.store import Store
+from driver.errors import DriverError
 from driver.models import InputSpec, create_model, detach_state, list_models
 from driver.preprocess import frames_to_input
 
@@ -42,7 +43,7 @@ from .optim import make_optimizer, make_scheduler
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DriverError, RuntimeError):
     """Training stopped on a problem the user must act on; the last good checkpoint is kept."""
 
 
@@ -225,12 +226,15 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
             "scaler": scaler.state_dict() if scaler is not None else {}, "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "best_val_loss": best, "bad_validations": bad, "rng": rngs,
             "carry": carries if any(c is not None for c in carries) else None}}
-        path = run_dir / "last.pt"
+        save(run_dir / "last.pt", payload)
+
+    def save(path: Path, payload: dict) -> None:
         try:
             save_checkpoint(path, payload)
-        except OSError as e:
-            raise TrainingError(f"{path}: could not write checkpoint ({e}); the previous checkpoint is intact. "
-                                f"Free space, then continue with: driver train --resume {run_dir}") from e
+        except (OSError, RuntimeError) as e:  # disk full surfaces as either, depending on where torch.save fails
+            raise TrainingError(f"{path}: could not write checkpoint ({str(e).strip()[:200]}); the previous "
+                                f"checkpoint is intact. Free space, then continue with: "
+                                f"driver train --resume {run_dir}") from e
 
     # -- the loop --------------------------------------------------------------------------------
     progress = _progress(config, main, total_steps, step)
@@ -306,7 +310,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
                     checkpoint(last_val)
                     if improved and main:
                         best_val = dict(last_val, step=step)
-                        save_checkpoint(run_dir / "best.pt", {**model_payload(model), **static, "metrics": best_val})
+                        save(run_dir / "best.pt", {**model_payload(model), **static, "metrics": best_val})
                     if config.patience and ddp.broadcast_flag(bad >= config.patience, dist_info, device):
                         stopped = "early_stop"
                         break

@@ -1,0 +1,5 @@
+"""Errors the user must act on. The CLI prints them as one line (exit code 2), never as a traceback."""
+
+
+class DriverError(Exception):
+    """Base of driver's own non-ValueError errors (ValueError and OSError are reported the same way)."""

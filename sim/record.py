@@ -1,0 +1,176 @@
+"""Record expert driving in the sim as lab-format HDF5 runs that ``driver ingest`` reads as is.
+
+Each run drives one procedural track (seed ``config.seed + i`` of ``config.split``) with the expert and
+DART noise: the EXECUTED command is the expert's plus correlated noise, the RECORDED ``steer``/``motor``
+are the expert's clean command at the state reached. When the noise pushes the car past
+``reset_fraction`` of the half lane width, the segment ends, the car is put back on the centre line and
+a new segment starts one second later (so runs may have several segments).
+
+Labels: ``direct`` = 1, ``sim`` = 1. ``state`` = 1 (human). Extra series per frame: ``speed`` (m/s),
+``cte`` (m, + left of centre), ``heading_error`` (rad, + pointing left of the lane direction),
+``progress`` (m along the track), ``curvature`` (1/m at the projection, + left), ``pose_x``,
+``pose_y``, ``pose_yaw`` (world, m and rad), ``sim_executed_steer`` and ``sim_executed_motor``
+(normalised commands actually applied).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from driver.datasets.run_writer import write_run
+
+from driver.units import norm_to_run
+
+from .camera import Renderer
+from .car import Car, CarSpec
+from .expert import DartNoise, Expert, ExpertSpec, NoiseSpec
+from .track import SPLITS, make_track, split_rng
+
+log = logging.getLogger(__name__)
+
+EXTRAS = ("speed", "cte", "heading_error", "progress", "curvature", "pose_x", "pose_y", "pose_yaw",
+          "sim_executed_steer", "sim_executed_motor")
+
+
+@dataclass
+class SimRecordConfig:
+    """What to record. Run ``i`` drives track ``seed + i`` of ``split`` for ``seconds``."""
+
+    out: str | Path
+    runs: int = 4
+    seconds: float = 60.0
+    fps: float = 30.0
+    height: int = 94
+    width: int = 168
+    stereo: bool = False
+    seed: int = 0
+    noise: float = 0.15  # DART steering noise std, normalised units (0 = clean expert)
+    split: str = "train"
+    reset_fraction: float = 0.9  # segment ends when |cte| > this × half the lane width
+    progress: bool = False  # show a rich progress bar
+
+    def __post_init__(self):
+        if not 1 <= self.runs <= 100000:
+            raise ValueError(f"runs={self.runs} must be in 1..100000")
+        if not 0.1 <= self.seconds <= 36000:
+            raise ValueError(f"seconds={self.seconds} must be in 0.1..36000")
+        if not 10 < self.fps <= 240:
+            raise ValueError(f"fps={self.fps} must be in (10, 240]: the validity mask rejects frames "
+                             "more than 0.1 s apart")
+        if not (8 <= self.height <= 2048 and 8 <= self.width <= 2048):
+            raise ValueError(f"height={self.height}, width={self.width} must each be in 8..2048 pixels")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise={self.noise} must be in 0..1 (normalised steer units)")
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r} must be one of {', '.join(SPLITS)}")
+        if not 0.1 <= self.reset_fraction <= 2.0:
+            raise ValueError(f"reset_fraction={self.reset_fraction} must be in 0.1..2.0")
+
+
+class _Segment:
+    """Preallocated buffers for one segment."""
+
+    def __init__(self, n: int, h: int, w: int, stereo: bool):
+        self.n = 0
+        self.left = np.empty((n, h, w, 3), np.uint8)
+        self.right = np.empty((n, h, w, 3), np.uint8) if stereo else None
+        self.series = {k: np.empty(n, np.float64) for k in ("steer", "motor", "left_timestamp", *EXTRAS)}
+
+    def add(self, left, right, **values) -> None:
+        i = self.n
+        self.left[i] = left
+        if self.right is not None:
+            self.right[i] = right
+        for k, v in values.items():
+            self.series[k][i] = v
+        self.n += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        n = self.n
+        seg = {"left": self.left[:n]}
+        if self.right is not None:
+            seg["right"] = self.right[:n]
+        s = self.series
+        seg["steer"] = norm_to_run(s["steer"][:n]).astype(np.float32)
+        seg["motor"] = norm_to_run(s["motor"][:n]).astype(np.float32)
+        seg["state"] = np.ones(n, np.float32)
+        seg["left_timestamp"] = s["left_timestamp"][:n]
+        seg.update({k: s[k][:n].astype(np.float32) for k in EXTRAS})
+        return seg
+
+
+def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
+    """Record run ``index`` of ``config`` and write it; returns its path."""
+    track_seed = config.seed + index
+    track = make_track(track_seed, config.split)
+    renderer = Renderer(track, config.height, config.width, config.stereo, seed=track_seed)
+    car = Car(CarSpec())
+    expert = Expert(track, car.spec, ExpertSpec())
+    dart = DartNoise(NoiseSpec(scale=config.noise), config.fps, seed=track_seed)
+    rng = split_rng(track_seed, config.split, stream=3)
+    x, y, yaw = track.point_at(rng.uniform(0, track.length))
+    car.reset(x, y, yaw, speed=float(rng.uniform(0.0, 1.0)))
+    dt = 1.0 / config.fps
+    n_total = max(1, int(round(config.seconds * config.fps)))
+    limit = config.reset_fraction * track.lane_width / 2
+    segments: list[dict] = []
+    seg = _Segment(n_total, config.height, config.width, config.stereo)
+    t = 1000.0  # seconds; segments are separated by a 1 s gap
+    for _ in range(n_total):
+        st = car.state
+        loc = track.locate(st.x, st.y)
+        left, right = renderer.render(st.x, st.y, st.yaw)
+        steer, motor = expert.command(st)
+        ns, nm = dart.sample()
+        ex_steer = min(1.0, max(-1.0, steer + ns))
+        ex_motor = min(1.0, max(0.1, motor + nm))
+        heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
+        seg.add(left, right, steer=steer, motor=motor, left_timestamp=t, speed=st.speed, cte=loc.lateral,
+                heading_error=heading_err, progress=loc.progress, curvature=loc.curvature, pose_x=st.x,
+                pose_y=st.y, pose_yaw=st.yaw, sim_executed_steer=ex_steer, sim_executed_motor=ex_motor)
+        car.step(ex_steer, ex_motor, dt)
+        t += dt
+        if on_step is not None:
+            on_step()
+        after = track.locate(car.state.x, car.state.y)
+        if abs(after.lateral) > limit:  # off the road: cut the segment and put the car back
+            log.debug("run %d: reset at t=%.2f (cte %.2f m)", index, t, after.lateral)
+            segments.append(seg.arrays())
+            seg = _Segment(n_total, config.height, config.width, config.stereo)
+            nx, ny, nyaw = track.point_at(after.progress + 0.5)
+            car.reset(nx, ny, nyaw, speed=car.state.speed)
+            dart.reset()
+            t += 1.0
+    if seg.n:
+        segments.append(seg.arrays())
+    meta = {"track_seed": track_seed, "split": config.split, "lane_width_m": track.lane_width,
+            "track_length_m": track.length, "fps": config.fps, "noise": config.noise,
+            "camera": asdict(renderer.spec), "car": asdict(car.spec), "expert": asdict(expert.spec)}
+    out = Path(config.out) / f"sim_{config.split}_{track_seed:05d}.h5"
+    write_run(out, segments, labels={"direct": 1, "sim": 1}, attrs={"sim": json.dumps(meta)})
+    log.info("wrote %s: %d frames in %d segments", out, sum(len(s["steer"]) for s in segments), len(segments))
+    return out
+
+
+def record_runs(config: SimRecordConfig) -> list[Path]:
+    """Record ``config.runs`` runs into ``config.out`` (created if needed); returns the paths written."""
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    per_run = max(1, int(round(config.seconds * config.fps)))
+    if not config.progress:
+        return [record_run(config, i) for i in range(config.runs)]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]sim record"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("frames", total=config.runs * per_run)
+        return [record_run(config, i, on_step=lambda: bar.advance(task)) for i in range(config.runs)]
+
+
+__all__ = ["EXTRAS", "SimRecordConfig", "record_run", "record_runs"]
