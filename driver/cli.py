@@ -118,6 +118,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, default=None, type={"int": int, "float": float}.get(kind, str))
 
 
+def _link(args: argparse.Namespace) -> int:
+    from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
+
+    report = check_link(LinkCheckConfig(port=args.port, seconds=args.seconds, baud=args.baud))
+    print(format_link_report(report))  # noqa: T201 - the command's output
+    return 0 if report.ok else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from driver.demo import DemoConfig, run_demo
 
@@ -170,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
     _add_config_flags(s, TrainConfig)
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",
+                       description="Handshake, versions, round-trip latency and live RC values; nothing moves.")
+    s.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    s.add_argument("--seconds", type=float, default=3.0, help="how long to measure (default 3)")
+    s.add_argument("--baud", type=int, default=115200)
+    s.set_defaults(func=_link)
 
     s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        epilog=DEMO_EXAMPLES, formatter_class=fmt)

@@ -1,0 +1,199 @@
+/* host_mcu: the carlink firmware logic (carlink_proto.c) built for Linux, used as the fake MCU in tests.
+ *
+ * Usage: host_mcu (--fd N | --tty PATH) [--watchdog-ms N] [--rc STEER,THR,MODE]
+ *   --fd N        serial line is an inherited fd (e.g. the master side of os.openpty())
+ *   --tty PATH    serial line is a tty path to open (a pty slave, a socat pty, a USB serial adapter)
+ *   --watchdog-ms the host command watchdog reported in INFO (default 150)
+ *   --rc S,T,M    initial simulated receiver pulse widths in us (default 1500,1500,1000 = MANUAL)
+ *
+ * The clock is real time (CLOCK_MONOTONIC, ms since start). A simulated RC receiver feeds a pulse on each
+ * channel every 20 ms. The test controls it with text lines on stdin:
+ *   rc STEER THR MODE   set the receiver's pulse widths (us)
+ *   rc off | rc on      stop / resume receiver pulses (RC loss is declared 100 ms after the last pulse)
+ *   status              print a status line now
+ *   quit                exit (EOF on stdin also exits, so the fake dies with its test)
+ * Output on stdout, one line each, at start, whenever mode/flags/outputs/rx_bad change, and on `status`:
+ *   state t_ms=.. mode=.. flags=.. out_steer_us=.. out_thr_us=.. rx_bad=.. ack=.. rc=S,T,M
+ */
+#define _DEFAULT_SOURCE
+#include "carlink_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RC_PERIOD_MS 20u
+
+typedef struct {
+    int serial_fd;
+    uint16_t rc_us[RC_CHANNELS];
+    int rc_on;
+    uint32_t last_rc_ms;
+} sim_t;
+
+static uint32_t clock_ms(void)
+{
+    static struct timespec start;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (start.tv_sec == 0 && start.tv_nsec == 0)
+        start = ts;
+    return (uint32_t)((ts.tv_sec - start.tv_sec) * 1000 + (ts.tv_nsec - start.tv_nsec) / 1000000);
+}
+
+static void serial_tx(const uint8_t *frame, uint8_t len, void *ctx)
+{
+    sim_t *sim = ctx;
+    /* Like a UART with nobody listening: what does not fit is lost, the host resyncs at the next 0x00. */
+    ssize_t n = write(sim->serial_fd, frame, len);
+    (void)n;
+}
+
+static void print_state(const proto_t *p, const sim_t *sim)
+{
+    printf("state t_ms=%lu mode=%u flags=%u out_steer_us=%u out_thr_us=%u rx_bad=%u ack=%u rc=%u,%u,%u%s\n",
+           (unsigned long)p->now_ms, p->mode, p->flags, p->out_steer_us, p->out_thr_us, p->rx_bad, p->ack,
+           sim->rc_us[RC_STEER], sim->rc_us[RC_THR], sim->rc_us[RC_MODE], sim->rc_on ? "" : " rc_off");
+    fflush(stdout);
+}
+
+/* Returns 0 to keep running, 1 to quit. */
+static int control_line(char *line, const proto_t *p, sim_t *sim)
+{
+    unsigned s, t, m;
+    if (sscanf(line, "rc %u %u %u", &s, &t, &m) == 3) {
+        sim->rc_us[RC_STEER] = (uint16_t)s;
+        sim->rc_us[RC_THR] = (uint16_t)t;
+        sim->rc_us[RC_MODE] = (uint16_t)m;
+    } else if (strncmp(line, "rc off", 6) == 0) {
+        sim->rc_on = 0;
+    } else if (strncmp(line, "rc on", 5) == 0) {
+        sim->rc_on = 1;
+    } else if (strncmp(line, "status", 6) == 0) {
+        print_state(p, sim);
+    } else if (strncmp(line, "quit", 4) == 0) {
+        return 1;
+    } else if (line[0] != '\0') {
+        fprintf(stderr, "host_mcu: unknown control line: %s\n", line);
+    }
+    return 0;
+}
+
+static int open_serial(const char *tty_path, int fd)
+{
+    if (tty_path) {
+        fd = open(tty_path, O_RDWR | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
+            fprintf(stderr, "host_mcu: cannot open %s: %s\n", tty_path, strerror(errno));
+            exit(2);
+        }
+    } else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+        fprintf(stderr, "host_mcu: bad --fd %d: %s\n", fd, strerror(errno));
+        exit(2);
+    }
+    struct termios tio;
+    if (isatty(fd) && tcgetattr(fd, &tio) == 0) {
+        cfmakeraw(&tio);  /* no echo, no line editing: a byte pipe like a UART */
+        cfsetispeed(&tio, B115200);
+        cfsetospeed(&tio, B115200);
+        tcsetattr(fd, TCSANOW, &tio);
+    }
+    return fd;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: host_mcu (--fd N | --tty PATH) [--watchdog-ms N] [--rc STEER,THR,MODE]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *tty_path = NULL;
+    int fd = -1;
+    unsigned watchdog_ms = CARLINK_WATCHDOG_MS_DEFAULT;
+    sim_t sim = {.rc_us = {1500, 1500, 1000}, .rc_on = 1};
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc)
+            usage();
+        if (strcmp(argv[i], "--fd") == 0) {
+            fd = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--tty") == 0) {
+            tty_path = argv[++i];
+        } else if (strcmp(argv[i], "--watchdog-ms") == 0) {
+            watchdog_ms = (unsigned)atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--rc") == 0) {
+            unsigned s, t, m;
+            if (sscanf(argv[++i], "%u,%u,%u", &s, &t, &m) != 3)
+                usage();
+            sim.rc_us[0] = (uint16_t)s; sim.rc_us[1] = (uint16_t)t; sim.rc_us[2] = (uint16_t)m;
+        } else {
+            usage();
+        }
+    }
+    if ((fd < 0) == (tty_path == NULL))
+        usage();
+    signal(SIGPIPE, SIG_IGN);
+    sim.serial_fd = open_serial(tty_path, fd);
+    fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+
+    proto_t p;
+    proto_calibration_t cal;
+    proto_default_calibration(&cal);
+    proto_init(&p, &cal, (uint16_t)watchdog_ms, serial_tx, &sim);
+    proto_tick(&p, clock_ms());
+    print_state(&p, &sim);
+    uint8_t last_mode = p.mode, last_flags = p.flags, last_bad = p.rx_bad;
+    uint16_t last_steer = p.out_steer_us, last_thr = p.out_thr_us;
+
+    char line[256];
+    size_t line_len = 0;
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = sim.serial_fd, .events = POLLIN}, {.fd = STDIN_FILENO, .events = POLLIN}};
+        poll(fds, 2, 1);
+        uint32_t now = clock_ms();
+        proto_tick(&p, now);
+        if (sim.rc_on && now - sim.last_rc_ms >= RC_PERIOD_MS) {
+            for (uint8_t ch = 0; ch < RC_CHANNELS; ch++)
+                proto_rc_pulse(&p, ch, sim.rc_us[ch]);
+            sim.last_rc_ms = now;
+        }
+        if (fds[0].revents & POLLIN) {
+            uint8_t buf[256];
+            ssize_t n = read(sim.serial_fd, buf, sizeof buf);
+            for (ssize_t i = 0; i < n; i++)
+                proto_rx_byte(&p, buf[i]);
+        } else if (fds[0].revents & (POLLHUP | POLLERR)) {
+            usleep(1000);  /* nobody has the other end open: keep running like a real MCU */
+        }
+        if (fds[1].revents & (POLLIN | POLLHUP)) {
+            char c;
+            ssize_t n;
+            while ((n = read(STDIN_FILENO, &c, 1)) == 1) {
+                if (c == '\n' || line_len == sizeof line - 1) {
+                    line[line_len] = '\0';
+                    line_len = 0;
+                    if (control_line(line, &p, &sim))
+                        return 0;
+                } else {
+                    line[line_len++] = c;
+                }
+            }
+            if (n == 0)
+                return 0;  /* stdin closed: the test is gone */
+        }
+        if (p.mode != last_mode || p.flags != last_flags || p.out_steer_us != last_steer
+            || p.out_thr_us != last_thr || p.rx_bad != last_bad) {
+            print_state(&p, &sim);
+            last_mode = p.mode; last_flags = p.flags; last_bad = p.rx_bad;
+            last_steer = p.out_steer_us; last_thr = p.out_thr_us;
+        }
+    }
+}
