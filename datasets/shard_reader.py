@@ -104,6 +104,18 @@ class ShardedFrames:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __getitem__(self, key) -> np.ndarray:
+        """``frames[i]`` (one frame) or ``frames[a:b]`` (consecutive frames), as numpy arrays."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                return self.read_frames(np.arange(start, stop, step))
+            return self.read(start, max(0, stop - start))
+        index = int(key)
+        if index < 0:
+            index += self.shape[0]
+        return self.read(index, 1)[0]
+
     def close(self) -> None:
         if self._pid == os.getpid():
             for fd in self._fds.values():

@@ -110,6 +110,16 @@ class Store:
             self._frames[key] = ShardedFrames(self.path / RUNS / run / camera)
         return self._frames[key]
 
+    def labels(self, run: str) -> dict[str, int]:
+        """The run's 0/1 labels (behavioral modes and flags such as reject_run)."""
+        return dict(self.run_meta(run)["labels"])
+
+    def clips(self, config=None, runs: list[str] | None = None):
+        """A :class:`~driver.datasets.clips.ClipDataset` over this store (all runs unless ``runs``)."""
+        from .clips import ClipConfig, ClipDataset
+
+        return ClipDataset(self, config or ClipConfig(), runs=runs)
+
     @cached_property
     def disk_bytes(self) -> int:
         return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(self.path) for f in fs)

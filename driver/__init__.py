@@ -2,8 +2,12 @@
 
 The public Python API (imported lazily so `import driver` stays light):
 
+- ``driver.ingest(driver.IngestConfig(sources, out))``: HDF5 runs into a store.
+- ``driver.open_store(path)``: an ingested store's runs, frames, labels and series, and its clip Dataset.
 - ``driver.train(config) -> RunResult``: train a controller (``driver.TrainConfig``).
-- ``driver.open_store(path)``: an ingested store's runs, frames, labels and series.
+- ``driver.load_policy(checkpoint) -> Policy``: ``policy.reset()``, ``policy.act(frame, right, mode)``.
+
+See docs/python-api.md.
 """
 
 from __future__ import annotations
@@ -11,6 +15,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ingest": ("driver.datasets.ingest", "ingest"),
+    "IngestConfig": ("driver.datasets.ingest", "IngestConfig"),
+    "ClipConfig": ("driver.datasets.clips", "ClipConfig"),
+    "load_policy": ("driver.policy", "load_policy"),
+    "Policy": ("driver.policy", "Policy"),
+    "Action": ("driver.policy", "Action"),
     "train": ("driver.training", "train"),
     "TrainConfig": ("driver.training", "TrainConfig"),
     "RunResult": ("driver.training", "RunResult"),

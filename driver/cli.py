@@ -31,8 +31,8 @@ TRAIN_EXAMPLES = """examples:
 """
 
 DEMO_EXAMPLES = """examples:
-  driver demo                    # synthetic runs -> ingest -> store info -> clip loader -> model forward
-  driver demo --workdir /tmp/d --runs 6 --frames 600
+  driver demo                  # sim record -> ingest -> train -> open-loop replay -> closed-loop sim drive
+  driver demo --workdir /tmp/d --runs 24 --steps 1200 --eval-tracks 10
 """
 
 
@@ -118,6 +118,44 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, default=None, type={"int": int, "float": float}.get(kind, str))
 
 
+def _sim_record(args: argparse.Namespace) -> int:
+    from driver.sim.record import SimRecordConfig, record_runs
+
+    paths = record_runs(SimRecordConfig(out=args.out, runs=args.runs, seconds=args.seconds, fps=args.fps,
+                                        height=args.height, width=args.width, stereo=args.stereo, seed=args.seed,
+                                        noise=args.noise, split=args.split, progress=sys.stderr.isatty()))
+    print(f"wrote {len(paths)} runs to {args.out}")  # noqa: T201 - the command's output
+    return 0
+
+
+def _sim_drive(args: argparse.Namespace) -> int:
+    from driver.sim.evaluate_policy import SimDriveConfig, format_sim_drive, sim_drive
+
+    result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
+                                      split=args.split, max_seconds=args.max_seconds, mode=args.mode,
+                                      media=not args.no_media, seed=args.seed))
+    print(format_sim_drive(result))  # noqa: T201 - the command's output
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from driver.policy import load_policy
+    from driver.sim.replay import ReplayConfig, format_replay_report, replay
+    from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
+
+    policy = load_policy(args.model, threads=args.threads)
+    if args.closed_loop:
+        report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
+                                              threshold_m=args.threshold, mode=args.mode, out=args.out),
+                             policy=policy)
+        print(format_warp_report(report))  # noqa: T201 - the command's output
+        return 0
+    report = replay(ReplayConfig(model=args.model, data=args.data, runs=args.runs or [], out=args.out,
+                                 mode=args.mode, video=not args.no_video), policy=policy)
+    print(format_replay_report(report))  # noqa: T201 - the command's output
+    return 0
+
+
 def _link(args: argparse.Namespace) -> int:
     from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
@@ -129,8 +167,8 @@ def _link(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from driver.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, frames=args.frames, jobs=args.jobs,
-                        batches=args.batches))
+    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, seconds=args.seconds, steps=args.steps,
+                        eval_tracks=args.eval_tracks, jobs=args.jobs, seed=args.seed))
     return 0
 
 
@@ -179,6 +217,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(s, TrainConfig)
     s.set_defaults(func=_train)
 
+    sim = sub.add_parser("sim", help="the driving simulator: record runs, drive a model closed-loop")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+    s = sim_sub.add_parser("record", help="record expert driving (with DART noise) as lab-format HDF5 runs")
+    s.add_argument("--runs", type=int, default=4)
+    s.add_argument("--out", required=True, help="folder for the .h5 runs")
+    s.add_argument("--seconds", type=float, default=60.0, help="seconds per run (default 60)")
+    s.add_argument("--fps", type=float, default=30.0)
+    s.add_argument("--height", type=int, default=94)
+    s.add_argument("--width", type=int, default=168)
+    s.add_argument("--stereo", action="store_true", help="record a right camera too")
+    s.add_argument("--seed", type=int, default=0, help="run i drives track seed+i of the split")
+    s.add_argument("--noise", type=float, default=0.15, help="DART steering noise (normalised, 0 = clean)")
+    s.add_argument("--split", choices=("train", "eval"), default="train")
+    s.set_defaults(func=_sim_record)
+    s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: PilotNet autonomy")
+    s.add_argument("--model", required=True, help="checkpoint (best.pt / last.pt / run dir) or 'expert'")
+    s.add_argument("--tracks", type=int, default=3)
+    s.add_argument("--laps", type=float, default=1.0)
+    s.add_argument("--split", choices=("train", "eval"), default="eval")
+    s.add_argument("--max-seconds", type=float, default=120.0, help="per track")
+    s.add_argument("--mode", default="direct", help="behavioral mode given to the model")
+    s.add_argument("--out", default="sim_drive_out", help="summary.json, top-down PNGs and MP4s")
+    s.add_argument("--no-media", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_sim_drive)
+
+    s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
+                       description="Open-loop: the model against the recorded human, frame by frame in order. "
+                       "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
+    s.add_argument("--model", required=True, help="checkpoint (best.pt / last.pt / run dir)")
+    s.add_argument("--data", required=True, help="store (driver ingest output)")
+    s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
+    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv")
+    s.add_argument("--mode", default=None, help="behavioral mode (default: from each run's labels)")
+    s.add_argument("--no-video", action="store_true")
+    s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
+    s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
+    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
+    s.set_defaults(func=_replay)
+
     s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",
                        description="Handshake, versions, round-trip latency and live RC values; nothing moves.")
     s.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
@@ -189,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        epilog=DEMO_EXAMPLES, formatter_class=fmt)
     s.add_argument("--workdir", default="demo_out", help="where runs, store and report go (default demo_out)")
-    s.add_argument("--runs", type=int, default=6)
-    s.add_argument("--frames", type=int, default=900, help="frames per run (default 900 = 30 s)")
-    s.add_argument("--jobs", type=int, default=2)
-    s.add_argument("--batches", type=int, default=20, help="loader batches of 8 clips fed to the model")
+    s.add_argument("--runs", type=int, default=16, help="simulated runs to record (default 16)")
+    s.add_argument("--seconds", type=float, default=30.0, help="seconds per run (default 30)")
+    s.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    s.add_argument("--eval-tracks", type=int, default=6, help="held-out tracks driven closed-loop (default 6)")
+    s.add_argument("--jobs", type=int, default=2, help="ingest processes")
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_demo)
     return p
 

@@ -25,3 +25,33 @@ def frames_to_input(frames: torch.Tensor, channels_last: bool = True,
     else:
         x = frames.movedim(-1, -3).reshape(*lead, 3 * v, h, w)
     return x.to(dtype).div_(255.0).sub_(0.5)
+
+
+def prepare_frame(frame, height: int, width: int, name: str = "frame"):
+    """A camera image (H'×W'×3 uint8 RGB, any size) as the model's H×W×3: centre-crop to the model's
+    aspect ratio, then area-resize (as the lab downsampled 376×672 to 94×168). Frames already at the
+    model's size pass through untouched, so stored training frames and live frames meet the same path.
+    """
+    import cv2
+    import numpy as np
+
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (H, W, 3) uint8 RGB, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{name} has dtype {frame.dtype}; expected uint8 RGB")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{name} has shape {frame.shape}; expected (H, W, 3) RGB")
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return np.ascontiguousarray(frame)
+    if h < 2 or w < 2:
+        raise ValueError(f"{name} is {h}x{w}; too small to resize to {height}x{width}")
+    target = width / height
+    if w / h > target:  # too wide: crop the sides
+        cw = round(h * target)
+        frame = frame[:, (w - cw) // 2 : (w - cw) // 2 + cw]
+    elif w / h < target:  # too tall: crop top and bottom
+        ch = round(w / target)
+        frame = frame[(h - ch) // 2 : (h - ch) // 2 + ch]
+    interp = cv2.INTER_AREA if frame.shape[0] >= height else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(frame), (width, height), interpolation=interp)

@@ -44,8 +44,9 @@ def test_models_table():
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--frames", "200", "--jobs", "1",
-                "--batches", "3")
+    r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--seconds", "6", "--steps", "4",
+                "--eval-tracks", "1", "--jobs", "1")
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "d" / "report.md").read_text()
-    assert "3 synthetic" in report and "squeezenet_lstm" in report and "| ingest |" in report
+    assert "3 simulated runs" in report and "autonomy" in report and "| train |" in report
+    assert (tmp_path / "d" / "sim_drive" / "summary.json").exists()

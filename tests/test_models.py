@@ -38,11 +38,11 @@ EXPECTED_ARCHS = [
 PARAM_COUNTS_DEFAULT_SPEC = {
     "alexnet": 23_621_780,
     "squeezenet": 738_036,
-    "squeezenet_gru": 976_884,
-    "squeezenet_lstm": 1_059_060,
+    "squeezenet_gru": 977_908,
+    "squeezenet_lstm": 1_060_084,
     "z2color": 1_578_740,
-    "z2color_gru": 1_817_588,
-    "z2color_lstm": 1_899_764,
+    "z2color_gru": 1_818_612,
+    "z2color_lstm": 1_900_788,
 }
 
 # Lab-faithful configurations and the counts of seed_lineage.md §2 (lab layers at 94x168x12).

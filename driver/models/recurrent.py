@@ -4,7 +4,7 @@ Unlike the lab's SqueezeNetLSTM/GRU (whose recurrence unrolled over the 10 *futu
 here is over input time: each frame is encoded on its own, the RNN carries state from frame to frame, and
 a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame::
 
-    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --LSTM/GRU--> (B, T, hidden)
+    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --LayerNorm, LSTM/GRU--> (B, T, hidden)
                          --linear head--> (B, T, horizon, 2)
 
 State is explicit: ``(h, c)`` for LSTM and ``h`` for GRU, each (num_layers, B, hidden), float32. The RNN
@@ -74,6 +74,8 @@ class RecurrentDriver(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.encoder = encoder
+        # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise them.
+        self.norm = nn.LayerNorm(encoder.out_features)
         self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.output_activation = make_output_activation(output_activation)
@@ -94,7 +96,7 @@ class RecurrentDriver(nn.Module):
         frames, frame_modes = fold_time(clip, modes)
         features = self.encoder(frames, frame_modes).reshape(batch, steps, -1)  # (B, T, F)
         with torch.autocast(device_type=clip.device.type, enabled=False):
-            hidden, new_state = self.rnn(features.float(), state)  # (B, T, hidden)
+            hidden, new_state = self.rnn(self.norm(features.float()), state)  # (B, T, hidden)
         raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         return out.reshape(batch, steps, self.spec.horizon, 2), new_state

@@ -1,0 +1,121 @@
+"""The one Policy: a trained controller that turns camera frames into actions, frame by frame.
+
+``driver replay``, ``driver sim drive`` and the car loop all call :func:`load_policy` and
+``policy.act``; recurrent state and the stacked previous frame live inside the policy::
+
+    policy = load_policy("runs/train/x/best.pt")
+    policy.reset()
+    action = policy.act(frame_rgb_uint8, right=None, mode="direct")
+    action.steer, action.motor            # run units, 0..99 with 49 neutral
+    action.steer_norm, action.motor_norm  # [-1, 1]
+    action.steer_permille                 # carlink wire values
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from driver.preprocess import frames_to_input, prepare_frame
+from driver.training.checkpoint import load_checkpoint, model_from_checkpoint
+from driver.units import norm_to_permille, norm_to_run
+
+
+@dataclass(frozen=True)
+class Action:
+    """One control decision. ``horizon`` holds all predicted (steer, motor) steps, normalised."""
+
+    steer: float
+    motor: float
+    steer_norm: float
+    motor_norm: float
+    steer_permille: int
+    motor_permille: int
+    latency_s: float
+    horizon: np.ndarray
+
+
+class Policy:
+    """A model plus everything needed to feed it exactly as in training (see module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, checkpoint: dict, device: str = "cpu", threads: int | None = None):
+        pre = checkpoint["preprocess"]
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.arch = checkpoint["arch"]
+        self.cameras: tuple[str, ...] = tuple(pre["cameras"])
+        self.stack = int(pre["stack"])
+        self.height, self.width = int(pre["height"]), int(pre["width"])
+        self.modes: tuple[str, ...] = tuple(pre["modes"])
+        self.channels_last = bool(checkpoint.get("config", {}).get("channels_last", True))
+        self.path = checkpoint.get("path", "")
+        if threads:
+            torch.set_num_threads(threads)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.reset()
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self.model.is_recurrent)
+
+    @property
+    def stereo(self) -> bool:
+        return len(self.cameras) == 2
+
+    def reset(self) -> None:
+        """Forget the recurrent state and the previous frame (a new drive, a mode change, a gap)."""
+        self._state = None
+        self._previous: np.ndarray | None = None
+
+    def mode_vector(self, mode: str | None) -> torch.Tensor | None:
+        if not self.modes:
+            return None
+        vec = torch.zeros(1, len(self.modes))
+        if mode is not None:
+            if mode not in self.modes:
+                raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
+            vec[0, self.modes.index(mode)] = 1.0
+        return vec.to(self.device)
+
+    def views(self, frame: np.ndarray, right: np.ndarray | None) -> np.ndarray:
+        """Current camera views (cams, H, W, 3) at the model's size, validated and resized."""
+        if self.stereo and right is None:
+            raise ValueError(f"{self.arch} is a stereo model: pass right=<the right camera frame>")
+        if self.cameras == ("right",):
+            frame, right = (right if right is not None else frame), None
+        cams = [prepare_frame(frame, self.height, self.width, "frame")]
+        if self.stereo:
+            cams.append(prepare_frame(right, self.height, self.width, "right"))
+        return np.stack(cams)
+
+    @torch.no_grad()
+    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: str | None = None) -> Action:
+        """One frame in, one action out; carries recurrent state and the stacked frame between calls."""
+        t0 = time.perf_counter()
+        current = self.views(frame, right)
+        if self.stack == 2:
+            previous = current if self._previous is None else self._previous
+            views = np.concatenate([previous, current])  # [cam0 t-1, cam1 t-1, cam0 t, cam1 t]
+            self._previous = current
+        else:
+            views = current
+        x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
+        out, self._state = self.model.step(x, self.mode_vector(mode), self._state)
+        pred = out[0].float().clamp(-1.0, 1.0).cpu().numpy()  # (horizon, 2)
+        steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
+        return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
+                      norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred)
+
+
+def load_policy(path: str | os.PathLike, runtime: str = "torch", device: str = "cpu",
+                threads: int | None = None) -> Policy:
+    """A Policy from a checkpoint written by ``driver train`` (``best.pt``/``last.pt`` or a run directory)."""
+    if runtime != "torch":
+        raise ValueError(f"runtime={runtime!r} is not available yet; use 'torch'")
+    ckpt = load_checkpoint(path)
+    return Policy(model_from_checkpoint(ckpt), ckpt, device=device, threads=threads)

@@ -1,0 +1,258 @@
+"""Open-loop replay: run a trained Policy over recorded runs, frame by frame, and score it against the human.
+
+The policy sees each run IN ORDER through the same code the car uses (``Policy.act`` does the
+preprocessing and carries recurrent state and the stacked previous frame). ``policy.reset()`` is called at
+the start of every segment and after every timestamp gap of ``max_gap_s`` or more, as the car does after
+a pause. Every frame is fed, so state flows as on the car; only frames whose stored ``valid`` mask is true
+are scored. Metrics are defined in :mod:`driver.sim.replay_metrics` and ``docs/evaluation.md``::
+
+    report = replay(ReplayConfig(model="runs/train/x/best.pt", data="store.zarr"))
+    print(format_replay_report(report))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from driver.datasets.store import Store
+
+from driver.policy import Policy, load_policy
+
+from . import replay_metrics as rm
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK = 256  # frames read from the store at once
+
+
+@dataclass
+class ReplayConfig:
+    """What to replay. ``runs`` empty = every run in the store; ``mode`` None = from each run's labels."""
+
+    model: str
+    data: str
+    runs: list[str] = field(default_factory=list)
+    out: str = "replay_out"
+    mode: str | None = None
+    video: bool = True
+    video_run: str | None = None  # None = the first replayed run
+    max_video_frames: int = 600
+    worst: int = 20
+    max_lag: int = 30  # frames searched either way for the best alignment
+    max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
+    plots: bool = True
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("model is empty: name a checkpoint (best.pt/last.pt or a training run folder)")
+        if not self.data:
+            raise ValueError("data is empty: name a store made by driver ingest")
+        if not 1 <= self.max_video_frames <= 100000:
+            raise ValueError(f"max_video_frames={self.max_video_frames} must be in 1..100000")
+        if not 0 <= self.worst <= 10000:
+            raise ValueError(f"worst={self.worst} must be in 0..10000")
+        if not 0 <= self.max_lag <= 1000:
+            raise ValueError(f"max_lag={self.max_lag} must be in 0..1000 frames")
+        if not 0.0 < self.max_gap_s <= 60.0:
+            raise ValueError(f"max_gap_s={self.max_gap_s} must be in (0, 60] seconds")
+
+
+@dataclass
+class RunTrace:
+    """Per-frame human and model commands of one run (run units), with the scoring mask and chunk ids."""
+
+    run: str
+    time_s: np.ndarray  # seconds since the run's first frame
+    human_steer: np.ndarray
+    human_motor: np.ndarray
+    pred_steer: np.ndarray
+    pred_motor: np.ndarray
+    valid: np.ndarray
+    chunk: np.ndarray  # frames between two policy resets share an id
+    resets: int
+    mode: str | None
+
+    @property
+    def fps(self) -> float:
+        dt = np.diff(self.time_s)
+        dt = dt[dt > 0]
+        return float(1.0 / np.median(dt)) if dt.size else 30.0
+
+
+@dataclass
+class ReplayReport:
+    """Results: ``overall`` pools all scored frames, ``per_run`` by run name, ``worst`` sorted by |error|."""
+
+    overall: dict
+    per_run: dict[str, dict]
+    worst: list[dict]
+    files: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    traces: dict[str, RunTrace] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"overall": self.overall, "per_run": self.per_run, "worst": self.worst, "files": self.files,
+                "config": self.config}
+
+
+def resolve_mode(policy: Policy, labels: dict, mode: str | None) -> str | None:
+    """The mode to condition on: ``mode`` if given, else the first of the model's modes the run is labelled
+    with, else None (an all-zero mode vector). Models without modes get None."""
+    if not policy.modes:
+        return None
+    if mode is not None:
+        if mode not in policy.modes:
+            raise ValueError(f"mode={mode!r} is not one of this model's modes {list(policy.modes)}")
+        return mode
+    return next((m for m in policy.modes if int(labels.get(m, 0)) == 1), None)
+
+
+def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, max_gap_s: float = 0.1) -> RunTrace:
+    """Feed every frame of ``run`` to ``policy`` in order, resetting at segment starts and timestamp gaps."""
+    meta = store.run_meta(run)
+    n = int(meta["n_frames"])
+    need_right = "right" in policy.cameras
+    if need_right and "right" not in meta["cameras"]:
+        raise ValueError(f"run {run!r} has cameras {meta['cameras']} but the model needs the right camera")
+    mode = resolve_mode(policy, meta.get("labels", {}), mode)
+    ts = store.series(run, "timestamp").astype(np.float64)
+    chunk = rm.chunk_ids(store.series(run, "segment"), ts, max_gap_s)
+    left_frames = store.frames(run, "left") if "left" in policy.cameras else None
+    right_frames = store.frames(run, "right") if need_right else None
+    pred = np.zeros((n, 2), np.float64)
+    resets = 0
+    for start in range(0, n, READ_BLOCK):
+        count = min(READ_BLOCK, n - start)
+        left = left_frames.read(start, count) if left_frames is not None else None
+        right = right_frames.read(start, count) if right_frames is not None else None
+        for j in range(count):
+            i = start + j
+            if i == 0 or chunk[i] != chunk[i - 1]:
+                policy.reset()
+                resets += 1
+            frame = left[j] if left is not None else right[j]
+            action = policy.act(frame, right=right[j] if right is not None else None, mode=mode)
+            pred[i] = action.steer, action.motor
+    return RunTrace(run, ts - ts[0] if n else ts, store.series(run, "steer").astype(np.float64),
+                    store.series(run, "motor").astype(np.float64), pred[:, 0], pred[:, 1],
+                    store.series(run, "valid").astype(bool), chunk, resets, mode)
+
+
+def _round(x, nd: int = 4):
+    return None if x is None else round(float(x), nd)
+
+
+def _metrics(traces: list[RunTrace], max_lag: int) -> dict:
+    """Metrics of one or more runs pooled (one run: that run's metrics)."""
+    cat = {k: np.concatenate([getattr(t, k) for t in traces]) for k in
+           ("human_steer", "human_motor", "pred_steer", "pred_motor", "valid")}
+    v = cat["valid"]
+    steer = rm.error_stats(cat["pred_steer"], cat["human_steer"], v)
+    motor = rm.error_stats(cat["pred_motor"], cat["human_motor"], v)
+    sse = cnt = None
+    rough_m = rough_h = (0.0, 0)
+    for t in traces:
+        s, c = rm.lag_curve(t.pred_steer, t.human_steer, t.valid, t.chunk, max_lag)
+        sse, cnt = (s, c) if sse is None else (sse + s, cnt + c)
+        a, b = rm.step_sums(t.pred_steer, t.valid, t.chunk), rm.step_sums(t.human_steer, t.valid, t.chunk)
+        rough_m, rough_h = (rough_m[0] + a[0], rough_m[1] + a[1]), (rough_h[0] + b[0], rough_h[1] + b[1])
+    lag = rm.best_lag_from_curve(sse, cnt)
+    fps = float(np.mean([t.fps for t in traces]))
+    return {
+        "frames": int(v.size), "scored": int(v.sum()),
+        "seconds": round(float(sum(t.time_s[-1] if t.time_s.size else 0.0 for t in traces)), 2),
+        "steer": {k: _round(x) if k != "n" else x for k, x in steer.items()},
+        "throttle": {k: _round(x) if k != "n" else x for k, x in motor.items()},
+        "steer_by_bin": [{**b, "mae": _round(b["mae"])} for b in
+                         rm.errors_by_steer_bin(cat["pred_steer"], cat["human_steer"], v)],
+        "lag_frames": lag, "lag_s": None if lag is None else round(lag / fps, 4),
+        "roughness_model": _round(rough_m[0] / rough_m[1]) if rough_m[1] else None,
+        "roughness_human": _round(rough_h[0] / rough_h[1]) if rough_h[1] else None,
+        "resets": int(sum(t.resets for t in traces)),
+    }
+
+
+def _worst(traces: list[RunTrace], k: int) -> list[dict]:
+    """The ``k`` worst steering moments over all runs (one per 0.5 s window per run), sorted by |error|."""
+    rows = []
+    for t in traces:
+        sep = max(1, int(round(0.5 * t.fps)))
+        for i in rm.worst_moments(t.pred_steer, t.human_steer, t.valid, k, min_separation=sep):
+            rows.append({"run": t.run, "frame": i, "time_s": round(float(t.time_s[i]), 3),
+                         "human": round(float(t.human_steer[i]), 2), "model": round(float(t.pred_steer[i]), 2),
+                         "abs_error": round(abs(float(t.pred_steer[i] - t.human_steer[i])), 2)})
+    rows.sort(key=lambda r: (-r["abs_error"], r["run"], r["frame"]))
+    return rows[:k]
+
+
+def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
+    """Replay ``config.model`` over the store's runs; write ``report.json`` (and media) to ``config.out``.
+
+    ``policy`` overrides loading ``config.model`` (tests, or a policy already in memory)."""
+    store = Store(config.data)
+    runs = list(config.runs) or store.runs
+    missing = [r for r in runs if not store.has_run(r)]
+    if missing:
+        raise ValueError(f"runs {missing} are not in {config.data} (it has {store.runs})")
+    if not runs:
+        raise ValueError(f"{config.data} has no runs to replay")
+    if config.video and config.video_run is not None and config.video_run not in runs:
+        raise ValueError(f"video_run={config.video_run!r} is not among the runs to replay {runs}")
+    policy = policy or load_policy(config.model)
+    t0 = time.perf_counter()
+    traces = []
+    for run in runs:
+        t = replay_run(policy, store, run, config.mode, config.max_gap_s)
+        log.info("replayed %s: %d frames (%d scored), %d resets, mode %s", run, len(t.valid), int(t.valid.sum()),
+                 t.resets, t.mode)
+        traces.append(t)
+    elapsed = time.perf_counter() - t0
+    per_run = {t.run: {**_metrics([t], config.max_lag), "mode": t.mode} for t in traces}
+    overall = {**_metrics(traces, config.max_lag), "runs": len(traces),
+               "frames_per_s": round(sum(len(t.valid) for t in traces) / max(elapsed, 1e-9), 1)}
+    report = ReplayReport(overall, per_run, _worst(traces, config.worst), config=asdict(config),
+                          traces={t.run: t for t in traces})
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .replay_media import write_replay_media  # matplotlib only when writing
+
+    report.files = [str(p) for p in write_replay_media(report, store, out, config)]
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    report.files.append(str(out / "report.json"))
+    log.info("replay: steer MAE %s, throttle MAE %s over %d scored frames; report in %s",
+             overall["steer"]["mae"], overall["throttle"]["mae"], overall["scored"], out)
+    return report
+
+
+def _f(x, nd: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def format_replay_report(report: ReplayReport) -> str:
+    """A plain-text summary: one row per run and one for all runs, then error by steering bin and the worst."""
+    head = (f"{'run':<24} {'scored':>7} {'steer MAE':>9} {'steer RMSE':>10} {'bias':>6} {'thr MAE':>8} "
+            f"{'lag f':>5} {'lag s':>6} {'rough M/H':>11}")
+    lines = ["open-loop replay (run units 0..99)", head, "-" * len(head)]
+
+    def row(name: str, m: dict) -> str:
+        rough = f"{_f(m['roughness_model'])}/{_f(m['roughness_human'])}"
+        lag = "-" if m["lag_frames"] is None else str(m["lag_frames"])
+        return (f"{name[:24]:<24} {m['scored']:>7} {_f(m['steer']['mae']):>9} {_f(m['steer']['rmse']):>10} "
+                f"{_f(m['steer']['bias']):>6} {_f(m['throttle']['mae']):>8} {lag:>5} {_f(m['lag_s']):>6} "
+                f"{rough:>11}")
+
+    lines += [row(name, m) for name, m in report.per_run.items()]
+    lines += ["-" * len(head), row("ALL", report.overall), ""]
+    lines.append("steer MAE by |human steer - 49|: " + ", ".join(
+        f"{b['bin']}: {_f(b['mae'])} (n={b['count']})" for b in report.overall["steer_by_bin"]))
+    if report.worst:
+        lines += ["", "worst moments:"]
+        lines += [f"  {w['run']} frame {w['frame']} ({w['time_s']:.2f} s): human {w['human']:.1f} "
+                  f"model {w['model']:.1f} |err| {w['abs_error']:.1f}" for w in report.worst[:10]]
+    return "\n".join(lines)
