@@ -7,7 +7,7 @@ One item (torch tensors, ready for the default collate)::
     modes   float32 (M,)             the run's behavioral-mode labels over ``ClipConfig.modes``
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
-    flipped bool                     horizontal-flip augmentation applied
+    flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged)
 
 A clip may start at frame s only if every frame of its window, from the stacked previous frame to its
 last target (frames the strides skip included), is valid and lies in one segment of the run.
@@ -51,6 +51,7 @@ class ClipConfig:
     horizon: int = 10
     target_stride: int = 1
     flip: float = 0.0
+    color_jitter: float = 0.0
     modes: tuple[str, ...] = MODES
     include_labels: tuple[str, ...] = ()
     exclude_labels: tuple[str, ...] = DEFAULT_EXCLUDE
@@ -70,6 +71,8 @@ class ClipConfig:
                 raise ValueError(f"{name}={value!r} must be an integer in {lo}..{hi}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip={self.flip} must be a probability in 0..1")
+        if not 0.0 <= self.color_jitter <= 1.0:
+            raise ValueError(f"color_jitter={self.color_jitter} must be in 0..1")
         if self.cameras not in (("left",), ("right",), ("left", "right")):
             raise ValueError(f"cameras={self.cameras!r} must be ('left',), ('right',) or ('left', 'right')")
         object.__setattr__(self, "modes", tuple(self.modes))
@@ -213,9 +216,12 @@ class ClipDataset(Dataset):
         steps = s + np.arange(cfg.clip_length)[:, None] * cfg.frame_stride + \
             np.arange(cfg.horizon)[None, :] * cfg.target_stride  # (T, N)
         steer = run.steer[steps]
-        flipped = cfg.flip > 0 and np.random.default_rng([cfg.seed, self.epoch, index]).random() < cfg.flip
+        rng = np.random.default_rng([cfg.seed, self.epoch, index])
+        flipped = cfg.flip > 0 and rng.random() < cfg.flip
         if flipped:
             frames, steer = flip_clip(frames, len(cfg.cameras)), -steer
+        if cfg.color_jitter > 0:
+            frames = jitter_colors(frames, cfg.color_jitter, rng)
         target = np.stack([steer, run.motor[steps]], axis=-1)  # (T, N, 2)
         return {
             "frames": torch.from_numpy(frames),
@@ -225,6 +231,22 @@ class ClipDataset(Dataset):
             "start": torch.tensor(s, dtype=torch.int64),
             "flipped": torch.tensor(bool(flipped)),
         }
+
+
+def jitter_colors(frames: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One random brightness, contrast and per-channel gain for the whole clip (lighting changes).
+
+    ``strength`` s scales the ranges: brightness ±40·s levels, contrast ×(1±0.5·s), channel gains
+    ×(1±0.2·s). The same transform applies to every frame and camera, so motion cues stay intact.
+    """
+    brightness = rng.uniform(-40, 40) * strength
+    contrast = 1.0 + rng.uniform(-0.5, 0.5) * strength
+    gains = 1.0 + rng.uniform(-0.2, 0.2, size=3) * strength
+    x = frames.astype(np.float32)
+    mean = x.mean(dtype=np.float32)
+    x = (x - mean) * contrast + mean + brightness
+    x *= gains.astype(np.float32)
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def flip_clip(frames: np.ndarray, n_cameras: int) -> np.ndarray:

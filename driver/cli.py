@@ -80,7 +80,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         if isinstance(overrides.get("arch_kwargs"), str):
-            overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
+            try:
+                overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
         result = train(resolve_config(args.config, overrides))
     Console().print(train_summary(result))
     return 0
@@ -93,7 +96,7 @@ def train_summary(result):
     t.add_column("what")
     t.add_column("value")
     t.add_row("steps / epochs", f"{result.steps:,} / {result.epochs}")
-    t.add_row("throughput", f"{result.samples_per_s:,.0f} samples/s, data wait {100 * result.data_wait:.1f}%")
+    t.add_row("throughput", f"{result.samples_per_s:,.0f} frames/s, data wait {100 * result.data_wait:.1f}%")
     for name, val in (("best val", result.best_val), ("final val", result.final_val)):
         if val:
             t.add_row(name, f"loss {val['loss']:.4f}, steer MAE {val['steer_mae']:.2f}, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ class DemoConfig:
 def run_demo(config: DemoConfig) -> str:
     """Run every stage; return the report text (also written to WORKDIR/report.md)."""
     work = Path(config.workdir)
+    for part in ("runs", "store.zarr", "train", "replay", "sim_drive"):  # the demo's own outputs: start afresh
+        shutil.rmtree(work / part, ignore_errors=True)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()

@@ -142,3 +142,20 @@ def test_preprocess_layouts_agree(small_store):
     assert x.min() >= -0.5 and x.max() <= 0.5
     with pytest.raises(TypeError, match="uint8"):
         frames_to_input(f.float())
+
+
+def test_color_jitter_is_one_transform_per_clip(small_store):
+    plain = ClipDataset(small_store, ClipConfig(clip_length=3, stack=1))
+    jit = ClipDataset(small_store, ClipConfig(clip_length=3, stack=1, color_jitter=1.0, seed=4))
+    a, b = plain[11]["frames"].numpy().astype(np.float32), jit[11]["frames"].numpy().astype(np.float32)
+    assert not np.array_equal(a, b) and torch.equal(jit[11]["frames"], jit[11]["frames"])
+    assert torch.equal(jit[11]["target"], plain[11]["target"])  # labels untouched
+    # one affine map for every frame and camera: fit it on frame 0, it predicts frame 2 (away from clipping)
+    x, y = a[0, :, :, :, 0].ravel(), b[0, :, :, :, 0].ravel()
+    ok = (y > 5) & (y < 250)
+    k, c = np.polyfit(x[ok], y[ok], 1)
+    x2, y2 = a[2, :, :, :, 0].ravel(), b[2, :, :, :, 0].ravel()
+    ok2 = (y2 > 5) & (y2 < 250)
+    assert np.abs(k * x2[ok2] + c - y2[ok2]).max() < 2.0
+    with pytest.raises(ValueError, match="color_jitter=2"):
+        ClipConfig(color_jitter=2)

@@ -25,6 +25,7 @@ class TrainConfig:
     horizon: int = 10                   # future (steer, motor) steps predicted
     target_stride: int = 3              # frames between target steps (3 = every 0.1 s at 30 fps)
     flip: float = 0.5                   # horizontal-flip augmentation probability
+    color_jitter: float = 0.0           # lighting augmentation strength 0..1 (brightness, contrast, colour)
     include_labels: list[str] = field(default_factory=list)
     exclude_labels: list[str] = field(default_factory=lambda: ["reject_run"])
     val_fraction: float = 0.1           # share of runs held out (split by run)
@@ -81,7 +82,7 @@ class TrainConfig:
         choice("device", ("auto", "cpu", "cuda"))
         choice("precision", ("auto", "fp32", "bf16", "fp16"))
         for name, lo, hi in [("stack", 1, 2), ("clip_length", 1, 64), ("frame_stride", 1, 100), ("horizon", 1, 100),
-                             ("target_stride", 1, 100), ("flip", 0.0, 1.0), ("val_fraction", 0.0, 0.9),
+                             ("target_stride", 1, 100), ("flip", 0.0, 1.0), ("color_jitter", 0.0, 1.0), ("val_fraction", 0.0, 0.9),
                              ("num_workers", 0, 64), ("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0),
                              ("momentum", 0.0, 1.0), ("warmup_steps", 0, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),

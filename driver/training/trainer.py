@@ -145,7 +145,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
     store = Store(config.data)
     clip = ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride,
                       cameras=config.camera_names, stack=config.stack, horizon=config.horizon,
-                      target_stride=config.target_stride, flip=config.flip,
+                      target_stride=config.target_stride, flip=config.flip, color_jitter=config.color_jitter,
                       include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
                       seed=config.seed)
     all_runs = ClipDataset(store, clip).runs  # runs that pass the label filters and have clips
@@ -158,7 +158,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
         parts = ddp.partition_runs(train_runs, counts, dist_info.world)
     my_runs = parts[dist_info.rank]
     train_ds = ClipDataset(store, clip, runs=my_runs)
-    val_clip = ClipConfig(**{**vars(clip), "flip": 0.0})
+    val_clip = ClipConfig(**{**vars(clip), "flip": 0.0, "color_jitter": 0.0})
     val_ds = ClipDataset(store, val_clip, runs=val_runs) if val_runs else None
     if main:
         (run_dir / "split.json").write_text(json.dumps({"train": train_runs, "val": val_runs, "rank_runs": parts}))
@@ -168,7 +168,10 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
                      horizon=clip.horizon)
 
     # -- model, optimizer, schedule --------------------------------------------------------------
-    model = create_model(config.arch, spec, **config.arch_kwargs).to(device)
+    try:
+        model = create_model(config.arch, spec, **config.arch_kwargs).to(device)
+    except TypeError as e:
+        raise ValueError(f"arch_kwargs={config.arch_kwargs} do not fit arch {config.arch!r}: {e}") from e
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     recurrent = bool(model.is_recurrent)
@@ -192,7 +195,12 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         best, bad = state["best_val_loss"], state["bad_validations"]
+        if len(state["rng"]) != dist_info.world:
+            raise CheckpointError(f"{run_dir / 'last.pt'}: the run was trained with {len(state['rng'])} processes; "
+                                  f"resume it with the same number (not {dist_info.world})")
         torch.set_rng_state(state["rng"][dist_info.rank])
+        if device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state(state["cuda_rng"])
         carry = state["carry"][dist_info.rank] if state.get("carry") else None
         carry = tuple(c.to(device) for c in carry) if isinstance(carry, list) else carry
         log.info("resuming %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
@@ -225,6 +233,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "best_val_loss": best, "bad_validations": bad, "rng": rngs,
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "carry": carries if any(c is not None for c in carries) else None}}
         save(run_dir / "last.pt", payload)
 
@@ -302,7 +311,9 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
                 epoch, batch_in_epoch = epoch + 1, 0
             if (config.val_every and step % config.val_every == 0) or (not config.val_every and end_of_epoch):
                 last_val = validate()
-                if last_val:
+                if not last_val:  # no validation runs: still checkpoint on schedule
+                    checkpoint(last_val)
+                else:
                     metrics.write(step, epoch, "val", loss=last_val["loss"], steer_mae=last_val["steer_mae"],
                                   motor_mae=last_val["motor_mae"])
                     improved = last_val["loss"] < best
