@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import re
 import sys
 
 from rich.console import Console
@@ -28,6 +30,15 @@ TRAIN_EXAMPLES = """examples:
   driver train --config train.toml --lr 3e-4          # flags override the file
   driver train --resume runs/train/sq1                # after a crash or kill -9: continues exactly
   torchrun --nproc-per-node 2 -m driver.cli train --data store.zarr --name ddp1   # data parallel
+"""
+
+DRIVE_EXAMPLES = """examples:
+  driver drive --port /dev/ttyUSB0 --model runs/train/x/best.pt                 # USB camera 0
+  driver drive --port /dev/ttyUSB0 --model best.pt --camera /dev/video2 --fps 30 --max-throttle 0.25
+  driver drive --model best.pt --camera sim --seconds 60                        # no car: the simulator
+  driver drive --port /dev/ttyUSB0 --model best.pt --camera file:lap.mp4 --shadow
+  driver drive --port /dev/ttyUSB0 --model best.pt --camera replay:store.zarr:run_003
+Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a failsafe check fired.
 """
 
 DEMO_EXAMPLES = """examples:
@@ -106,19 +117,33 @@ def train_summary(result):
     return t
 
 
+def _field_comments(cls) -> dict[str, str]:
+    """The ``# comment`` after each field in a config dataclass's source: the flag's help text."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).replace("%", "%%")
+    return comments
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per field of a config dataclass; only flags given on the command line override."""
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{comments.get(f.name, '')} (default: {default!r})".strip()
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind.startswith("list"):
-            parser.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="X")
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="X", help=text)
         elif kind.startswith("dict"):
-            parser.add_argument(flag, dest=f.name, default=None, metavar="JSON", help="e.g. '{\"hidden_size\": 64}'")
+            parser.add_argument(flag, dest=f.name, default=None, metavar="JSON", help=text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, type={"int": int, "float": float}.get(kind, str))
+            parser.add_argument(flag, dest=f.name, default=None, help=text,
+                                type={"int": int, "float": float}.get(kind, str))
 
 
 def _sim_record(args: argparse.Namespace) -> int:
@@ -157,6 +182,15 @@ def _replay(args: argparse.Namespace) -> int:
                                  mode=args.mode, video=not args.no_video), policy=policy)
     print(format_replay_report(report))  # noqa: T201 - the command's output
     return 0
+
+
+def _drive(args: argparse.Namespace) -> int:
+    from driver.vehicle.drive_config import DriveConfig
+    from driver.vehicle.drive_loop import drive
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DriveConfig)}
+    report = drive(DriveConfig.from_dict({k: v for k, v in values.items() if v is not None}))
+    return report.exit_code
 
 
 def _link(args: argparse.Namespace) -> int:
@@ -259,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
     s.set_defaults(func=_replay)
+
+    from driver.vehicle.drive_config import DriveConfig
+
+    s = sub.add_parser("drive", help="drive the car (or the sim) with a model: camera -> policy -> carlink",
+                       epilog=DRIVE_EXAMPLES, formatter_class=fmt,
+                       description="Runs the model frame by frame and sends steering/throttle over carlink v1, "
+                       "with named failsafe checks (every fault ends in neutral throttle) and session recording. "
+                       "See docs/drive.md.")
+    _add_config_flags(s, DriveConfig)
+    s.set_defaults(func=_drive)
 
     s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",
                        description="Handshake, versions, round-trip latency and live RC values; nothing moves.")

@@ -20,9 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from driver.errors import DriverError
 from driver.preprocess import frames_to_input, prepare_frame
 from driver.training.checkpoint import load_checkpoint, model_from_checkpoint
 from driver.units import norm_to_permille, norm_to_run
+
+
+class NonFiniteOutput(DriverError, ValueError):
+    """The model produced NaN or infinity: the caller must not send it (the car loop stops in neutral)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,10 @@ class Policy:
             views = current
         x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
         out, self._state = self.model.step(x, self.mode_vector(mode), self._state)
-        pred = out[0].float().clamp(-1.0, 1.0).cpu().numpy()  # (horizon, 2)
+        raw = out[0].float().cpu().numpy()  # (horizon, 2)
+        if not np.isfinite(raw).all():
+            raise NonFiniteOutput(f"{self.arch} output is not finite: {raw[0].tolist()} (first step)")
+        pred = np.clip(raw, -1.0, 1.0)
         steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
         return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
                       norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred)

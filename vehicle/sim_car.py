@@ -1,0 +1,172 @@
+"""The simulator on the car's interfaces: a camera whose car moves with the MCU's outputs, and an MCU stand-in.
+
+``--camera sim`` renders the view of a simulated car (:mod:`driver.sim`) on a generated track. The car is
+driven by what the servo and ESC would actually receive:
+
+* with ``--port`` (a real or fake MCU): the ``out_steer_us``/``out_thr_us`` reported in the MCU's STATE,
+  so the MCU's mode switch, override, watchdog and FAILSAFE act on the simulated car exactly as on a
+  real one (the human's RC passes through in MANUAL);
+* without a port: :class:`SimLink`, an in-process stand-in for the MCU that acknowledges every CMD and
+  outputs it (mode AUTO, no human), and neutral throttle after ESTOP.
+
+Either way the actuator is read from the link's latest STATE, never from the loop's own intentions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from driver.vehicle.carlink import PROTO_VERSION, Info, Mode, State, StateFlags
+from driver.vehicle.link import Ack, LinkCounters
+
+from .camera import CameraConfig, CameraSource, Pacer
+from .pulses import PulseCalibration
+
+log = logging.getLogger(__name__)
+
+Actuator = Callable[[], tuple[float, float]]  # -> (steer_norm, motor_norm) the car receives now
+
+
+def actuator_from_link(link, calibration: PulseCalibration | None = None) -> Actuator:
+    """The servo/ESC commands the MCU reports (``out_*_us`` of its latest STATE) as normalised values."""
+    cal = calibration or PulseCalibration()
+
+    def read() -> tuple[float, float]:
+        state = link.latest_state
+        if state is None:
+            return 0.0, 0.0
+        return cal.to_norm(state.out_steer_us), cal.to_norm(state.out_thr_us)
+
+    return read
+
+
+class SimCamera(CameraSource):
+    """A simulated car on track ``seed`` (split "eval"): each read steps the car by one frame period with the
+    actuator's values, then renders its camera. Paced in real time to ``config.fps``."""
+
+    def __init__(self, config: CameraConfig, seed: int = 0, actuator: Actuator | None = None) -> None:
+        self.config, self.seed = config, seed
+        self.actuator: Actuator = actuator or (lambda: (0.0, 0.0))
+        self.name = f"sim:{seed}"
+        self._pacer = Pacer(1.0 / config.fps)
+        self.pose_log: list[tuple[float, float, float, float]] = []  # x, y, yaw, speed per frame
+
+    def open(self) -> None:
+        from driver.sim.camera import Renderer
+        from driver.sim.car import Car
+        from driver.sim.track import make_track
+
+        self.track = make_track(self.seed, "eval")
+        h, w = self.config.height or 94, self.config.width or 168
+        self.renderer = Renderer(self.track, h, w, self.config.stereo, seed=self.seed)
+        self.car = Car()
+        self.car.reset(*self.track.point_at(0.0))
+        self._started = False
+
+    def read(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._started:
+            steer, motor = self.actuator()
+            self.car.step(steer, motor, 1.0 / self.config.fps)
+        self._started = True
+        self._pacer.wait()
+        st = self.car.state
+        self.pose_log.append((st.x, st.y, st.yaw, st.speed))
+        return self.renderer.render(st.x, st.y, st.yaw)
+
+
+@dataclass
+class _Cmd:
+    steer_permille: int = 0
+    thr_permille: int = 0
+    auto: bool = False
+
+
+class SimLink:
+    """An in-process MCU for ``--camera sim`` without ``--port``: same methods the drive loop uses on CarLink.
+
+    Every CMD is acked at once with a STATE whose outputs follow it (mode AUTO: there is no human) while
+    AUTO_REQUEST is set; ESTOP latches FAILSAFE with neutral throttle and held steering.
+    """
+
+    def __init__(self, calibration: PulseCalibration | None = None, watchdog_ms: int = 150) -> None:
+        self.port = "sim"
+        self.cal = calibration or PulseCalibration()
+        self.info: Info | None = None
+        self._watchdog_ms = watchdog_ms
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._seq = 0
+        self._state_seq = 0
+        self._acks: dict[int, Ack] = {}
+        self._latest: State | None = None
+        self._failsafe = False
+        self._counters = LinkCounters()
+        self.ack_rtts_s: list[float] = []
+
+    def open(self) -> Info:
+        self.info = Info(PROTO_VERSION, 0, self._watchdog_ms)
+        self._publish(_Cmd(), ack=0)
+        return self.info
+
+    def close(self) -> None:
+        pass
+
+    def raise_if_failed(self) -> None:
+        pass
+
+    def _publish(self, cmd: _Cmd, ack: int) -> State:
+        if self._failsafe:
+            mode = Mode.FAILSAFE
+            steer_us = self._latest.out_steer_us if self._latest else self.cal.neutral_us
+            thr_us = self.cal.neutral_us
+        elif cmd.auto:
+            mode = Mode.AUTO
+            steer_us = self.cal.from_norm(cmd.steer_permille / 1000)
+            thr_us = self.cal.from_norm(cmd.thr_permille / 1000)
+        else:
+            mode, steer_us, thr_us = Mode.MANUAL, self.cal.neutral_us, self.cal.neutral_us
+        self._state_seq = (self._state_seq + 1) & 0xFF
+        n = self.cal.neutral_us
+        self._latest = State(self._state_seq, ack, int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF,
+                             n, n, 2000 if cmd.auto else 1000, steer_us, thr_us, mode, StateFlags.NONE, 0)
+        self._counters.states += 1
+        return self._latest
+
+    def send(self, steer_norm: float, throttle_norm: float, auto: bool = True, estop: bool = False) -> int:
+        from driver.units import norm_to_permille
+
+        t = time.monotonic()
+        with self._lock:
+            self._seq = (self._seq + 1) & 0xFF
+            if estop:
+                self._failsafe = True
+            state = self._publish(_Cmd(norm_to_permille(steer_norm), norm_to_permille(throttle_norm), auto),
+                                  self._seq)
+            rtt = time.monotonic() - t
+            self._acks[self._seq] = Ack(self._seq, rtt, state)
+            self.ack_rtts_s.append(rtt)
+            self._counters.sent += 1
+            self._counters.acked += 1
+            return self._seq
+
+    def estop(self, repeats: int = 3, wait_s: float = 0.1) -> State | None:
+        for _ in range(repeats):
+            self.send(0.0, 0.0, auto=False, estop=True)
+        return self._latest
+
+    @property
+    def latest_state(self) -> State | None:
+        return self._latest
+
+    @property
+    def counters(self) -> LinkCounters:
+        return self._counters
+
+    def ack_for(self, seq: int) -> Ack | None:
+        with self._lock:
+            return self._acks.get(seq & 0xFF)
