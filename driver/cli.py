@@ -161,7 +161,7 @@ def _sim_drive(args: argparse.Namespace) -> int:
 
     result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
                                       split=args.split, max_seconds=args.max_seconds, mode=args.mode,
-                                      media=not args.no_media, seed=args.seed))
+                                      media=not args.no_media, seed=args.seed, runtime=args.runtime))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
 
@@ -171,7 +171,7 @@ def _replay(args: argparse.Namespace) -> int:
     from driver.sim.replay import ReplayConfig, format_replay_report, replay
     from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
 
-    policy = load_policy(args.model, threads=args.threads)
+    policy = load_policy(args.model, runtime=args.runtime, threads=args.threads)
     if args.closed_loop:
         report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
                                               threshold_m=args.threshold, mode=args.mode, out=args.out),
@@ -191,6 +191,54 @@ def _drive(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DriveConfig)}
     report = drive(DriveConfig.from_dict({k: v for k, v in values.items() if v is not None}))
     return report.exit_code
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from driver.export.onnx_export import OnnxExportConfig, export_onnx
+
+        r = export_onnx(args.checkpoint, OnnxExportConfig(out=args.out or "", opset=args.opset,
+                                                          tolerance=args.tolerance))
+    else:
+        from driver.export.torchscript import TorchScriptConfig, export_torchscript
+
+        r = export_torchscript(args.checkpoint, TorchScriptConfig(out=args.out or "", tolerance=args.tolerance))
+    print(f"wrote {r.path} ({r.format}, {r.bytes / 1e6:.3f} MB); parity vs PyTorch over {r.steps_checked} steps "  # noqa: T201
+          f"on {r.frames} frames: max |diff| {r.max_abs_diff:.2e} (tolerance {r.tolerance:.0e})")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from driver.export.quantize import QuantizeConfig, quantize_onnx
+
+    r = quantize_onnx(args.model, QuantizeConfig(out=args.out or "", calibration_frames=args.calibration_frames,
+                                                 calibration_method=args.calibration_method,
+                                                 per_channel=not args.no_per_channel))
+    mae = ("" if r.steer_mae_fp32 is None else
+           f"; held-out steer MAE {r.steer_mae_fp32:.3f} -> {r.steer_mae_int8:.3f} run units")
+    print(f"wrote {r.path}: {r.fp32_bytes / 1e6:.3f} MB -> {r.int8_bytes / 1e6:.3f} MB, step {r.fp32_ms:.2f} -> "  # noqa: T201
+          f"{r.int8_ms:.2f} ms ({r.speedup:.2f}x), max |diff| {r.max_abs_diff:.3g} ({r.calibration}){mae}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from driver.export.compress import CompressConfig, compress_checkpoint, format_compress_result
+
+    def pairs(items, cast):
+        out = {}
+        for item in items or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} must be PATTERN=VALUE")
+            out[key] = cast(value)
+        return out
+
+    config = CompressConfig(out=args.out or "", density=args.density, bits=args.bits,
+                            layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
+                            prune_steps=args.prune_steps, centroid_steps=args.centroid_steps,
+                            sim_tracks=args.sim_tracks)
+    print(format_compress_result(compress_checkpoint(args.checkpoint, config)))  # noqa: T201
+    return 0
 
 
 def _link(args: argparse.Namespace) -> int:
@@ -277,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="direct", help="behavioral mode given to the model")
     s.add_argument("--out", default="sim_drive_out", help="summary.json, top-down PNGs and MP4s")
     s.add_argument("--no-media", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
     s.set_defaults(func=_sim_drive)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
@@ -292,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
     s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
     s.set_defaults(func=_replay)
 
     from driver.vehicle.drive_config import DriveConfig
@@ -304,6 +354,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(s, DriveConfig)
     s.set_defaults(func=_drive)
 
+    s = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (parity-checked)",
+                       description="The step model with recurrent state in and out, metadata inside; the export "
+                       "fails unless it matches PyTorch on real frames within the tolerance. See docs/deploy.md.")
+    s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
+    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    s.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs PyTorch (default 1e-4)")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("quantize", help="static int8 (per-channel QDQ) ONNX model calibrated on store frames")
+    s.add_argument("model", help="an exported .onnx model")
+    s.add_argument("--out", default=None)
+    s.add_argument("--calibration-frames", type=int, default=256)
+    s.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    s.add_argument("--no-per-channel", action="store_true")
+    s.set_defaults(func=_quantize)
+
+    s = sub.add_parser("compress", help="Deep Compression: prune + retrain, k-means weight sharing, Huffman",
+                       description="Writes one .dcz file that driver loads directly (replay, sim drive, drive).")
+    s.add_argument("checkpoint")
+    s.add_argument("--out", default=None, help="output .dcz (default: next to the checkpoint)")
+    s.add_argument("--density", type=float, default=0.3, help="share of weights kept per pruned layer")
+    s.add_argument("--bits", type=int, default=5, help="index bits per layer (2**bits shared values)")
+    s.add_argument("--layer-bits", nargs="*", metavar="PATTERN=BITS", help="per-layer bits, e.g. head=8")
+    s.add_argument("--layer-density", nargs="*", metavar="PATTERN=D", help="per-layer density")
+    s.add_argument("--prune-steps", type=int, default=300, help="retraining steps while pruning")
+    s.add_argument("--centroid-steps", type=int, default=200, help="centroid fine-tuning steps")
+    s.add_argument("--sim-tracks", type=int, default=0, help="> 0: sim autonomy before and after")
+    s.set_defaults(func=_compress)
+
     s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",
                        description="Handshake, versions, round-trip latency and live RC values; nothing moves.")
     s.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
@@ -314,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        epilog=DEMO_EXAMPLES, formatter_class=fmt)
     s.add_argument("--workdir", default="demo_out", help="where runs, store and report go (default demo_out)")
-    s.add_argument("--runs", type=int, default=16, help="simulated runs to record (default 16)")
-    s.add_argument("--seconds", type=float, default=30.0, help="seconds per run (default 30)")
-    s.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    s.add_argument("--runs", type=int, default=32, help="simulated runs (training tracks) to record (default 32)")
+    s.add_argument("--seconds", type=float, default=15.0, help="seconds per run (default 15)")
+    s.add_argument("--steps", type=int, default=1600, help="training steps (default 1600)")
     s.add_argument("--eval-tracks", type=int, default=6, help="held-out tracks driven closed-loop (default 6)")
     s.add_argument("--jobs", type=int, default=2, help="ingest processes")
     s.add_argument("--seed", type=int, default=0)

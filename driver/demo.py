@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     workdir: str = "demo_out"
-    runs: int = 16
-    seconds: float = 30.0
+    runs: int = 32
+    seconds: float = 15.0
     height: int = 48
     width: int = 64
-    steps: int = 600
+    steps: int = 1600
     eval_tracks: int = 6
     jobs: int = 2
     seed: int = 0
@@ -75,7 +75,8 @@ def run_demo(config: DemoConfig) -> str:
     train_config = TrainConfig(**{
         "data": str(store_path), "arch": "squeezenet_gru", "arch_kwargs": {"hidden_size": 32},
         "cameras": "left", "stack": 1, "clip_length": 4, "horizon": 1, "target_stride": 1, "batch_size": 16,
-        "epochs": epochs, "steps_per_epoch": max(1, config.steps // epochs), "lr": 2e-3, "warmup_steps": 20,
+        "epochs": epochs, "steps_per_epoch": max(1, config.steps // epochs), "lr": 1e-3, "warmup_steps": 100,
+        "color_jitter": 0.5,
         "val_fraction": 0.15, "out": str(work / "train"), "name": "demo", "seed": config.seed})
     run = train(train_config)
     timings["train"] = time.perf_counter() - t

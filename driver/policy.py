@@ -22,7 +22,6 @@ import torch
 
 from driver.errors import DriverError
 from driver.preprocess import frames_to_input, prepare_frame
-from driver.training.checkpoint import load_checkpoint, model_from_checkpoint
 from driver.units import norm_to_permille, norm_to_run
 
 
@@ -122,8 +121,10 @@ class Policy:
 
 def load_policy(path: str | os.PathLike, runtime: str = "torch", device: str = "cpu",
                 threads: int | None = None) -> Policy:
-    """A Policy from a checkpoint written by ``driver train`` (``best.pt``/``last.pt`` or a run directory)."""
-    if runtime != "torch":
-        raise ValueError(f"runtime={runtime!r} is not available yet; use 'torch'")
-    ckpt = load_checkpoint(path)
-    return Policy(model_from_checkpoint(ckpt), ckpt, device=device, threads=threads)
+    """A Policy from a checkpoint or run directory, an exported ``.onnx`` / TorchScript ``.ts``, or a
+    compressed ``.dcz`` file. ``runtime="onnx"`` runs the model with ONNX Runtime (a checkpoint is exported
+    in memory and parity-checked first)."""
+    from driver.export import load_step_model
+
+    model, ckpt = load_step_model(path, runtime=runtime, threads=threads)
+    return Policy(model, ckpt, device=device, threads=threads)

@@ -31,6 +31,7 @@ class SimDriveConfig:
     media: bool = True
     seed: int = 0
     threads: int = 1  # torch threads for batch-1 inference (1 is fastest on small CPUs)
+    runtime: str = "torch"  # torch | onnx
 
     def __post_init__(self):
         if not self.model:
@@ -44,7 +45,7 @@ def sim_drive(config: SimDriveConfig) -> ClosedLoopResult:
     if config.model == "expert":
         controller, height, width, stereo = ExpertController(), 94, 168, False
     else:
-        policy = load_policy(config.model, threads=config.threads)
+        policy = load_policy(config.model, runtime=config.runtime, threads=config.threads)
         controller = PolicyController(policy, config.mode)
         height, width, stereo = policy.height, policy.width, policy.stereo
     loop = ClosedLoopConfig(tracks=config.tracks, split=config.split, laps=config.laps, fps=config.fps,

@@ -47,6 +47,7 @@ class ReplayConfig:
     max_lag: int = 30  # frames searched either way for the best alignment
     max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
     plots: bool = True
+    runtime: str = "torch"  # torch | onnx
 
     def __post_init__(self):
         if not self.model:
@@ -204,7 +205,7 @@ def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
         raise ValueError(f"{config.data} has no runs to replay")
     if config.video and config.video_run is not None and config.video_run not in runs:
         raise ValueError(f"video_run={config.video_run!r} is not among the runs to replay {runs}")
-    policy = policy or load_policy(config.model)
+    policy = policy or load_policy(config.model, runtime=config.runtime, threads=1)
     t0 = time.perf_counter()
     traces = []
     for run in runs:

@@ -278,7 +278,7 @@ def warp_replay(config: WarpReplayConfig, policy: Controller | None = None) -> W
         raise ValueError(f"runs {missing} are not in {config.data} (it has {store.runs})")
     if not runs:
         raise ValueError(f"{config.data} has no runs to replay")
-    policy = policy or load_policy(config.model)
+    policy = policy or load_policy(config.model, threads=1)
     camera = config.camera or CameraModel()
     cameras = tuple(getattr(policy, "cameras", ("left",)))
     stereo = "right" in cameras and "left" in cameras

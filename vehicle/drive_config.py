@@ -52,6 +52,7 @@ class DriveConfig:
     warmup: int = 10
     status_every_s: float = 5.0
     device: str = "cpu"
+    runtime: str = "torch"  # torch | onnx (ONNX Runtime on an exported or in-memory-exported model)
 
     def __post_init__(self) -> None:
         if not self.model:

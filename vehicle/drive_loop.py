@@ -292,7 +292,8 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    policy = policy or load_policy(config.model, device=config.device)
+    policy = policy or load_policy(config.model, runtime=config.runtime, device=config.device,
+                                   threads=config.threads or None)
     cam_cfg = config.camera_config(stereo=policy.stereo)
     if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
         raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "

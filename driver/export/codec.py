@@ -104,7 +104,8 @@ def encode_shared(t: SharedTensor, gap_bits: int) -> tuple[bytes, dict]:
     flat = t.index.reshape(-1)
     positions = np.flatnonzero(flat >= 0)
     escape = (1 << gap_bits) - 1
-    gaps = gap_symbols(positions, escape)
+    # A layer kept whole needs no positions: an empty gap stream means "every weight, in order".
+    gaps = np.zeros(0, np.int64) if len(positions) == flat.size else gap_symbols(positions, escape)
     idx_len, idx_data, idx_bits = huffman.encode(flat[positions], k)
     gap_len, gap_data, gap_bits_used = huffman.encode(gaps, escape + 1)
     tables = _pack_nibbles(np.concatenate([idx_len, gap_len]))
@@ -132,8 +133,9 @@ def decode_shared(body: memoryview, entry: dict, where: str) -> SharedTensor:
         gaps = huffman.decode(lengths[k:], gap_data, entry["gap_bits_used"], entry["gap_symbols"])
     except huffman.HuffmanError as e:
         raise CompressedFileError(f"{where}: tensor {entry['name']!r}: {e}") from e
-    positions = positions_from_gaps(gaps, alphabet - 1)
     size = int(np.prod(entry["shape"]))
+    whole = entry["gap_symbols"] == 0 and nnz == size
+    positions = np.arange(size) if whole else positions_from_gaps(gaps, alphabet - 1)
     if len(positions) != nnz or (nnz and positions[-1] >= size) or (nnz and values.max() >= k):
         raise CompressedFileError(f"{where}: tensor {entry['name']!r} decodes outside its shape {entry['shape']}")
     flat = np.full(size, -1, dtype=np.int64)

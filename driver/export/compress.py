@@ -211,12 +211,12 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
             for n, p in params.items():
                 p.mul_(masks[n])
 
-        def zero_pruned_grads() -> None:
+        def zero_pruned_grads(masks: dict[str, Tensor] = masks) -> None:
             for n, p in params.items():
                 if p.grad is not None:
                     p.grad.mul_(masks[n])
 
-        def reapply_masks() -> None:
+        def reapply_masks(masks: dict[str, Tensor] = masks) -> None:
             for n, p in params.items():
                 p.mul_(masks[n])
 
@@ -254,7 +254,8 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     for name, entry in written.sections.items():
         row = {"name": name, "shape": entry["shape"], "kind": entry["kind"], "bytes": entry["bytes"]}
         if entry["kind"] == "shared":
-            row.update(numel=int(np.prod(entry["shape"])), density=round(entry["nnz"] / np.prod(entry["shape"]), 4),
+            numel = int(np.prod(entry["shape"]))
+            row.update(numel=numel, density=round(entry["nnz"] / numel, 4),
                        bits=int(np.log2(entry["k"])), index_bits_per_kept=round(entry["index_bits"] /
                                                                                max(entry["nnz"], 1), 2),
                        gap_bits_per_kept=round(entry["gap_bits_used"] / max(entry["nnz"], 1), 2))

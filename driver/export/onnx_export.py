@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from driver.export.common import (
-    ExportError,
     StepModule,
     check_parity,
     input_names,

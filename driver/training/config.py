@@ -82,7 +82,8 @@ class TrainConfig:
         choice("device", ("auto", "cpu", "cuda"))
         choice("precision", ("auto", "fp32", "bf16", "fp16"))
         for name, lo, hi in [("stack", 1, 2), ("clip_length", 1, 64), ("frame_stride", 1, 100), ("horizon", 1, 100),
-                             ("target_stride", 1, 100), ("flip", 0.0, 1.0), ("color_jitter", 0.0, 1.0), ("val_fraction", 0.0, 0.9),
+                             ("target_stride", 1, 100), ("flip", 0.0, 1.0), ("color_jitter", 0.0, 1.0),
+                             ("val_fraction", 0.0, 0.9),
                              ("num_workers", 0, 64), ("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0),
                              ("momentum", 0.0, 1.0), ("warmup_steps", 0, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),

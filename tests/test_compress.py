@@ -1,0 +1,112 @@
+"""Deep Compression: Huffman and gap coding, the .dcz format's exact round trip, the pipeline, bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from driver.export import (
+    CompressConfig,
+    CompressedFileError,
+    compress_checkpoint,
+    huffman,
+    load_step_model,
+    read_compressed,
+)
+from driver.export.codec import SharedTensor, gap_symbols, positions_from_gaps, write_compressed
+from driver.policy import Policy
+from tests.test_export import store48 as store48  # noqa: F401 - a fixture, used by name
+from tests.test_export import tiny_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models at batch <= 16 run fastest, and deterministically, on one thread (shared 2-core CI)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("alphabet,n", [(2, 1), (4, 5), (32, 5000), (256, 3000)])
+def test_huffman_round_trip(alphabet, n):
+    rng = np.random.default_rng(alphabet)
+    symbols = np.minimum(rng.geometric(0.4, n) - 1, alphabet - 1)
+    lengths, data, n_bits = huffman.encode(symbols, alphabet)
+    assert lengths.max() <= huffman.MAX_LEN
+    assert np.array_equal(huffman.decode(lengths, data, n_bits, n), symbols)
+    assert n_bits <= huffman.entropy_bits(symbols, alphabet) + n  # Huffman is within 1 bit/symbol of entropy
+
+
+def test_huffman_rejects_truncated_stream():
+    lengths, data, n_bits = huffman.encode(np.arange(64) % 7, 8)
+    with pytest.raises(huffman.HuffmanError):
+        huffman.decode(lengths, data[:2], n_bits, 64)
+
+
+def test_gap_coding_with_escapes():
+    positions = np.array([0, 1, 5, 40, 41, 200, 1000])
+    symbols = gap_symbols(positions, escape=31)
+    assert symbols.max() <= 31 and (symbols == 31).sum() > 0
+    assert np.array_equal(positions_from_gaps(symbols, 31), positions)
+
+
+def test_file_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    index = rng.integers(-1, 16, (8, 4, 3, 3))  # -1 = pruned
+    index[0, 0] = -1  # a long pruned run
+    shared = SharedTensor(rng.normal(size=16).astype(np.float32), index)
+    dense_all = SharedTensor(rng.normal(size=4).astype(np.float32), rng.integers(0, 4, (5, 7)))
+    bias = torch.randn(8)
+    written = write_compressed(tmp_path / "m.dcz", {"arch": "x"}, {"w": shared, "d": dense_all, "b": bias})
+    back = read_compressed(tmp_path / "m.dcz")
+    assert back.nbytes == written.nbytes == (tmp_path / "m.dcz").stat().st_size
+    w = back.tensors["w"]
+    assert np.array_equal(w.index, index) and np.array_equal(w.codebook, shared.codebook)
+    dense = back.state_dict()["w"].numpy()
+    expected = np.where(index >= 0, shared.codebook[np.maximum(index, 0)], 0.0)
+    assert np.array_equal(dense, expected.astype(np.float32))
+    assert np.array_equal(back.state_dict()["d"].numpy(), dense_all.codebook[dense_all.index])
+    assert torch.equal(back.tensors["b"], bias)
+    assert back.sections["d"]["gap_symbols"] == 0  # a layer kept whole codes no positions
+
+
+def test_compress_pipeline_on_a_tiny_model(tmp_path, store48):
+    ckpt = tiny_checkpoint("squeezenet", cameras=("left", "right"), store=store48)
+    out = tmp_path / "sq.dcz"
+    config = CompressConfig(out=str(out), density=0.25, bits=4, layer_bits={"classifier.*": 6}, min_prune_numel=256,
+                            prune_rounds=2, prune_steps=4, centroid_steps=2, batch_size=4, precision="fp32")
+    result = compress_checkpoint(ckpt, config)
+    assert result.file_bytes == out.stat().st_size < result.fp32_bytes / 4
+    assert set(result.stages) == {"original", "pruned", "shared", "final"}
+    assert all("steer_mae" in m for m in result.stages.values())
+    cm = read_compressed(out)
+    model, meta = load_step_model(out)
+    state = model.state_dict()
+    for name, t in cm.tensors.items():
+        if isinstance(t, SharedTensor):  # the decoder's promise: centroid[index], zero where pruned
+            assert len(t.codebook) == (64 if name.startswith("classifier") else 16)
+            expected = np.where(t.index >= 0, t.codebook[np.maximum(t.index, 0)], 0.0).astype(np.float32)
+            assert np.array_equal(state[name].numpy(), expected)
+            if t.index.size >= 256:
+                assert abs(t.density - 0.25) < 0.01
+    policy = Policy(model, meta)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    assert np.isfinite(policy.act(frame, frame, "direct").steer_norm)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic"])
+def test_bad_compressed_file_names_the_file(damage, tmp_path):
+    path = tmp_path / "bad.dcz"
+    write_compressed(path, {"arch": "x"}, {"w": SharedTensor(np.ones(4, np.float32), np.zeros((3, 3), np.int64))})
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:-7]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data[:4] = b"NOPE"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CompressedFileError, match="bad.dcz"):
+        read_compressed(path)
