@@ -118,10 +118,10 @@ def test_policy_errors_are_named(tmp_path):
         policy.act(frame, right=frame, mode="cruise")
     a = policy.act(np.zeros((376, 672, 3), np.uint8), right=np.zeros((376, 672, 3), np.uint8))  # any size
     assert 0 <= a.steer <= 99
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
+    with pytest.raises(ValueError, match="missing.pt: model file not found"):
         driver.load_policy(tmp_path / "missing.pt")
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="bad.pt: not a loadable checkpoint"):
         driver.load_policy(tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="runtime='onnx' is not available yet"):
-        driver.load_policy(path, runtime="onnx")
+    with pytest.raises(ValueError, match="runtime='tensorrt' must be one of torch, onnx"):
+        driver.load_policy(path, runtime="tensorrt")
