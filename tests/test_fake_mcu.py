@@ -47,11 +47,11 @@ def host_mcu_bin(tmp_path_factory):
 class FakeMcu:
     """host_mcu on the master side of a fresh pty; ``port`` is the slave path for CarLink."""
 
-    def __init__(self, binary: Path, rc=(1500, 1500, MANUAL)) -> None:
+    def __init__(self, binary: Path, rc=(1500, 1500, MANUAL), watchdog_ms: int = WATCHDOG_MS) -> None:
         master, self._slave = os.openpty()
         tty.setraw(self._slave)  # the test keeps the slave open so the MCU never sees a hangup
         self.port = os.ttyname(self._slave)
-        self.proc = subprocess.Popen([str(binary), "--fd", str(master), "--watchdog-ms", str(WATCHDOG_MS),
+        self.proc = subprocess.Popen([str(binary), "--fd", str(master), "--watchdog-ms", str(watchdog_ms),
                                       "--rc", ",".join(map(str, rc))], pass_fds=[master], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         os.close(master)
