@@ -179,7 +179,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(format_warp_report(report))  # noqa: T201 - the command's output
         return 0
     report = replay(ReplayConfig(model=args.model, data=args.data, runs=args.runs or [], out=args.out,
-                                 mode=args.mode, video=not args.no_video), policy=policy)
+                                 mode=args.mode, video=not args.no_video, runtime=args.runtime), policy=policy)
     print(format_replay_report(report))  # noqa: T201 - the command's output
     return 0
 
@@ -193,16 +193,26 @@ def _drive(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _beside(path: str, suffix: str) -> str:
+    """The default output file: next to the input, e.g. runs/x/best.pt -> runs/x/best.onnx."""
+    from pathlib import Path
+
+    p = Path(path)
+    p = p / "best.pt" if p.is_dir() else p
+    return str(p.with_name(p.name.split(".")[0] + suffix))
+
+
 def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from driver.export.onnx_export import OnnxExportConfig, export_onnx
 
-        r = export_onnx(args.checkpoint, OnnxExportConfig(out=args.out or "", opset=args.opset,
-                                                          tolerance=args.tolerance))
+        out = args.out or _beside(args.checkpoint, ".onnx")
+        r = export_onnx(args.checkpoint, OnnxExportConfig(out=out, opset=args.opset, tolerance=args.tolerance))
     else:
         from driver.export.torchscript import TorchScriptConfig, export_torchscript
 
-        r = export_torchscript(args.checkpoint, TorchScriptConfig(out=args.out or "", tolerance=args.tolerance))
+        r = export_torchscript(args.checkpoint, TorchScriptConfig(out=args.out or _beside(args.checkpoint, ".ts"),
+                                                                  tolerance=args.tolerance))
     print(f"wrote {r.path} ({r.format}, {r.bytes / 1e6:.3f} MB); parity vs PyTorch over {r.steps_checked} steps "  # noqa: T201
           f"on {r.frames} frames: max |diff| {r.max_abs_diff:.2e} (tolerance {r.tolerance:.0e})")
     return 0
@@ -211,7 +221,8 @@ def _export(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace) -> int:
     from driver.export.quantize import QuantizeConfig, quantize_onnx
 
-    r = quantize_onnx(args.model, QuantizeConfig(out=args.out or "", calibration_frames=args.calibration_frames,
+    out = args.out or _beside(args.model, ".int8.onnx")
+    r = quantize_onnx(args.model, QuantizeConfig(out=out, calibration_frames=args.calibration_frames,
                                                  calibration_method=args.calibration_method,
                                                  per_channel=not args.no_per_channel))
     mae = ("" if r.steer_mae_fp32 is None else
@@ -233,7 +244,7 @@ def _compress(args: argparse.Namespace) -> int:
             out[key] = cast(value)
         return out
 
-    config = CompressConfig(out=args.out or "", density=args.density, bits=args.bits,
+    config = CompressConfig(out=args.out or _beside(args.checkpoint, ".dcz"), density=args.density, bits=args.bits,
                             layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
                             prune_steps=args.prune_steps, centroid_steps=args.centroid_steps,
                             sim_tracks=args.sim_tracks)
@@ -359,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "fails unless it matches PyTorch on real frames within the tolerance. See docs/deploy.md.")
     s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
     s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    s.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
+    s.add_argument("--out", default=None, help="output file (default: beside the checkpoint, e.g. best.onnx)")
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs PyTorch (default 1e-4)")
     s.set_defaults(func=_export)
@@ -412,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, DriverError) as e:  # bad input: one clear line, no traceback
-        logging.getLogger("driver").error("%s", e)
+        logging.getLogger("driver").error("%s", " ".join(str(e).split()))
         return 2
 
 

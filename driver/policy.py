@@ -109,10 +109,12 @@ class Policy:
         else:
             views = current
         x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
-        out, self._state = self.model.step(x, self.mode_vector(mode), self._state)
+        out, state = self.model.step(x, self.mode_vector(mode), self._state)
         raw = out[0].float().cpu().numpy()  # (horizon, 2)
         if not np.isfinite(raw).all():
+            self.reset()  # never carry a poisoned state into the next frame
             raise NonFiniteOutput(f"{self.arch} output is not finite: {raw[0].tolist()} (first step)")
+        self._state = state
         pred = np.clip(raw, -1.0, 1.0)
         steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
         return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,

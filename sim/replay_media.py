@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from driver.units import run_to_norm
+
 if TYPE_CHECKING:
     from driver.datasets.store import Store
 
@@ -87,7 +89,7 @@ def plot_errors(trace: RunTrace, path: Path) -> Path:
 
 def _needle(img: np.ndarray, steer: float, color: tuple[int, int, int], length: int) -> None:
     h, w = img.shape[:2]
-    ang = math.radians(np.clip((steer - 49.0) / 50.0, -1, 1) * NEEDLE_DEG)  # + = right
+    ang = math.radians(np.clip(run_to_norm(float(steer)), -1, 1) * NEEDLE_DEG)  # + = right
     base = (w // 2, h - 4)
     tip = (int(base[0] + length * math.sin(ang)), int(base[1] - length * math.cos(ang)))
     cv2.line(img, base, tip, color, 3, cv2.LINE_AA)
@@ -103,7 +105,7 @@ def overlay_frame(rgb: np.ndarray, human: float, model: float, scale: int, text:
     cx = w // 2
     for k, (val, col) in enumerate(((human, HUMAN_BGR), (model, MODEL_BGR))):
         y = 8 + 10 * k
-        x = int(cx + np.clip((val - 49.0) / 50.0, -1, 1) * (w // 2 - 4))
+        x = int(cx + np.clip(run_to_norm(float(val)), -1, 1) * (w // 2 - 4))
         cv2.line(img, (cx, y), (x, y), col, 6)
     cv2.line(img, (cx, 2), (cx, 24), (255, 255, 255), 1)
     for k, line in enumerate(text.split("\n")):

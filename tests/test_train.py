@@ -140,7 +140,7 @@ def test_bad_input_is_named(store64, tmp_path):
         train(_cfg(store64, tmp_path, arch="squeezenet", clip_length=64, horizon=90))
     with pytest.raises(ValueError, match="arch='resnet' is not a known model; choose one of"):
         train(_cfg(store64, tmp_path, arch="resnet"))
-    with pytest.raises(ValueError, match=r"batch_size=0 must be in 1\.\.65536"):
+    with pytest.raises(ValueError, match=r"batch_size=0 must be an integer in 1\.\.65536"):
         _cfg(store64, tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"data": "x", "learning_rate": 1})

@@ -201,9 +201,13 @@ class CarLink:
         Never raises: this runs on the way out of errors. Failures are logged.
         """
         for _ in range(repeats):
-            try:
-                self.send_permille(0, 0, CmdFlags.ESTOP)
-            except LinkError as exc:
+            try:  # best effort even after the link was marked failed: try the port anyway
+                with self._write_lock:
+                    frame = encode(Cmd(self._next_seq(), 0, 0, CmdFlags.ESTOP))
+                    if self._serial is None:
+                        raise LinkError(f"{self.port}: not open")
+                    self._serial.write(frame)
+            except (LinkError, serial.SerialException, OSError) as exc:
                 log.warning("ESTOP not sent on %s: %s (the MCU watchdog will stop the car)", self.port, exc)
                 return None
             time.sleep(0.005)

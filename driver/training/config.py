@@ -68,8 +68,10 @@ class TrainConfig:
     def validate(self) -> None:
         def rng(name, lo, hi):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-                raise ValueError(f"{name}={v!r} must be in {lo}..{hi}")
+            kind = int if isinstance(lo, int) and isinstance(hi, int) else int | float
+            if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"{name}={v!r} must be {what} in {lo}..{hi}")
 
         def choice(name, options):
             if getattr(self, name) not in options:

@@ -257,6 +257,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
         rows = plan.indices[batch_in_epoch:steps_per_epoch].tolist()
         loader = DataLoader(train_ds, batch_sampler=rows, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch * 10 + dist_info.rank),
                             multiprocessing_context="forkserver" if config.num_workers else None)
         net.train()
         t_ready = time.perf_counter()
