@@ -192,17 +192,23 @@ def _worst(traces: list[RunTrace], k: int) -> list[dict]:
     return rows[:k]
 
 
+def open_runs(data: str, runs: list[str]) -> tuple[Store, list[str]]:
+    """The store and the runs to replay (all when ``runs`` is empty), each checked to exist."""
+    store = Store(data)
+    runs = list(runs) or store.runs
+    missing = [r for r in runs if not store.has_run(r)]
+    if missing:
+        raise ValueError(f"runs {missing} are not in {data} (it has {store.runs})")
+    if not runs:
+        raise ValueError(f"{data} has no runs to replay")
+    return store, runs
+
+
 def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
     """Replay ``config.model`` over the store's runs; write ``report.json`` (and media) to ``config.out``.
 
     ``policy`` overrides loading ``config.model`` (tests, or a policy already in memory)."""
-    store = Store(config.data)
-    runs = list(config.runs) or store.runs
-    missing = [r for r in runs if not store.has_run(r)]
-    if missing:
-        raise ValueError(f"runs {missing} are not in {config.data} (it has {store.runs})")
-    if not runs:
-        raise ValueError(f"{config.data} has no runs to replay")
+    store, runs = open_runs(config.data, config.runs)
     if config.video and config.video_run is not None and config.video_run not in runs:
         raise ValueError(f"video_run={config.video_run!r} is not among the runs to replay {runs}")
     policy = policy or load_policy(config.model, runtime=config.runtime, threads=1)

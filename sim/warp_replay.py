@@ -269,15 +269,9 @@ def warp_replay(config: WarpReplayConfig, policy: Controller | None = None) -> W
     """Drive ``config.model`` (or ``policy``) over the store's runs by viewpoint warping; score autonomy."""
     from driver.policy import load_policy
 
-    from .replay import resolve_mode
+    from .replay import open_runs, resolve_mode
 
-    store = Store(config.data)
-    runs = list(config.runs) or store.runs
-    missing = [r for r in runs if not store.has_run(r)]
-    if missing:
-        raise ValueError(f"runs {missing} are not in {config.data} (it has {store.runs})")
-    if not runs:
-        raise ValueError(f"{config.data} has no runs to replay")
+    store, runs = open_runs(config.data, config.runs)
     policy = policy or load_policy(config.model, threads=1)
     camera = config.camera or CameraModel()
     cameras = tuple(getattr(policy, "cameras", ("left",)))

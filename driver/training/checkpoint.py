@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from driver.models import InputSpec, create_model
+from driver.units import RUN_MAX, RUN_MIN, RUN_NEUTRAL
 
 FORMAT = "driver-checkpoint"
 FORMAT_VERSION = 1
@@ -41,7 +42,8 @@ def preprocess_info(spec: InputSpec, cameras: tuple[str, ...], modes: tuple[str,
             "stack": spec.stack, "height": spec.height, "width": spec.width, "modes": list(modes)}
 
 
-UNITS = {"neutral": 49.0, "below": 49.0, "above": 50.0, "run_range": [0.0, 99.0],
+UNITS = {"neutral": RUN_NEUTRAL, "below": RUN_NEUTRAL - RUN_MIN, "above": RUN_MAX - RUN_NEUTRAL,
+         "run_range": [RUN_MIN, RUN_MAX],
          "doc": "norm = (v-49)/49 below neutral, (v-49)/50 above; per-mille = 1000*norm (driver.units)"}
 
 
