@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
 
@@ -43,3 +44,12 @@ def small_store(tmp_path_factory, small_runs):
     report = ingest(IngestConfig(sources=[str(p) for p in small_runs], out=str(out), shard_frames=64))
     assert report.ok, report.failures
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models at batch 1..16 run fastest, and steadiest on a shared 2-core machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,14 +19,7 @@ from driver.policy import Policy
 from tests.test_export import store48 as store48  # noqa: F401 - a fixture, used by name
 from tests.test_export import tiny_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models at batch <= 16 run fastest, and deterministically, on one thread (shared 2-core CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("alphabet,n", [(2, 1), (4, 5), (32, 5000), (256, 3000)])

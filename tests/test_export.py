@@ -27,14 +27,7 @@ from driver.policy import Policy
 from driver.training.checkpoint import UNITS, model_payload, preprocess_info
 from driver.training.config import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models at batch <= 16 run fastest, and deterministically, on one thread (shared 2-core CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")

@@ -32,13 +32,7 @@ from driver.training.checkpoint import UNITS, model_payload, preprocess_info, sa
 H, W = 48, 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-1 inference is fastest (and steadiest on a busy 2-core machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_checkpoint(path, arch: str, seed: int = 0) -> str:

@@ -221,3 +221,14 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
     if not isinstance(net, nn.Module):
         net = SequenceAdapter(net)
     return ev.evaluate(net, ds, config, torch.device("cpu"), contextlib.nullcontext, DistInfo())
+
+
+def validate_parity(tolerance: float, steps: int, sequences: int) -> None:
+    """The parity-check settings every exporter takes, with messages naming the field and its range."""
+    if not 0.0 < tolerance <= 1.0:
+        raise ValueError(f"tolerance={tolerance} must be in (0, 1]")
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"parity_steps={steps} must be in 1..1000")
+    if not 1 <= sequences <= 100:
+        raise ValueError(f"parity_sequences={sequences} must be in 1..100")
+

@@ -30,6 +30,7 @@ from driver.export.common import (
     output_names,
     parity_inputs,
     resolve_checkpoint,
+    validate_parity,
 )
 from driver.export.ort_backend import META_KEY, OrtStepModel
 
@@ -53,12 +54,7 @@ class OnnxExportConfig:
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ValueError(f"opset={self.opset} must be in {MIN_OPSET}..{MAX_OPSET}")
-        if not 0.0 < self.tolerance <= 1.0:
-            raise ValueError(f"tolerance={self.tolerance} must be in (0, 1]")
-        if not 1 <= self.parity_steps <= 1000:
-            raise ValueError(f"parity_steps={self.parity_steps} must be in 1..1000")
-        if not 1 <= self.parity_sequences <= 100:
-            raise ValueError(f"parity_sequences={self.parity_sequences} must be in 1..100")
+        validate_parity(self.tolerance, self.parity_steps, self.parity_sequences)
         if not 1 <= self.threads <= 256:
             raise ValueError(f"threads={self.threads} must be in 1..256")
 

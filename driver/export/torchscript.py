@@ -28,6 +28,7 @@ from driver.export.common import (
     model_metadata,
     parity_inputs,
     resolve_checkpoint,
+    validate_parity,
 )
 from driver.export.onnx_export import ExportReport, example_args
 from driver.models.spec import InputSpec
@@ -46,12 +47,7 @@ class TorchScriptConfig:
     freeze: bool = True  # torch.jit.freeze: constant weights, faster at batch 1
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.tolerance <= 1.0:
-            raise ValueError(f"tolerance={self.tolerance} must be in (0, 1]")
-        if not 1 <= self.parity_steps <= 1000:
-            raise ValueError(f"parity_steps={self.parity_steps} must be in 1..1000")
-        if not 1 <= self.parity_sequences <= 100:
-            raise ValueError(f"parity_sequences={self.parity_sequences} must be in 1..100")
+        validate_parity(self.tolerance, self.parity_steps, self.parity_sequences)
 
 
 class ScriptStepModel:
