@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -123,21 +124,39 @@ def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[Ru
     return jobs, known
 
 
-def _run_jobs(jobs: list[RunJob], n_procs: int, on_done) -> None:
+def _run_jobs(jobs: list[RunJob], n_procs: int, on_done, work=None) -> None:
+    """Run ``work`` (default :func:`_safe_ingest`) on every job, in ``n_procs`` spawned processes.
+
+    A worker process that dies (killed, out of memory, a crash in a native library) breaks the whole pool
+    and with it every job still queued there. Those jobs are run again, each in a fresh process of its own,
+    so only the job that kills its process again is reported failed; the rest finish.
+    """
+    work = work or _safe_ingest
     if n_procs <= 1 or len(jobs) <= 1:
         for job in jobs:
-            on_done(job, _safe_ingest(job))
+            on_done(job, work(job))
         return
+    lost: list[RunJob] = []
     with ProcessPoolExecutor(max_workers=min(n_procs, len(jobs)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_safe_ingest, job): job for job in jobs}
+        futures = {pool.submit(work, job): job for job in jobs}
         for fut in as_completed(futures):
-            job = futures[fut]
             try:
                 result = fut.result()
-            except Exception as e:  # the worker process died (killed, out of memory)
+            except BrokenProcessPool:
+                lost.append(futures[fut])
+                continue
+            on_done(futures[fut], result)
+    if lost:
+        log.warning("a worker process died; running %d unfinished run(s) again, one process each", len(lost))
+    for job in sorted(lost, key=jobs.index):
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            try:
+                result = pool.submit(work, job).result()
+            except BrokenProcessPool as e:
                 result = {"status": "failed", "seconds": 0.0,
-                          "error": f"{job.source}: worker process failed: {type(e).__name__}: {e}"}
-            on_done(job, result)
+                          "error": f"{job.source}: the worker process ingesting it died ({e}); "
+                                   "it may be too large for memory or crash the HDF5 library"}
+        on_done(job, result)
 
 
 def _safe_ingest(job: RunJob) -> dict:

@@ -15,6 +15,7 @@ import zarr
 
 from .layout import STAGING, create_frames_array, shard_frames_for
 from .run_format import RunInfo, inspect_run, open_run_file
+from .store import fsync_tree
 from .validity import ValidityRules, validity_mask
 
 HASH_BLOCK = 8 * 2**20
@@ -135,6 +136,7 @@ def ingest_run_file(job: RunJob) -> dict:
     os.makedirs(staging)
     try:
         meta = write_run_group(staging, job, info, source_meta)
+        fsync_tree(staging)  # durable before the parent's commit rename makes it visible
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -130,8 +130,12 @@ class Store:
         doc = _read_json(path)
         doc["attributes"]["driver_run"]["source"] = source
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         self._meta.pop(run, None)
 
 
@@ -164,21 +168,57 @@ def locked(store: Store):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file and folder under ``path`` (a staging run before its commit rename)."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
 def sweep_leftovers(store: Store) -> None:
-    """Remove staging and trash folders a killed ingest left behind (never visible as runs)."""
-    for name in (STAGING, TRASH):
-        shutil.rmtree(store.path / name, ignore_errors=True)
+    """Clean up after a killed ingest: drop staging folders; restore a replaced run whose new version never
+    landed (killed between the two renames of :func:`commit_run`), then drop the trash."""
+    shutil.rmtree(store.path / STAGING, ignore_errors=True)
+    trash = store.path / TRASH
+    if trash.is_dir():
+        for entry in sorted(trash.iterdir()):
+            name = entry.name.rsplit(".", 1)[0]
+            target = store.path / RUNS / name
+            if (entry / "zarr.json").is_file() and not target.exists():
+                os.rename(entry, target)
+                fsync_dir(target.parent)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def commit_run(store: Store, name: str, staging: str) -> None:
-    """Make a fully written staging folder the run ``name``, replacing any previous version."""
+    """Make a fully written (and fsynced) staging folder the run ``name``, replacing any previous version.
+
+    A replace moves the old run to ``.trash`` first; if the process dies before the new one is renamed in,
+    :func:`sweep_leftovers` puts the old run back, so a run is never lost, only not yet replaced.
+    """
     target = store.path / RUNS / name
     if target.exists():
         trash = store.path / TRASH / f"{name}.{uuid.uuid4().hex[:12]}"
         trash.parent.mkdir(exist_ok=True)
         os.rename(target, trash)
         os.rename(staging, target)
+        fsync_dir(target.parent)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(staging, target)
+        fsync_dir(target.parent)
     store._meta.pop(name, None)

@@ -161,3 +161,44 @@ def test_concurrent_ingest_is_refused(tmp_path):
     with locked(st), pytest.raises(StoreError, match="another ingest"), locked(Store(tmp_path / "s.zarr")):
         pass
     shutil.rmtree(tmp_path / "s.zarr")
+
+
+def test_replace_killed_between_renames_keeps_the_old_run(tmp_path, segments):
+    from driver.datasets.layout import RUNS, TRASH
+
+    runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=3)
+    out = tmp_path / "s.zarr"
+    ingest(IngestConfig(sources=[str(p) for p in runs], out=str(out)))
+    # the state commit_run leaves when killed after moving the old run aside, before renaming the new one in
+    (out / TRASH).mkdir()
+    os.rename(out / RUNS / "run_001", out / TRASH / "run_001.0123456789ab")
+    assert Store(out).runs == ["run_000"]
+    report = ingest(IngestConfig(sources=[str(p) for p in runs], out=str(out)))
+    assert [o.status for o in report.outcomes] == ["unchanged", "unchanged"]  # restored, not re-ingested
+    _assert_run_equal(out, "run_001", runs[1])
+    assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
+
+
+def _dies_on_run_001(job):
+    from driver.datasets.ingest import _safe_ingest
+
+    if job.run == "run_001":
+        os._exit(3)  # a worker killed mid-run (OOM killer, a crash in a native library)
+    return _safe_ingest(job)
+
+
+def test_a_dying_worker_fails_only_its_own_run(tmp_path):
+    from driver.datasets.ingest import _plan, _run_jobs
+    from driver.datasets.store import create_store
+
+    runs = write_synthetic_runs(tmp_path / "runs", 4, n_frames=30, height=24, width=32, seed=8)
+    config = IngestConfig(sources=[str(p) for p in runs], out=str(tmp_path / "s.zarr"), jobs=2)
+    jobs, known = _plan(create_store(config.out), config, [str(p) for p in runs])
+    assert len(jobs) == 4 and not known
+    results = {}
+    _run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), work=_dies_on_run_001)
+    assert {r: v["status"] for r, v in results.items()} == {
+        "run_000": "ingested", "run_001": "failed", "run_002": "ingested", "run_003": "ingested"}
+    assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
+    for name in ("run_000", "run_002", "run_003"):
+        assert os.path.isfile(os.path.join(results[name]["staging"], "zarr.json"))
