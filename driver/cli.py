@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import logging
-import re
 import sys
 
 from rich.console import Console
 
+from driver.config_flags import add_config_flags
 from driver.errors import DriverError
 
 INGEST_EXAMPLES = """examples:
@@ -85,6 +84,7 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from driver.training import resolve_config, train
     from driver.training.config import TrainConfig
+    from driver.training.metrics import summary_table
 
     if args.resume:
         result = train(resume=args.resume)
@@ -96,54 +96,8 @@ def _train(args: argparse.Namespace) -> int:
             except json.JSONDecodeError as e:
                 raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
         result = train(resolve_config(args.config, overrides))
-    Console().print(train_summary(result))
+    Console().print(summary_table(result))
     return 0
-
-
-def train_summary(result):
-    from rich.table import Table
-
-    t = Table(title=f"training {result.stopped}: {result.run_dir}", show_header=False)
-    t.add_column("what")
-    t.add_column("value")
-    t.add_row("steps / epochs", f"{result.steps:,} / {result.epochs}")
-    t.add_row("throughput", f"{result.samples_per_s:,.0f} frames/s, data wait {100 * result.data_wait:.1f}%")
-    for name, val in (("best val", result.best_val), ("final val", result.final_val)):
-        if val:
-            t.add_row(name, f"loss {val['loss']:.4f}, steer MAE {val['steer_mae']:.2f}, "
-                            f"motor MAE {val['motor_mae']:.2f} (run units)")
-    t.add_row("checkpoints", f"{result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint
-                                                            else ""))
-    return t
-
-
-def _field_comments(cls) -> dict[str, str]:
-    """The ``# comment`` after each field in a config dataclass's source: the flag's help text."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            comments[m.group(1)] = m.group(2).replace("%", "%%")
-    return comments
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of a config dataclass; only flags given on the command line override."""
-    comments = _field_comments(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f"{comments.get(f.name, '')} (default: {default!r})".strip()
-        if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif kind.startswith("list"):
-            parser.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="X", help=text)
-        elif kind.startswith("dict"):
-            parser.add_argument(flag, dest=f.name, default=None, metavar="JSON", help=text)
-        else:
-            parser.add_argument(flag, dest=f.name, default=None, help=text,
-                                type={"int": int, "float": float}.get(kind, str))
 
 
 def _sim_record(args: argparse.Namespace) -> int:
@@ -310,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a controller; every option can also come from --config FILE.")
     s.add_argument("--config", default=None, help="TOML or YAML file of options (flags override it)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    _add_config_flags(s, TrainConfig)
+    add_config_flags(s, TrainConfig)
     s.set_defaults(func=_train)
 
     sim = sub.add_parser("sim", help="the driving simulator: record runs, drive a model closed-loop")
@@ -362,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the model frame by frame and sends steering/throttle over carlink v1, "
                        "with named failsafe checks (every fault ends in neutral throttle) and session recording. "
                        "See docs/drive.md.")
-    _add_config_flags(s, DriveConfig)
+    add_config_flags(s, DriveConfig)
     s.set_defaults(func=_drive)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (parity-checked)",

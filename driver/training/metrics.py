@@ -96,3 +96,21 @@ def plot_curves(run_dir: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def summary_table(result):
+    """A rich Table of a finished training: steps, throughput, best/final validation, checkpoints."""
+    from rich.table import Table
+
+    t = Table(title=f"training {result.stopped}: {result.run_dir}", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("steps / epochs", f"{result.steps:,} / {result.epochs}")
+    t.add_row("throughput", f"{result.samples_per_s:,.0f} frames/s, data wait {100 * result.data_wait:.1f}%")
+    for name, val in (("best val", result.best_val), ("final val", result.final_val)):
+        if val:
+            t.add_row(name, f"loss {val['loss']:.4f}, steer MAE {val['steer_mae']:.2f}, "
+                            f"motor MAE {val['motor_mae']:.2f} (run units)")
+    t.add_row("checkpoints", f"{result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint
+                                                            else ""))
+    return t

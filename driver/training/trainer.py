@@ -199,8 +199,9 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
             raise CheckpointError(f"{run_dir / 'last.pt'}: the run was trained with {len(state['rng'])} processes; "
                                   f"resume it with the same number (not {dist_info.world})")
         torch.set_rng_state(state["rng"][dist_info.rank])
-        if device.type == "cuda" and state.get("cuda_rng"):
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        cuda_rng = state.get("cuda_rng")
+        if device.type == "cuda" and cuda_rng is not None:  # one per rank (a bare tensor in older checkpoints)
+            torch.cuda.set_rng_state(cuda_rng[dist_info.rank] if isinstance(cuda_rng, list) else cuda_rng)
         carry = state["carry"][dist_info.rank] if state.get("carry") else None
         carry = tuple(c.to(device) for c in carry) if isinstance(carry, list) else carry
         log.info("resuming %s at step %d (epoch %d, batch %d)", run_dir, step, epoch, batch_in_epoch)
@@ -222,9 +223,12 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
         carries = [None] * dist_info.world
         mine = None if carry is None else ([c.cpu() for c in carry] if isinstance(carry, tuple) else carry.cpu())
         rngs = [torch.get_rng_state()] * dist_info.world
+        my_cuda_rng = torch.cuda.get_rng_state() if device.type == "cuda" else None
+        cuda_rngs = [my_cuda_rng] * dist_info.world
         if dist_info.enabled:
             torch.distributed.all_gather_object(carries, mine)
             torch.distributed.all_gather_object(rngs, torch.get_rng_state())
+            torch.distributed.all_gather_object(cuda_rngs, my_cuda_rng)
         else:
             carries = [mine]
         if not main:
@@ -233,7 +237,7 @@ def _train(config: TrainConfig, run_dir: Path, ckpt: dict | None, device: torch.
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "best_val_loss": best, "bad_validations": bad, "rng": rngs,
-            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "cuda_rng": cuda_rngs if my_cuda_rng is not None else None,
             "carry": carries if any(c is not None for c in carries) else None}}
         save(run_dir / "last.pt", payload)
 
