@@ -200,8 +200,9 @@ def _compress(args: argparse.Namespace) -> int:
 
     config = CompressConfig(out=args.out or _beside(args.checkpoint, ".dcz"), density=args.density, bits=args.bits,
                             layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
-                            prune_steps=args.prune_steps, centroid_steps=args.centroid_steps,
-                            sim_tracks=args.sim_tracks)
+                            prune_rounds=args.prune_rounds, prune_steps=args.prune_steps,
+                            centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
+                            sim_tracks=args.sim_tracks, seed=args.seed)
     print(format_compress_result(compress_checkpoint(args.checkpoint, config)))  # noqa: T201
     return 0
 
@@ -341,12 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Writes one .dcz file that driver loads directly (replay, sim drive, drive).")
     s.add_argument("checkpoint")
     s.add_argument("--out", default=None, help="output .dcz (default: next to the checkpoint)")
-    s.add_argument("--density", type=float, default=0.3, help="share of weights kept per pruned layer")
+    s.add_argument("--density", type=float, default=0.35, help="share of weights kept per pruned layer")
     s.add_argument("--bits", type=int, default=5, help="index bits per layer (2**bits shared values)")
     s.add_argument("--layer-bits", nargs="*", metavar="PATTERN=BITS", help="per-layer bits, e.g. head=8")
     s.add_argument("--layer-density", nargs="*", metavar="PATTERN=D", help="per-layer density")
-    s.add_argument("--prune-steps", type=int, default=300, help="retraining steps while pruning")
-    s.add_argument("--centroid-steps", type=int, default=200, help="centroid fine-tuning steps")
+    s.add_argument("--prune-rounds", type=int, default=3, help="pruning rounds (geometric density schedule)")
+    s.add_argument("--prune-steps", type=int, default=2700, help="retraining steps while pruning, all rounds")
+    s.add_argument("--centroid-steps", type=int, default=600, help="centroid fine-tuning steps")
+    s.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the pruning retraining")
+    s.add_argument("--centroid-lr", type=float, default=1e-4, help="learning rate of the centroid fine-tuning")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sim-tracks", type=int, default=0, help="> 0: sim autonomy before and after")
     s.set_defaults(func=_compress)
 

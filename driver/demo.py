@@ -19,6 +19,7 @@ from pathlib import Path
 
 from driver.datasets.info import describe_store
 from driver.datasets.ingest import IngestConfig, ingest
+from driver.errors import DriverError
 from driver.policy import load_policy
 from driver.sim.evaluate_policy import SimDriveConfig, sim_drive
 from driver.sim.record import SimRecordConfig, record_runs
@@ -67,7 +68,7 @@ def run_demo(config: DemoConfig) -> str:
     report = ingest(IngestConfig(sources=[str(p) for p in paths], out=str(store_path), jobs=config.jobs))
     timings["ingest"] = report.seconds
     if not report.ok:
-        raise RuntimeError("; ".join(o.error for o in report.failures))
+        raise DriverError("demo ingest failed: " + "; ".join(o.error for o in report.failures))
     summary = describe_store(store_path)
 
     t = time.perf_counter()

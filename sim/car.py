@@ -34,7 +34,7 @@ class CarSpec:
         if not 0.1 <= self.max_speed <= 20.0:
             raise ValueError(f"max_speed={self.max_speed} must be in 0.1..20 m/s")
         if self.steer_tau_s < 0 or self.speed_tau_s < 0:
-            raise ValueError("steer_tau_s and speed_tau_s must be >= 0 s")
+            raise ValueError(f"steer_tau_s={self.steer_tau_s} and speed_tau_s={self.speed_tau_s} must be >= 0 s")
 
     @property
     def max_steer_rad(self) -> float:

@@ -62,7 +62,7 @@ def write_video(frames: list[np.ndarray], steer: np.ndarray, path: Path, fps: fl
     h, w = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: cv2.VideoWriter could not open an mp4v writer")
+        raise OSError(f"{path}: cv2.VideoWriter could not open an mp4v writer (is the folder writable?)")
     try:
         for i, f in enumerate(frames):
             writer.write(first if i == 0 else _video_frame(f, float(steer[i]) if i < len(steer) else 0.0, scale))
@@ -80,7 +80,7 @@ def write_closed_loop_media(result: ClosedLoopResult, out_dir: str | Path, fps: 
         stem = out / f"track_{ep.track.split}_{ep.track.seed:04d}"
         png = stem.with_suffix(".png")
         if not cv2.imwrite(str(png), top_down_map(ep)):
-            raise RuntimeError(f"{png}: cv2.imwrite failed")
+            raise OSError(f"{png}: cv2.imwrite failed (is the folder writable?)")
         written.append(png)
         mp4 = write_video(ep.frames, ep.steer, stem.with_suffix(".mp4"), fps)
         if mp4 is not None:

@@ -124,7 +124,7 @@ def write_overlay_video(trace: RunTrace, store: Store, path: Path, max_frames: i
     size = (w0 * scale, h0 * scale)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(round(trace.fps, 3)), size)
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: cv2.VideoWriter could not open an mp4v writer")
+        raise OSError(f"{path}: cv2.VideoWriter could not open an mp4v writer (is the folder writable?)")
     try:
         for start in range(0, n, 256):
             block = frames.read(start, min(256, n - start))

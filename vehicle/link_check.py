@@ -31,11 +31,11 @@ class LinkCheckConfig:
 
     def __post_init__(self) -> None:
         if not self.port:
-            raise ValueError("port must name a serial device, e.g. /dev/ttyUSB0")
+            raise ValueError("port is empty: name a serial device, e.g. /dev/ttyUSB0")
         if not 0 < self.seconds <= 600:
-            raise ValueError(f"seconds must be in (0, 600], got {self.seconds}")
+            raise ValueError(f"seconds={self.seconds} must be in (0, 600]")
         if self.baud <= 0:
-            raise ValueError(f"baud must be positive, got {self.baud}")
+            raise ValueError(f"baud={self.baud} must be a positive rate, e.g. 115200")
 
 
 @dataclass(frozen=True)

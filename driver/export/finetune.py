@@ -32,7 +32,6 @@ class FinetuneConfig:
     lr: float = 5e-4
     batch_size: int = 16
     weight_decay: float = 0.0
-    distill: float = 0.0  # share of the loss that matches the teacher's outputs instead of the labels
     precision: str = "auto"  # auto (bf16 where the CPU has it) | bf16 | fp32
     seed: int = 0
 
@@ -45,8 +44,6 @@ class FinetuneConfig:
             raise ValueError(f"batch_size={self.batch_size} must be in 1..4096")
         if not 0.0 <= self.weight_decay <= 1.0:
             raise ValueError(f"weight_decay={self.weight_decay} must be in 0..1")
-        if not 0.0 <= self.distill <= 1.0:
-            raise ValueError(f"distill={self.distill} must be in 0..1")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision={self.precision!r} must be one of auto, bf16, fp32")
 
@@ -86,14 +83,11 @@ def training_data(ckpt: dict, batch_size: int, steps: int, seed: int):
 
 
 def finetune(model: nn.Module, ckpt: dict, config: FinetuneConfig, params: Iterable[nn.Parameter],
-             after_backward: Hook | None = None, after_step: Hook | None = None, what: str = "fine-tune",
-             teacher: nn.Module | None = None) -> dict:
+             after_backward: Hook | None = None, after_step: Hook | None = None, what: str = "fine-tune") -> dict:
     """``config.steps`` AdamW steps on ``params`` (cosine schedule with warmup); hooks run every step.
 
     ``after_backward`` may rewrite gradients (zero pruned ones, sum them into centroids); ``after_step``
-    restores the constraint on the weights (re-apply masks, write centroids back). With a ``teacher`` (the
-    uncompressed model) and ``config.distill`` > 0, that share of the loss pulls the outputs towards the
-    teacher's on the same augmented clips (knowledge distillation). Returns loss stats.
+    restores the constraint on the weights (re-apply masks, write centroids back). Returns loss stats.
     """
     from driver.training.evaluate import weighted_loss
     from driver.training.optim import make_scheduler
@@ -121,11 +115,6 @@ def finetune(model: nn.Module, ckpt: dict, config: FinetuneConfig, params: Itera
         with autocast():
             out, _ = model(x, modes, None)
         loss = weighted_loss(out.float(), target, train_config)
-        if teacher is not None and config.distill > 0:
-            with torch.no_grad(), autocast():
-                taught, _ = teacher(x, modes, None)
-            loss = (1 - config.distill) * loss + config.distill * weighted_loss(out.float(), taught.float(),
-                                                                                train_config)
         if not torch.isfinite(loss):
             raise ExportError(f"{what}: loss is {loss.item()} at step {step + 1}; lower the fine-tuning lr")
         optimizer.zero_grad(set_to_none=True)

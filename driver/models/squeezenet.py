@@ -53,7 +53,8 @@ def fire_widths(
     if not 0.0 < pct_3x3 < 1.0:
         raise ValueError(f"pct_3x3={pct_3x3} must be in (0, 1) so both expand branches exist")
     if base_width < 2 or width_increment < 0 or fire_frequency < 1:
-        raise ValueError("need base_width >= 2, width_increment >= 0, fire_frequency >= 1")
+        raise ValueError(f"base_width={base_width} must be >= 2, width_increment={width_increment} >= 0 and "
+                         f"fire_frequency={fire_frequency} >= 1")
     widths = []
     for index in range(NUM_FIRES):
         expand = base_width + width_increment * (index // fire_frequency)
