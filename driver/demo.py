@@ -4,8 +4,8 @@ The whole story on the simulator: the expert drives training tracks with DART no
 recorded in the lab's HDF5 format (`driver sim record`), ingested into a store (`driver ingest`), a
 recurrent SqueezeNet-GRU is trained on them (`driver train`), replayed open-loop against the recorded
 human (here: expert) driving on held-out runs, and finally drives held-out tracks closed-loop from
-pixels alone (`driver sim drive`), scored with PilotNet's autonomy metric. A short report is printed
-and written to ``WORKDIR/report.md``.
+pixels alone (`driver sim drive`), scored with PilotNet's autonomy metric, and is exported to ONNX
+(parity-checked against PyTorch) for the car. A short report is printed and written to ``WORKDIR/report.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from driver.datasets.info import describe_store
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.errors import DriverError
+from driver.export.onnx_export import OnnxExportConfig, export_onnx
 from driver.policy import load_policy
 from driver.sim.evaluate_policy import SimDriveConfig, sim_drive
 from driver.sim.record import SimRecordConfig, record_runs
@@ -55,7 +56,8 @@ class DemoConfig:
 def run_demo(config: DemoConfig) -> str:
     """Run every stage; return the report text (also written to WORKDIR/report.md)."""
     work = Path(config.workdir)
-    for part in ("runs", "store.zarr", "train", "replay", "sim_drive"):  # the demo's own outputs: start afresh
+    # the demo's own outputs: start afresh
+    for part in ("runs", "store.zarr", "train", "replay", "sim_drive", "export"):
         shutil.rmtree(work / part, ignore_errors=True)
     timings: dict[str, float] = {}
 
@@ -93,6 +95,10 @@ def run_demo(config: DemoConfig) -> str:
     timings["sim drive"] = time.perf_counter() - t
     d = drive.summary()
 
+    t = time.perf_counter()
+    onnx = export_onnx(checkpoint, OnnxExportConfig(out=str(work / "export" / "demo.onnx")))
+    timings["export"] = time.perf_counter() - t
+
     text = "\n".join([
         "# driver demo report",
         "",
@@ -106,6 +112,9 @@ def run_demo(config: DemoConfig) -> str:
         f"- **closed loop on {config.eval_tracks} held-out tracks: autonomy {d['autonomy_pct']:.1f}%**, "
         f"{d['interventions']} interventions ({d['interventions_per_km']:.1f}/km), mean |cte| "
         f"{d['mean_abs_cte_m']:.3f} m, mean speed {d['mean_speed_mps']:.2f} m/s, {d['laps']:.1f} laps",
+        f"- deploy: ONNX step model {onnx.path} ({onnx.bytes / 1e6:.2f} MB, state in and out), parity with "
+        f"PyTorch on real frames max |diff| {onnx.max_abs_diff:.1e} over {onnx.steps_checked} steps; drive it "
+        f"with `driver drive --model {onnx.path} --runtime onnx`",
         f"- files: checkpoint {checkpoint}, sim drive media in {work / 'sim_drive'}",
         "",
         "| stage | seconds |",
@@ -114,8 +123,8 @@ def run_demo(config: DemoConfig) -> str:
         "",
     ])
     (work / "report.md").write_text(text, encoding="utf-8")
-    (work / "report.json").write_text(json.dumps({"timings": timings, "sim_drive": d,
-                                                  "val": run.best_val}, indent=2), encoding="utf-8")
+    (work / "report.json").write_text(json.dumps({"timings": timings, "sim_drive": d, "val": run.best_val,
+                                                  "export": onnx.to_dict()}, indent=2), encoding="utf-8")
     print(text)  # noqa: T201 - the demo's report is its output
     return text
 

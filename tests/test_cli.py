@@ -50,3 +50,4 @@ def test_demo_runs_end_to_end(tmp_path):
     report = (tmp_path / "d" / "report.md").read_text()
     assert "3 simulated runs" in report and "autonomy" in report and "| train |" in report
     assert (tmp_path / "d" / "sim_drive" / "summary.json").exists()
+    assert "parity with PyTorch" in report and (tmp_path / "d" / "export" / "demo.onnx").is_file()
