@@ -89,6 +89,24 @@ def test_compress_pipeline_on_a_tiny_model(tmp_path, store48):
     assert np.isfinite(policy.act(frame, frame, "direct").steer_norm)
 
 
+def test_compress_a_recurrent_model(tmp_path, store48):
+    ckpt = tiny_checkpoint("squeezenet_lstm", store=store48)
+    ckpt["config"]["clip_length"] = 3  # fine-tuning sees real clips through the LSTM
+    out = tmp_path / "lstm.dcz"
+    config = CompressConfig(out=str(out), density=0.5, bits=4, min_prune_numel=256, prune_rounds=1, prune_steps=2,
+                            centroid_steps=2, batch_size=2, precision="fp32")
+    result = compress_checkpoint(ckpt, config)
+    cm = read_compressed(out)
+    rnn = {n: t for n, t in cm.tensors.items() if ".weight_hh_" in n or ".weight_ih_" in n}
+    assert len(rnn) == 4 and all(isinstance(t, SharedTensor) for t in rnn.values())  # 2 layers x (ih, hh)
+    assert all(abs(t.density - 0.5) < 0.01 for t in rnn.values() if t.index.size >= 256)
+    model, meta = load_step_model(out)
+    policy = Policy(model, meta)
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    steers = [policy.act(frame, None, "direct").steer_norm for _ in range(3)]  # state carried between steps
+    assert np.all(np.isfinite(steers)) and result.stages["final"]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "magic"])
 def test_bad_compressed_file_names_the_file(damage, tmp_path):
     path = tmp_path / "bad.dcz"
