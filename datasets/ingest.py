@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -128,8 +128,8 @@ def _run_jobs(jobs: list[RunJob], n_procs: int, on_done, work=None) -> None:
     """Run ``work`` (default :func:`_safe_ingest`) on every job, in ``n_procs`` spawned processes.
 
     A worker process that dies (killed, out of memory, a crash in a native library) breaks the whole pool
-    and with it every job still queued there. Those jobs are run again, each in a fresh process of its own,
-    so only the job that kills its process again is reported failed; the rest finish.
+    and with it every job still queued there. Those jobs are run again, each in a fresh process of its own
+    (``n_procs`` at a time), so only the job that kills its process again is reported failed.
     """
     work = work or _safe_ingest
     if n_procs <= 1 or len(jobs) <= 1:
@@ -138,25 +138,46 @@ def _run_jobs(jobs: list[RunJob], n_procs: int, on_done, work=None) -> None:
         return
     lost: list[RunJob] = []
     with ProcessPoolExecutor(max_workers=min(n_procs, len(jobs)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(work, job): job for job in jobs}
+        futures = {}
+        for i, job in enumerate(jobs):
+            try:
+                futures[pool.submit(work, job)] = job
+            except BrokenProcessPool:  # a worker died while the queue was being filled
+                lost.extend(jobs[i:])
+                break
         for fut in as_completed(futures):
             try:
                 result = fut.result()
             except BrokenProcessPool:
                 lost.append(futures[fut])
                 continue
+            except Exception as e:  # the result could not come back (e.g. not picklable)
+                result = _failed(futures[fut], f"worker error: {type(e).__name__}: {e}")
             on_done(futures[fut], result)
-    if lost:
-        log.warning("a worker process died; running %d unfinished run(s) again, one process each", len(lost))
-    for job in sorted(lost, key=jobs.index):
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            try:
-                result = pool.submit(work, job).result()
-            except BrokenProcessPool as e:
-                result = {"status": "failed", "seconds": 0.0,
-                          "error": f"{job.source}: the worker process ingesting it died ({e}); "
-                                   "it may be too large for memory or crash the HDF5 library"}
-        on_done(job, result)
+    if not lost:
+        return
+    log.warning("a worker process died; running %d unfinished run(s) again, one process each", len(lost))
+    order = {id(job): i for i, job in enumerate(jobs)}
+    lost.sort(key=lambda job: order[id(job)])
+    with ThreadPoolExecutor(max_workers=min(n_procs, len(lost))) as threads:
+        for job, result in zip(lost, threads.map(lambda job: _isolated(work, job), lost), strict=True):
+            on_done(job, result)
+
+
+def _isolated(work, job: RunJob) -> dict:
+    """``work(job)`` in a process of its own: if that process dies, only this job fails."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(work, job).result()
+        except BrokenProcessPool as e:
+            return _failed(job, f"the worker process ingesting it died ({e}); it may be too large for memory or "
+                                "crash the HDF5 library")
+        except Exception as e:
+            return _failed(job, f"worker error: {type(e).__name__}: {e}")
+
+
+def _failed(job: RunJob, why: str) -> dict:
+    return {"status": "failed", "seconds": 0.0, "error": f"{job.source}: {why}"}
 
 
 def _safe_ingest(job: RunJob) -> dict:

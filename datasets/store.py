@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -169,10 +170,17 @@ def locked(store: Store):
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (renames, new files) durable."""
+    """Make a directory's entries (renames, new files) durable, where the filesystem supports that.
+
+    Some network and FUSE filesystems refuse fsync on a directory (EINVAL, ENOTSUP); there the rename is
+    as durable as that filesystem makes it, and ingest goes on.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 

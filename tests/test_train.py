@@ -60,7 +60,7 @@ def test_every_arch_trains_a_few_steps(store64, tmp_path, arch):
 
 def test_loss_decreases_on_a_learnable_task(store48, tmp_path):
     cfg = _cfg(store48, tmp_path, arch="squeezenet", arch_kwargs={"base_width": 32, "width_increment": 16},
-               clip_length=1, horizon=1, batch_size=16, epochs=3, steps_per_epoch=25, lr=3e-3, name="learn",
+               clip_length=1, horizon=1, batch_size=16, epochs=3, steps_per_epoch=40, lr=3e-3, name="learn",
                flip=0.0, val_runs=["run_003"])
     r = train(cfg)
     rows = [x for x in _rows(r.run_dir) if x["split"] == "val"]
