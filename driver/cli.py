@@ -13,6 +13,8 @@ from rich.console import Console
 from driver.config_flags import add_config_flags
 from driver.errors import DriverError
 
+MODEL_FILES = "checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz"
+
 INGEST_EXAMPLES = """examples:
   driver ingest runs/*.h5 --out data/store.zarr
   driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
@@ -202,8 +204,13 @@ def _compress(args: argparse.Namespace) -> int:
                             layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
                             prune_rounds=args.prune_rounds, prune_steps=args.prune_steps,
                             centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
-                            sim_tracks=args.sim_tracks, seed=args.seed)
-    print(format_compress_result(compress_checkpoint(args.checkpoint, config)))  # noqa: T201
+                            sim_tracks=args.sim_tracks, seed=args.seed, progress=sys.stderr.isatty())
+    result = compress_checkpoint(args.checkpoint, config)
+    if args.report:
+        from driver.export.onnx_export import write_atomic
+
+        write_atomic(args.report, json.dumps(result.to_dict(), indent=1, default=str).encode())
+    print(format_compress_result(result, layers=args.layers))  # noqa: T201
     return 0
 
 
@@ -283,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=("train", "eval"), default="train")
     s.set_defaults(func=_sim_record)
     s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: PilotNet autonomy")
-    s.add_argument("--model", required=True, help="checkpoint (best.pt / last.pt / run dir) or 'expert'")
+    s.add_argument("--model", required=True, help=f"{MODEL_FILES}, or 'expert'")
     s.add_argument("--tracks", type=int, default=3)
     s.add_argument("--laps", type=float, default=1.0)
     s.add_argument("--split", choices=("train", "eval"), default="eval")
@@ -298,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
                        description="Open-loop: the model against the recorded human, frame by frame in order. "
                        "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
-    s.add_argument("--model", required=True, help="checkpoint (best.pt / last.pt / run dir)")
+    s.add_argument("--model", required=True, help=MODEL_FILES)
     s.add_argument("--data", required=True, help="store (driver ingest output)")
     s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
     s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv")
@@ -353,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--centroid-lr", type=float, default=1e-4, help="learning rate of the centroid fine-tuning")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sim-tracks", type=int, default=0, help="> 0: sim autonomy before and after")
+    s.add_argument("--layers", action="store_true", help="also print one line per tensor (kept, bits, bytes)")
+    s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON")
     s.set_defaults(func=_compress)
 
     s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",

@@ -121,3 +121,27 @@ def test_bad_compressed_file_names_the_file(damage, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CompressedFileError, match="bad.dcz"):
         read_compressed(path)
+
+
+def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48):
+    from driver.training.checkpoint import save_checkpoint
+    from tests.test_cli import _driver
+
+    ckpt_path = tmp_path / "sq" / "best.pt"
+    ckpt_path.parent.mkdir()
+    save_checkpoint(ckpt_path, tiny_checkpoint("squeezenet", cameras=("left", "right"), store=store48))
+    r = _driver("compress", str(ckpt_path), "--density", "0.3", "--bits", "4", "--layer-bits", "classifier.*=6",
+                "--prune-rounds", "1", "--prune-steps", "2", "--centroid-steps", "2", "--layers",
+                "--report", str(tmp_path / "report.json"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"{ckpt_path.with_suffix('.dcz')}: " in out and "MB fp32 ->" in out and "weights kept" in out
+    assert "codebooks 4-bit x" in out and "6-bit x1" in out and "index +" in out and "position bits" in out
+    for stage in ("original", "pruned", "shared", "final"):
+        assert f"{stage}" in out and "held-out steer MAE" in out
+    assert "classifier" in out.split("tensor")[-1]  # the per-layer table
+    report = __import__("json").loads((tmp_path / "report.json").read_text())
+    assert report["file_bytes"] == ckpt_path.with_suffix(".dcz").stat().st_size
+    assert set(report["stages"]) == {"original", "pruned", "shared", "final"}
+    bad = _driver("compress", str(ckpt_path), "--density", "2")
+    assert bad.returncode == 2 and "density=2.0 must be in 0.01..1.0" in bad.stderr

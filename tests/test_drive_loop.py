@@ -93,6 +93,20 @@ def test_file_camera_to_the_end_records_what_the_model_saw(tmp_path, drive_asset
     assert np.array_equal(again, frames[seq2 - 1])
 
 
+def test_drive_runtime_onnx_sends_what_pytorch_would(tmp_path, drive_assets):  # noqa: F811
+    """`driver drive --runtime onnx`: ONNX Runtime drives the loop and sends PyTorch's commands within tolerance."""
+    model = drive_assets["model"]
+    report, path, _ = run_loop(tmp_path, model, f"file:{drive_assets['video']}", runtime="onnx",
+                               policy=load_policy(model, runtime="onnx", threads=1), max_throttle=1.0,
+                               steer_slew_per_s=0.0, gap_frames=1000)
+    assert (report.exit_code, report.reason) == (0, "end_of_stream") and report.commands_sent > 0
+    with h5py.File(path) as f:
+        frames, model_steer = f["segments/0/left"][()], f["segments/0/model_steer"][()]
+    torch_policy = load_policy(model)
+    steer = [torch_policy.act(frame).steer for frame in frames]
+    np.testing.assert_allclose(model_steer, steer, atol=1e-3)
+
+
 def test_frozen_camera_fires_its_check(tmp_path, drive_assets):  # noqa: F811
     report, _, _ = run_loop(tmp_path, drive_assets["model"], f"file:{drive_assets['still']}", record=False,
                             frozen_frames=5)

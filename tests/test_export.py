@@ -100,14 +100,15 @@ def test_onnx_export_parity_and_state(arch, tmp_path):
                 assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["squeezenet", "squeezenet_lstm"])
+@pytest.mark.parametrize("arch", sorted(ARCH_SETUP))
 def test_torchscript_export_parity(arch, tmp_path):
     out = tmp_path / f"{arch}.ts"
     report = export_torchscript(tiny_checkpoint(arch), TorchScriptConfig(out=str(out), parity_steps=3,
                                                                          parity_sequences=1))
     assert report.max_abs_diff <= 1e-4
     backend, meta = load_torchscript_model(out)
-    assert meta["arch"] == arch and backend.is_recurrent == (arch != "squeezenet")
+    assert meta["arch"] == arch and backend.is_recurrent == ("lstm" in arch or "gru" in arch)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # written atomically: no temp file left
 
 
 def test_parity_failure_is_loud():
@@ -158,14 +159,19 @@ def test_quantize_runs_and_reports(tmp_path, store48):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "ts"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_bad_onnx_file_names_the_file(damage, tmp_path):
-    out = tmp_path / "m.onnx"
-    export_onnx(tiny_checkpoint("squeezenet"), OnnxExportConfig(out=str(out), parity_steps=1, parity_sequences=1))
+def test_bad_exported_file_names_the_file(fmt, damage, tmp_path):
+    out = tmp_path / f"m.{fmt}"
+    if fmt == "onnx":
+        export_onnx(tiny_checkpoint("squeezenet"), OnnxExportConfig(out=str(out), parity_steps=1, parity_sequences=1))
+    else:
+        export_torchscript(tiny_checkpoint("squeezenet"), TorchScriptConfig(out=str(out), parity_steps=1,
+                                                                            parity_sequences=1))
     data = out.read_bytes()
     out.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 64)
-    with pytest.raises(ExportError, match="m.onnx"):
-        load_step_model(out, runtime="onnx")
+    with pytest.raises(ExportError, match=f"m.{fmt}"):
+        load_step_model(out, runtime="onnx" if fmt == "onnx" else "torch")
 
 
 def test_runtime_is_validated(tmp_path):

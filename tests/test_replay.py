@@ -141,6 +141,27 @@ def test_replay_end_to_end(sim_store, checkpoint, tmp_path):
     assert "ALL" in text and "steer MAE" in text
 
 
+def test_replay_runtime_onnx_matches_torch(sim_store, tmp_path):
+    """`driver replay --runtime onnx` on an exported recurrent model: the same commands as PyTorch, frame by frame."""
+    from driver.export import OnnxExportConfig, export_onnx
+
+    ckpt = make_checkpoint(tmp_path / "gru.pt", "squeezenet_gru", seed=3)
+    onnx_path = tmp_path / "gru.onnx"
+    export_onnx(ckpt, OnnxExportConfig(out=str(onnx_path), parity_steps=2, parity_sequences=1))
+    reports = {}
+    for model, runtime in ((ckpt, "torch"), (str(onnx_path), "onnx"), (ckpt, "onnx")):  # .pt exported in memory
+        reports[model, runtime] = replay(ReplayConfig(model=model, data=str(sim_store), out=str(tmp_path / runtime),
+                                                      runtime=runtime, video=False, plots=False))
+    ref = reports[ckpt, "torch"]
+    for report in reports.values():
+        assert report.config["runtime"] in ("torch", "onnx")
+        for run, trace in report.traces.items():
+            np.testing.assert_allclose(trace.pred_steer, ref.traces[run].pred_steer, atol=1e-3)  # run units
+            np.testing.assert_allclose(trace.pred_motor, ref.traces[run].pred_motor, atol=1e-3)
+            assert trace.resets == ref.traces[run].resets > 0
+        assert report.overall["steer"]["mae"] == pytest.approx(ref.overall["steer"]["mae"], abs=1e-3)
+
+
 class CountingPolicy(Policy):
     def reset(self):
         self.resets = getattr(self, "resets", -1) + 1  # Policy.__init__ calls reset once

@@ -53,6 +53,7 @@ class CompressConfig:
     sim_tracks: int = 0  # > 0: closed-loop autonomy before and after with sim_drive (sim-trained models)
     workdir: str = ""  # where sim_drive writes; default: next to ``out``
     seed: int = 0
+    progress: bool = False  # a rich progress bar over all fine-tuning steps (the CLI sets it on a terminal)
 
     def __post_init__(self) -> None:
         def check(name: str, lo: float, hi: float) -> None:
@@ -172,6 +173,28 @@ class SharedWeights:
                                    self.index[name].numpy().copy()) for name in self.params}
 
 
+class _ProgressBar:
+    """``step(what, loss)`` advances a rich bar over every fine-tuning step; does nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._bar = None
+        if enabled and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]compress"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            self._task = self._bar.add_task("compress", total=total, info="")
+            self._bar.start()
+
+    def step(self, what: str, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, info=f"{what}  loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def _metrics(model: nn.Module, ckpt: dict, stage: str) -> dict:
     m = heldout_metrics(model, ckpt, max_clips=1024)
     if m:
@@ -201,6 +224,8 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
                      else 1.0) for n, p in params.items()}
     bits = {n: _override(n, config.layer_bits, config.bits) for n in params}
     tune = {"prune": [], "centroids": {}}
+    steps_per_round = config.prune_steps // config.prune_rounds
+    bar = _ProgressBar(config.progress, steps_per_round * config.prune_rounds + config.centroid_steps)
 
     # -- 1. iterative magnitude pruning with retraining -------------------------------------------
     masks: dict[str, Tensor] = {}
@@ -220,11 +245,10 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
             for n, p in params.items():
                 p.mul_(masks[n])
 
-        steps = config.prune_steps // config.prune_rounds
-        ft = FinetuneConfig(steps=steps, lr=config.lr, batch_size=config.batch_size, precision=config.precision,
-                            seed=config.seed + r)
+        ft = FinetuneConfig(steps=steps_per_round, lr=config.lr, batch_size=config.batch_size,
+                            precision=config.precision, seed=config.seed + r)
         tune["prune"].append(finetune(model, ckpt, ft, model.parameters(), zero_pruned_grads, reapply_masks,
-                                      what=f"prune round {r}"))
+                                      what=f"prune round {r}", on_step=bar.step))
     stages["pruned"] = _metrics(model, ckpt, "pruned")
 
     # -- 2. weight sharing, then centroid fine-tuning ---------------------------------------------
@@ -234,12 +258,13 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     ft = FinetuneConfig(steps=config.centroid_steps, lr=config.centroid_lr, batch_size=config.batch_size,
                         precision=config.precision, seed=config.seed + 1000)
     tune["centroids"] = finetune(model, ckpt, ft, [*shared.centroids.values(), *others], shared.gather_grads,
-                                 shared.write, what="centroids")
+                                 shared.write, what="centroids", on_step=bar.step)
+    bar.close()
     shared.write()
 
     # -- 3. entropy coding into one file; what is measured is what the decoder returns ---------------
     meta = model_metadata(ckpt, model)
-    meta["compression"] = {k: v for k, v in asdict(config).items() if k not in ("out", "workdir")}
+    meta["compression"] = {k: v for k, v in asdict(config).items() if k not in ("out", "workdir", "progress")}
     tensors: dict = {}
     shared_tensors = shared.tensors()
     for name, value in model.state_dict().items():
@@ -283,14 +308,46 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     return result
 
 
-def format_compress_result(result: CompressResult) -> str:
-    """A short text table: size, density, bits, held-out MAE per stage, autonomy before/after."""
+def bits_summary(layers: list[dict]) -> dict:
+    """Codebook sizes and coded bits per kept weight over the shared layers; bytes of raw float32 tensors."""
+    shared = [row for row in layers if row["kind"] == "shared"]
+    kept = sum(round(row["density"] * row["numel"]) for row in shared)
+    per_bits: dict[int, int] = {}
+    for row in shared:
+        per_bits[row["bits"]] = per_bits.get(row["bits"], 0) + 1
+
+    def per_kept(key: str) -> float:
+        return sum(row[key] * row["density"] * row["numel"] for row in shared) / max(kept, 1)
+
+    return {"codebook_bits": dict(sorted(per_bits.items())),
+            "index_bits_per_kept": round(per_kept("index_bits_per_kept"), 2),
+            "position_bits_per_kept": round(per_kept("gap_bits_per_kept"), 2),
+            "raw_bytes": sum(row["bytes"] for row in layers if row["kind"] == "raw")}
+
+
+def format_compress_result(result: CompressResult, layers: bool = False) -> str:
+    """Size, sparsity, bits, held-out MAE per stage and autonomy before/after; ``layers``: one line per tensor."""
+    b = bits_summary(result.layers)
+    codebooks = ", ".join(f"{bits}-bit x{n}" for bits, n in b["codebook_bits"].items())
     lines = [f"{result.path}: {result.fp32_bytes / 1e6:.3f} MB fp32 -> {result.file_bytes / 1e6:.3f} MB "
              f"({result.fp32_bytes / result.file_bytes:.1f}x), {result.params:,} params, "
-             f"weights kept {100 * result.density:.1f}%"]
+             f"weights kept {100 * result.density:.1f}%",
+             f"  bits: codebooks {codebooks or 'none'}; per kept weight {b['index_bits_per_kept']:.2f} index + "
+             f"{b['position_bits_per_kept']:.2f} position bits; {b['raw_bytes'] / 1e3:.1f} KB float32 "
+             f"(biases, norms)"]
     for stage, m in result.stages.items():
         if m:
-            lines.append(f"  {stage:<9} steer MAE {m['steer_mae']:.3f}  throttle MAE {m['motor_mae']:.3f}")
+            lines.append(f"  {stage:<9} held-out steer MAE {m['steer_mae']:.3f}  throttle MAE {m['motor_mae']:.3f}")
     for when, s in result.autonomy.items():
         lines.append(f"  autonomy {when}: {s['autonomy_pct']:.1f}% ({s['interventions']} interventions)")
+    if layers:
+        lines.append(f"  {'tensor':<40} {'shape':<18} {'kept':>6} {'bits':>4} {'idx b/w':>7} {'pos b/w':>7} "
+                     f"{'bytes':>8}")
+        for row in result.layers:
+            shape = "x".join(map(str, row["shape"]))
+            if row["kind"] == "shared":
+                lines.append(f"  {row['name']:<40} {shape:<18} {100 * row['density']:>5.1f}% {row['bits']:>4} "
+                             f"{row['index_bits_per_kept']:>7.2f} {row['gap_bits_per_kept']:>7.2f} {row['bytes']:>8,}")
+            else:
+                lines.append(f"  {row['name']:<40} {shape:<18} {'fp32':>6} {'':>4} {'':>7} {'':>7} {row['bytes']:>8,}")
     return "\n".join(lines)

@@ -83,11 +83,13 @@ def training_data(ckpt: dict, batch_size: int, steps: int, seed: int):
 
 
 def finetune(model: nn.Module, ckpt: dict, config: FinetuneConfig, params: Iterable[nn.Parameter],
-             after_backward: Hook | None = None, after_step: Hook | None = None, what: str = "fine-tune") -> dict:
+             after_backward: Hook | None = None, after_step: Hook | None = None, what: str = "fine-tune",
+             on_step: Callable[[str, float], None] | None = None) -> dict:
     """``config.steps`` AdamW steps on ``params`` (cosine schedule with warmup); hooks run every step.
 
     ``after_backward`` may rewrite gradients (zero pruned ones, sum them into centroids); ``after_step``
-    restores the constraint on the weights (re-apply masks, write centroids back). Returns loss stats.
+    restores the constraint on the weights (re-apply masks, write centroids back); ``on_step(what, loss)``
+    reports progress. Returns loss stats.
     """
     from driver.training.evaluate import weighted_loss
     from driver.training.optim import make_scheduler
@@ -130,6 +132,8 @@ def finetune(model: nn.Module, ckpt: dict, config: FinetuneConfig, params: Itera
             with torch.no_grad():
                 after_step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(what, losses[-1])
         if (step + 1) % 50 == 0:
             log.info("%s step %d/%d loss %.5f", what, step + 1, config.steps, float(np.mean(losses[-50:])))
     model.eval()

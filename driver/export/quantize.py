@@ -4,8 +4,10 @@
     report.steer_mae_fp32, report.steer_mae_int8, report.speedup
 
 Calibration feeds real frames from the model's store (its training runs; held-out runs are kept for the
-report), run through the fp32 model in sequence so recurrent models calibrate on realistic states. Only
-Conv/MatMul/Gemm are quantized; LSTM/GRU and the state stay float32. The int8 file keeps the metadata.
+report), run through the fp32 model in sequence so recurrent models calibrate on realistic states. ONNX
+Runtime's QDQ quantizer picks the ops: Conv and Gemm/MatMul get int8 weights, and the ops between them
+(Concat, MaxPool, Relu, LayerNorm, ...) pass int8 activations; LSTM/GRU and the state stay float32.
+The int8 file keeps the metadata.
 """
 
 from __future__ import annotations

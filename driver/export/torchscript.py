@@ -9,6 +9,7 @@ Tracing fixes the presence of modes and state at export; the batch size stays fr
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from driver.export.common import (
     resolve_checkpoint,
     validate_parity,
 )
-from driver.export.onnx_export import ExportReport, example_args
+from driver.export.onnx_export import ExportReport, example_args, write_atomic
 from driver.models.spec import InputSpec
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ def export_torchscript(source: str | os.PathLike | dict, config: TorchScriptConf
                          f"{config.out} (torchscript)")
     meta["parity"] = {"max_abs_diff": delta, "tolerance": config.tolerance, "frames": frames}
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(out), _extra_files={EXTRA_FILE: json.dumps(meta, default=str)})
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(meta, default=str)})
+    write_atomic(out, buffer.getvalue())  # never half an archive under the final name
     log.info("exported %s (torchscript): max |Δ| %.2e vs eager over %d steps of %s", out, delta,
              config.parity_steps * config.parity_sequences, frames)
     return ExportReport(str(out), "torchscript", out.stat().st_size, delta, config.tolerance,
