@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_quantize)
 
     s = sub.add_parser("compress", help="Deep Compression: prune + retrain, k-means weight sharing, Huffman",
-                       description="Writes one .dcz file that driver loads directly (replay, sim drive, drive).")
+                       description="Writes one .dcz file that driver loads directly (replay, sim drive, drive). "
+                       "A killed run resumes after its last finished pruning round when run again.")
     s.add_argument("checkpoint")
     s.add_argument("--out", default=None, help="output .dcz (default: next to the checkpoint)")
     s.add_argument("--density", type=float, default=0.35, help="share of weights kept per pruned layer")

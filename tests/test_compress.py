@@ -69,7 +69,8 @@ def test_compress_pipeline_on_a_tiny_model(tmp_path, store48):
     ckpt = tiny_checkpoint("squeezenet", cameras=("left", "right"), store=store48)
     out = tmp_path / "sq.dcz"
     config = CompressConfig(out=str(out), density=0.25, bits=4, layer_bits={"classifier.*": 6}, min_prune_numel=256,
-                            prune_rounds=2, prune_steps=4, centroid_steps=2, batch_size=4, precision="fp32")
+                            prune_rounds=2, prune_steps=4, centroid_steps=2, batch_size=4, precision="fp32",
+                            progress=True)
     result = compress_checkpoint(ckpt, config)
     assert result.file_bytes == out.stat().st_size < result.fp32_bytes / 4
     assert set(result.stages) == {"original", "pruned", "shared", "final"}
@@ -145,3 +146,52 @@ def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48):
     assert set(report["stages"]) == {"original", "pruned", "shared", "final"}
     bad = _driver("compress", str(ckpt_path), "--density", "2")
     assert bad.returncode == 2 and "density=2.0 must be in 0.01..1.0" in bad.stderr
+
+
+def test_killed_compress_resumes_to_the_same_file(tmp_path, store48):
+    """SIGKILL after a pruning round; the same job run again resumes there and writes the uninterrupted file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from driver.export.partial import load_partial, partial_path
+    from driver.training.checkpoint import save_checkpoint
+
+    ckpt_path = tmp_path / "ck.pt"
+    save_checkpoint(ckpt_path, tiny_checkpoint("squeezenet", cameras=("left", "right"), store=store48))
+    settings = {"density": 0.25, "bits": 4, "min_prune_numel": 256, "prune_rounds": 3, "prune_steps": 300,
+                "centroid_steps": 4, "batch_size": 4, "precision": "fp32"}
+    reference = compress_checkpoint(str(ckpt_path), CompressConfig(out=str(tmp_path / "ref.dcz"), **settings))
+
+    out = tmp_path / "killed.dcz"
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from driver.export import CompressConfig, compress_checkpoint\n"
+            f"compress_checkpoint({str(ckpt_path)!r}, CompressConfig(out={str(out)!r}, **{settings!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not partial_path(out).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and partial_path(out).exists() and not out.exists()
+    saved = torch.load(partial_path(out), weights_only=True)
+    assert 1 <= saved["round"] < 3
+    assert load_partial(out, "another job") is None  # other settings or weights: start over
+
+    resumed = compress_checkpoint(str(ckpt_path), CompressConfig(out=str(out), **settings))
+    assert len(resumed.finetune["prune"]) == 3
+    assert out.read_bytes() == (tmp_path / "ref.dcz").read_bytes()  # the same file, bit for bit
+    assert resumed.stages == reference.stages
+    assert not partial_path(out).exists()
+
+
+def test_unreadable_partial_state_starts_over(tmp_path, store48):
+    from driver.export.partial import partial_path
+
+    out = tmp_path / "m.dcz"
+    partial_path(out).write_bytes(b"not a torch file")
+    config = CompressConfig(out=str(out), density=0.5, bits=3, min_prune_numel=256, prune_rounds=1, prune_steps=1,
+                            centroid_steps=1, batch_size=2, precision="fp32")
+    compress_checkpoint(tiny_checkpoint("squeezenet", store=store48), config)
+    assert read_compressed(out).meta["arch"] == "squeezenet" and not partial_path(out).exists()

@@ -6,6 +6,9 @@
    then the centroids are fine-tuned (each gets the sum of its weights' gradients; biases train too).
 3. **Entropy-code**: Huffman-coded centroid indices and sparse-position gaps (:mod:`driver.export.codec`).
 
+A killed run, started again with the same checkpoint and settings, resumes after its last finished pruning
+round (:mod:`driver.export.partial`).
+
     result = compress_checkpoint("best.pt", CompressConfig(out="sq.dcz", density=0.3, bits=5))
     model, meta = load_compressed_model("sq.dcz")     # dense torch model; Policy uses it unchanged
 
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 from driver.export.codec import SharedTensor, write_compressed
 from driver.export.common import heldout_metrics, model_metadata, resolve_checkpoint
 from driver.export.finetune import FinetuneConfig, finetune
+from driver.export.partial import clear_partial, load_partial, resume_key, save_partial
 
 log = logging.getLogger(__name__)
 
@@ -176,21 +180,24 @@ class SharedWeights:
 class _ProgressBar:
     """``step(what, loss)`` advances a rich bar over every fine-tuning step; does nothing when disabled."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, total: int, done: int = 0) -> None:
         self._bar = None
         if enabled and total:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(TextColumn("[bold]compress"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-            self._task = self._bar.add_task("compress", total=total, info="")
+            self._task = self._bar.add_task("compress", total=total, completed=done, info="")
             self._bar.start()
 
     def step(self, what: str, loss: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, advance=1, info=f"{what}  loss {loss:.4f}")
 
-    def close(self) -> None:
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.stop()
 
@@ -217,49 +224,56 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     if not config.out:
         raise ValueError("out is empty: name the .dcz file to write")
     ckpt, model = resolve_checkpoint(source)
-    stages = {"original": _metrics(model, ckpt, "original")}
+    key = resume_key(asdict(config), model)
+    partial = load_partial(config.out, key)
+    stages = partial["stages"] if partial else {"original": _metrics(model, ckpt, "original")}
     params = shared_parameters(model)
     n_params = sum(p.numel() for p in model.parameters())
     densities = {n: (_override(n, config.layer_density, config.density) if p.numel() >= config.min_prune_numel
                      else 1.0) for n, p in params.items()}
     bits = {n: _override(n, config.layer_bits, config.bits) for n in params}
-    tune = {"prune": [], "centroids": {}}
+    tune = partial["tune"] if partial else {"prune": [], "centroids": {}}
     steps_per_round = config.prune_steps // config.prune_rounds
-    bar = _ProgressBar(config.progress, steps_per_round * config.prune_rounds + config.centroid_steps)
-
-    # -- 1. iterative magnitude pruning with retraining -------------------------------------------
     masks: dict[str, Tensor] = {}
-    for r in range(1, config.prune_rounds + 1):
-        round_density = {n: d ** (r / config.prune_rounds) for n, d in densities.items()}  # geometric schedule
-        masks = magnitude_masks(params, round_density)
-        with torch.no_grad():
-            for n, p in params.items():
-                p.mul_(masks[n])
+    done = 0  # pruning rounds already finished by an earlier, killed run of this same job
+    if partial:
+        model.load_state_dict(partial["model"])
+        masks, done = partial["masks"], partial["round"]
+        log.info("resuming %s after pruning round %d of %d", config.out, done, config.prune_rounds)
+    total_steps = steps_per_round * config.prune_rounds + config.centroid_steps
+    with _ProgressBar(config.progress, total_steps, done=steps_per_round * done) as bar:
+        # -- 1. iterative magnitude pruning with retraining ---------------------------------------
+        for r in range(done + 1, config.prune_rounds + 1):
+            round_density = {n: d ** (r / config.prune_rounds) for n, d in densities.items()}  # geometric schedule
+            masks = magnitude_masks(params, round_density)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.mul_(masks[n])
 
-        def zero_pruned_grads(masks: dict[str, Tensor] = masks) -> None:
-            for n, p in params.items():
-                if p.grad is not None:
-                    p.grad.mul_(masks[n])
+            def zero_pruned_grads(masks: dict[str, Tensor] = masks) -> None:
+                for n, p in params.items():
+                    if p.grad is not None:
+                        p.grad.mul_(masks[n])
 
-        def reapply_masks(masks: dict[str, Tensor] = masks) -> None:
-            for n, p in params.items():
-                p.mul_(masks[n])
+            def reapply_masks(masks: dict[str, Tensor] = masks) -> None:
+                for n, p in params.items():
+                    p.mul_(masks[n])
 
-        ft = FinetuneConfig(steps=steps_per_round, lr=config.lr, batch_size=config.batch_size,
-                            precision=config.precision, seed=config.seed + r)
-        tune["prune"].append(finetune(model, ckpt, ft, model.parameters(), zero_pruned_grads, reapply_masks,
-                                      what=f"prune round {r}", on_step=bar.step))
-    stages["pruned"] = _metrics(model, ckpt, "pruned")
+            ft = FinetuneConfig(steps=steps_per_round, lr=config.lr, batch_size=config.batch_size,
+                                precision=config.precision, seed=config.seed + r)
+            tune["prune"].append(finetune(model, ckpt, ft, model.parameters(), zero_pruned_grads, reapply_masks,
+                                          what=f"prune round {r}", on_step=bar.step))
+            save_partial(config.out, key, r, model, masks, stages, tune)
+        stages["pruned"] = _metrics(model, ckpt, "pruned")
 
-    # -- 2. weight sharing, then centroid fine-tuning ---------------------------------------------
-    shared = SharedWeights(params, masks, bits, config.kmeans_iters)
-    stages["shared"] = _metrics(model, ckpt, "shared")
-    others = [p for n, p in model.named_parameters() if n not in params]
-    ft = FinetuneConfig(steps=config.centroid_steps, lr=config.centroid_lr, batch_size=config.batch_size,
-                        precision=config.precision, seed=config.seed + 1000)
-    tune["centroids"] = finetune(model, ckpt, ft, [*shared.centroids.values(), *others], shared.gather_grads,
-                                 shared.write, what="centroids", on_step=bar.step)
-    bar.close()
+        # -- 2. weight sharing, then centroid fine-tuning -----------------------------------------
+        shared = SharedWeights(params, masks, bits, config.kmeans_iters)
+        stages["shared"] = _metrics(model, ckpt, "shared")
+        others = [p for n, p in model.named_parameters() if n not in params]
+        ft = FinetuneConfig(steps=config.centroid_steps, lr=config.centroid_lr, batch_size=config.batch_size,
+                            precision=config.precision, seed=config.seed + 1000)
+        tune["centroids"] = finetune(model, ckpt, ft, [*shared.centroids.values(), *others], shared.gather_grads,
+                                     shared.write, what="centroids", on_step=bar.step)
     shared.write()
 
     # -- 3. entropy coding into one file; what is measured is what the decoder returns ---------------
@@ -272,6 +286,7 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     written = write_compressed(config.out, meta, tensors, gap_bits=config.gap_bits)
     from driver.export.codec import load_compressed_model
 
+    clear_partial(config.out)
     decoded, _ = load_compressed_model(config.out)
     stages["final"] = _metrics(decoded, ckpt, "final")
 
