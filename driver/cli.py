@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="demo_out", help="where runs, store and report go (default demo_out)")
     s.add_argument("--runs", type=int, default=32, help="simulated runs (training tracks) to record (default 32)")
     s.add_argument("--seconds", type=float, default=15.0, help="seconds per run (default 15)")
-    s.add_argument("--steps", type=int, default=1600, help="training steps (default 1600)")
+    s.add_argument("--steps", type=int, default=2400, help="training steps (default 2400)")
     s.add_argument("--eval-tracks", type=int, default=6, help="held-out tracks driven closed-loop (default 6)")
     s.add_argument("--jobs", type=int, default=2, help="ingest processes")
     s.add_argument("--seed", type=int, default=0)

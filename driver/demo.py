@@ -37,7 +37,7 @@ class DemoConfig:
     seconds: float = 15.0
     height: int = 48
     width: int = 64
-    steps: int = 1600
+    steps: int = 2400
     eval_tracks: int = 6
     jobs: int = 2
     seed: int = 0
