@@ -139,7 +139,7 @@ def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48):
     assert f"{ckpt_path.with_suffix('.dcz')}: " in out and "MB fp32 ->" in out and "weights kept" in out
     assert "codebooks 4-bit x" in out and "6-bit x1" in out and "index +" in out and "position bits" in out
     for stage in ("original", "pruned", "shared", "final"):
-        assert f"{stage}" in out and "held-out steer MAE" in out
+        assert f"  {stage:<9} held-out steer MAE " in out
     assert "classifier" in out.split("tensor")[-1]  # the per-layer table
     report = __import__("json").loads((tmp_path / "report.json").read_text())
     assert report["file_bytes"] == ckpt_path.with_suffix(".dcz").stat().st_size
