@@ -1,0 +1,94 @@
+"""One thread policy for every compute command (train, demo, compress, quantize, replay, sim).
+
+Oversubscription is the classic way to lose a CPU machine: torch's default is one OpenMP thread per logical
+CPU, and when other processes (DataLoader workers, a second job, CI neighbours) already use those CPUs the
+threads spin-wait on each other. On a loaded 2-core machine a 5-step training took 127 s with torch's default
+and 20 s with one thread. So ``driver`` chooses the count itself:
+
+- ``--threads N`` (N >= 1) uses exactly N;
+- ``--threads 0`` (the default) uses the physical cores this process may run on, minus one per DataLoader
+  worker (they read and augment clips on cores of their own), and **1 when the machine is already busy**
+  (the 1-minute load average when the command starts is at least half the usable CPUs).
+
+The chosen count is applied to torch (intra-op) and OpenCV, and handed to ONNX Runtime sessions by the
+callers; it is logged once so a slow run can be explained.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_THREADS = 256
+
+
+def usable_cpus() -> list[int]:
+    """The logical CPUs this process may run on (its affinity mask), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: list[int] | None = None) -> int:
+    """Physical cores among ``cpus`` (default: the usable ones): hyper-threads of one core count once.
+
+    Reads Linux's topology files; where they are missing, every logical CPU counts as a core.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
+        except OSError:
+            cores.add(f"cpu{cpu}")
+    return max(1, len(cores))
+
+
+def machine_busy(cpus: int | None = None) -> bool:
+    """Is other work already using at least half of the usable CPUs (1-minute load average)?"""
+    cpus = len(usable_cpus()) if cpus is None else cpus
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load >= max(1.0, cpus / 2)
+
+
+def default_threads(workers: int = 0, busy: bool | None = None) -> int:
+    """Threads for a compute command that also runs ``workers`` DataLoader worker processes."""
+    busy = machine_busy() if busy is None else busy
+    if busy:
+        return 1
+    return max(1, physical_cores() - max(0, workers))
+
+
+def check_threads(threads: int, name: str = "threads") -> int:
+    """Validate a ``--threads`` value: 0 (automatic) or 1..256."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"{name}={threads!r} must be an integer in 0..{MAX_THREADS} (0 = automatic: physical "
+                         "cores minus DataLoader workers, 1 on a busy machine)")
+    return threads
+
+
+def apply_threads(threads: int = 0, workers: int = 0) -> int:
+    """Resolve ``threads`` (0 = automatic, see the module docstring), apply it to torch and OpenCV, return it."""
+    check_threads(threads)
+    n = threads or default_threads(workers)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except ImportError:
+        pass
+    log.info("compute threads: %d (%s)", n, "--threads" if threads else
+             f"automatic: {physical_cores()} physical cores, {workers} loader workers, "
+             f"load {os.getloadavg()[0]:.1f}")
+    return n
