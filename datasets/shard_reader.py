@@ -80,7 +80,10 @@ class ShardedFrames:
     """Random access to frames ``(N, *frame_shape)`` of one zarr v3 array. Picklable; opens files lazily.
 
     ``where`` names the array in error messages (default: store, run and array from the path).
+    ``verify_checksums`` (default True) exists to measure what checking costs; leave it on.
     """
+
+    verify_checksums = True
 
     def __init__(self, array_dir: str | os.PathLike, where: str | None = None):
         self.path = Path(array_dir)
@@ -120,17 +123,19 @@ class ShardedFrames:
                 self._index_crc = index_names == ["bytes", "crc32c"]
                 # bytes one stored uncompressed chunk takes: its frames, then its CRC32C
                 self._stride = self.frame_bytes * self.chunk_frames + (4 if checksummed else 0)
+                self._strides = (self._stride, *np.empty((1, *self.frame_shape), self.dtype).strides[1:])
         self._reset()
 
     def _reset(self):
         self._pid = os.getpid()
+        self._paths: dict[int, str] = {}
         self._regular: dict[int, _Shard] = {}
         self._irregular: OrderedDict[int, _Shard] = OrderedDict()
         self._zarr = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for k in ("_regular", "_irregular", "_zarr", "_decoder"):
+        for k in ("_paths", "_regular", "_irregular", "_zarr", "_decoder"):
             state.pop(k, None)
         state["_decoder_kind"] = type(self._decoder).__name__ if self._decoder is not None else None
         return state
@@ -168,7 +173,7 @@ class ShardedFrames:
         """Forget parsed indices and close this array's cached descriptors."""
         if self._fast and self._pid == os.getpid():
             for shard in {*self._regular, *self._irregular}:
-                storage.forget(self.shard_path(shard))
+                storage.forget(self._path_str(shard))
         self._reset()
 
     # -- shard files and indices -------------------------------------------------------------------
@@ -189,16 +194,17 @@ class ShardedFrames:
 
     def _load_index(self, shard: int) -> _Shard | None:
         """Parse and check a shard's index; None for a shard never written (reads as fill value)."""
-        path = self.shard_path(shard)
+        path = self._path_str(shard)
         try:
-            size = storage.file_size(path)
+            data = storage.mapped(path)
         except FileNotFoundError:
             return None
+        size = len(data)
         n = self.chunks_per_shard * 16
         total = n + (4 if self._index_crc else 0)
         if size < total:
             raise self._damaged(shard, f"file is {size} bytes, too short for its index (truncated)")
-        raw = storage.read_at(path, total, size - total if self._index_at_end else 0)
+        raw = bytes(data[size - total :] if self._index_at_end else data[:total])
         if self._index_crc and crc32c.crc32c(raw[:n]) != int.from_bytes(raw[n:], "little"):
             raise self._damaged(shard, "shard index checksum mismatch", ChecksumError)
         index = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
@@ -212,6 +218,12 @@ class ShardedFrames:
         if regular:
             return _Shard(None, int(offs[0]))
         return _Shard(index.copy())
+
+    def _path_str(self, shard: int) -> str:
+        path = self._paths.get(shard)
+        if path is None:
+            path = self._paths[shard] = str(self.shard_path(shard))
+        return path
 
     def _shard(self, shard: int) -> _Shard | None:
         entry = self._regular.get(shard)
@@ -275,54 +287,42 @@ class ShardedFrames:
         entry = self._shard(shard)
         if entry is None:
             out[...] = self.fill_value
-            return
-        if entry.index is None and out[0].flags.c_contiguous:
+        elif entry.index is None:
             self._read_regular(shard, entry.base, first, count, out)
         else:
             self._read_chunks(shard, entry, first, count, out)
 
     def _read_regular(self, shard: int, base: int, first: int, count: int, out: np.ndarray) -> None:
-        """One ``preadv`` of ``count`` uncompressed frames (and their CRCs) straight into ``out``."""
-        path = self.shard_path(shard)
+        """``count`` uncompressed frames copied out of the mapped shard in one go, then their CRCs checked."""
+        path = self._path_str(shard)
         offset = base + first * self._stride
-        if not self.checksummed:
-            buffers = [out] if out.flags.c_contiguous else list(out)
-            if storage.read_into(path, buffers, offset) != count * self.frame_bytes:
-                raise self._damaged(shard, "short read (truncated shard)")
+        data = storage.mapped(path)
+        np.copyto(out, np.ndarray((count, *self.frame_shape), self.dtype, data, offset, self._strides))
+        if not (self.checksummed and self.verify_checksums):
             return
-        crcs = np.empty(count, dtype="<u4")
-        buffers = []
-        for i in range(count):
-            buffers.append(out[i])
-            buffers.append(crcs[i : i + 1])
-        if storage.read_into(path, buffers, offset) != count * self._stride:
-            raise self._damaged(shard, "short read (truncated shard)")
-        stored = crcs.tolist()
+        stored = np.ndarray((count,), "<u4", data, offset + self.frame_bytes, (self._stride,)).tolist()
         for i in range(count):
             if crc32c.crc32c(out[i]) != stored[i]:
                 f = shard * self.shard_frames + first + i
-                rel = path.relative_to(self.path)
-                raise ChecksumError(f"{self.where}: frames {f}..{f}: checksum mismatch (shard file {rel}); "
-                                    f"{REPAIR_HINT}")
+                raise ChecksumError(f"{self.where}: frames {f}..{f}: checksum mismatch (shard file "
+                                    f"{self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
 
-    def _chunk_bytes(self, shard: int, off: int, nbytes: int, c: int) -> bytes:
+    def _chunk_bytes(self, shard: int, off: int, nbytes: int, c: int):
         """A stored chunk's payload, its CRC32C checked; decoded when compressed."""
-        raw = storage.read_at(self.shard_path(shard), nbytes, off)
+        raw = storage.mapped(self._path_str(shard))[off : off + nbytes]
         if len(raw) != nbytes:
             raise self._damaged(shard, "short read (truncated shard)")
+        first = shard * self.shard_frames + c * self.chunk_frames
         if self.checksummed:
-            if len(raw) < 4 or crc32c.crc32c(memoryview(raw)[:-4]) != int.from_bytes(raw[-4:], "little"):
-                f = shard * self.shard_frames + c * self.chunk_frames
-                rel = self.shard_path(shard).relative_to(self.path)
-                raise ChecksumError(f"{self.where}: frames {f}..{f + self.chunk_frames - 1}: checksum mismatch "
-                                    f"(shard file {rel}); {REPAIR_HINT}")
-            raw = memoryview(raw)[:-4]
+            if self.verify_checksums and (nbytes < 4 or crc32c.crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little")):
+                raise ChecksumError(f"{self.where}: frames {first}..{first + self.chunk_frames - 1}: checksum mismatch "
+                                    f"(shard file {self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
+            raw = raw[:-4]
         if self._decoder is not None:
             try:
                 raw = self._decoder.decode(raw)
             except Exception as e:  # noqa: BLE001 - a codec error on damaged bytes (format 1: no CRC to catch it)
-                f = shard * self.shard_frames + c * self.chunk_frames
-                raise ShardReadError(f"{self.where}: frames {f}..{f + self.chunk_frames - 1}: cannot decode "
+                raise ShardReadError(f"{self.where}: frames {first}..{first + self.chunk_frames - 1}: cannot decode "
                                      f"({e}); {REPAIR_HINT}") from e
         return raw
 
@@ -369,6 +369,7 @@ class ShardedFrames:
                 problems.append(str(self._damaged(shard, "shard file is missing")))
                 continue
             frames = self._frames_in(shard)
+            storage.will_need(self._path_str(shard), 0, frames * self._stride)  # one sequential read-ahead
             shard_bytes = 0
             for c in range(-(-frames // self.chunk_frames)):
                 if entry.index is None:
@@ -386,7 +387,7 @@ class ShardedFrames:
             nbytes += shard_bytes
             if on_bytes is not None:
                 on_bytes(shard_bytes)
-            storage.forget(self.shard_path(shard))
+            storage.forget(self._path_str(shard))
         return problems, nbytes
 
     def _zarr_array(self):

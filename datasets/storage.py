@@ -1,65 +1,102 @@
-"""The one place where the store touches files: positioned reads through a bounded cache of open
-descriptors, durable writes, renames and fsyncs.
+"""The one place where the store touches files: memory maps and positioned reads through a bounded
+cache of open files, durable writes, renames and fsyncs.
 
 Everything else in ``driver.datasets`` reads and writes store files through these functions, so a
 store on another backend (object storage) needs a second implementation of this module, nothing more.
 
-Open descriptors are bounded per process: a least-recently-used cache keeps at most
-``max_open_files()`` (default 64, or ``DRIVER_MAX_OPEN_FILES``) shard files open, whatever the store
-size, and closes the least recently used one when it needs another. A forked child (a DataLoader
-worker) starts with an empty cache and never uses its parent's descriptors.
+Open files are bounded per process: a least-recently-used cache keeps at most ``max_open_files()``
+(default 64, or ``DRIVER_MAX_OPEN_FILES``) shard files open (a descriptor, or a read-only mapping that
+holds one), whatever the store size, and closes the least recently used one when it needs another. A
+forked child (a DataLoader worker) starts with an empty cache and never uses its parent's files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
 DEFAULT_MAX_OPEN_FILES = 64
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
+class _Mapping:
+    """A read-only map of a whole file and a uint8 array over it (the map keeps its own descriptor)."""
+
+    __slots__ = ("map", "array")
+
+    def __init__(self, fd: int):
+        size = os.fstat(fd).st_size
+        self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        self.array = np.frombuffer(self.map, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+
+    def close(self) -> None:
+        self.array = None
+        if self.map is not None:
+            with contextlib.suppress(BufferError):  # a view is still alive somewhere: it closes when that goes
+                self.map.close()
+
+
+def _close(entry) -> None:
+    if isinstance(entry, int):
+        os.close(entry)
+    else:
+        entry.close()
+
+
 class _OpenFiles:
-    """An LRU of read-only descriptors keyed by path (per process; thread-safe)."""
+    """An LRU of open files keyed by (path, kind): read-only descriptors and mappings (per process;
+    thread-safe)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._open: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def fd(self, path: str) -> int:
-        """An open read-only descriptor for ``path`` (raises FileNotFoundError when there is none)."""
+    def get(self, path: str, kind: str):
+        """The open descriptor (kind "fd") or mapping ("map") of ``path``; FileNotFoundError if none."""
+        key = (path, kind)
         with self._lock:
-            fd = self._fds.get(path)
-            if fd is not None:
-                self._fds.move_to_end(path)
-                return fd
-            while len(self._fds) >= self.capacity:
-                os.close(self._fds.popitem(last=False)[1])
+            entry = self._open.get(key)
+            if entry is not None:
+                self._open.move_to_end(key)
+                return entry
+            while len(self._open) >= self.capacity:
+                _close(self._open.popitem(last=False)[1])
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self._fds[path] = fd
-            return fd
+            if kind == "map":
+                try:
+                    entry = _Mapping(fd)
+                finally:
+                    os.close(fd)
+            else:
+                entry = fd
+            self._open[key] = entry
+            return entry
 
     def forget(self, path: str) -> None:
         with self._lock:
-            fd = self._fds.pop(path, None)
-            if fd is not None:
-                os.close(fd)
+            for kind in ("fd", "map"):
+                entry = self._open.pop((path, kind), None)
+                if entry is not None:
+                    _close(entry)
 
     def clear(self, close: bool = True) -> None:
         with self._lock:
             if close:
-                for fd in self._fds.values():
+                for entry in self._open.values():
                     with contextlib.suppress(OSError):
-                        os.close(fd)
-            self._fds.clear()
+                        _close(entry)
+            self._open.clear()
 
     def __len__(self) -> int:
-        return len(self._fds)
+        return len(self._open)
 
 
 def _capacity_from_env() -> int:
@@ -93,8 +130,8 @@ def set_max_open_files(n: int) -> None:
         raise ValueError(f"max_open_files={n!r} must be an integer in 1..65536")
     with _open._lock:
         _open.capacity = n
-        while len(_open._fds) > n:
-            os.close(_open._fds.popitem(last=False)[1])
+        while len(_open._open) > n:
+            _close(_open._open.popitem(last=False)[1])
 
 
 def max_open_files() -> int:
@@ -102,7 +139,7 @@ def max_open_files() -> int:
 
 
 def open_file_count() -> int:
-    """Descriptors currently held by the cache (for tests and benchmarks)."""
+    """Files (descriptors and mappings) currently held by the cache (for tests and benchmarks)."""
     return len(_open)
 
 
@@ -111,13 +148,19 @@ def forget(path: str | os.PathLike) -> None:
     _open.forget(os.fspath(path))
 
 
-def file_size(path: str | os.PathLike) -> int:
-    return os.fstat(_open.fd(os.fspath(path))).st_size
+def mapped(path: str) -> np.ndarray:
+    """The whole file as a read-only uint8 array (memory-mapped; cached with the open files)."""
+    return _open.get(path, "map").array
 
 
-def read_at(path: str | os.PathLike, nbytes: int, offset: int) -> bytes:
-    """``nbytes`` bytes at ``offset`` (fewer at the end of the file)."""
-    return os.pread(_open.fd(os.fspath(path)), nbytes, offset)
+def will_need(path: str, offset: int, length: int) -> None:
+    """Tell the kernel a mapped range is about to be read, so data not in the page cache is read ahead
+    in one request instead of page fault by page fault."""
+    m = _open.get(path, "map").map
+    if m is None or length <= 0:
+        return
+    start = offset - offset % mmap.PAGESIZE
+    m.madvise(mmap.MADV_WILLNEED, start, min(offset + length, len(m)) - start)
 
 
 def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
@@ -127,24 +170,6 @@ def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
         n -= buffers[k].nbytes
         k += 1
     return ([buffers[k][n:]] if k < len(buffers) else []) + buffers[k + 1:]
-
-
-def read_into(path: str | os.PathLike, buffers: list, offset: int) -> int:
-    """Fill ``buffers`` (writable, contiguous) in order from ``offset`` with positioned vector reads.
-
-    Returns the bytes read: less than the buffers hold only at the end of the file.
-    """
-    fd = _open.fd(os.fspath(path))
-    pending = [memoryview(b).cast("B") for b in buffers]
-    total = 0
-    while pending:
-        batch = pending[:_IOV_MAX]
-        n = os.preadv(fd, batch, offset + total)
-        if n == 0:
-            break
-        total += n
-        pending = _advance(batch, n) + pending[len(batch):]
-    return total
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
