@@ -75,3 +75,17 @@ def info_tables(summary: StoreSummary):
         totals.add_row("checksums", f"UNVERIFIED: {len(unverified)} run(s) written before chunk checksums (format 1); "
                        f"driver ingest --out {summary.path} --force rewrites them with checksums")
     return runs, totals
+
+
+def print_info(summary: StoreSummary, console) -> None:
+    """Print the info tables on a rich Console, wider than the terminal if a run name needs it (the terminal
+    then wraps the line instead of rich cutting the name)."""
+    from rich.measure import Measurement
+
+    tables = info_tables(summary)
+    unbounded = console.options.update(max_width=100_000)
+    need = max(Measurement.get(console, unbounded, t).minimum for t in tables)
+    if need > console.width:
+        console.width = need
+    for t in tables:
+        console.print(t)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from driver.errors import DriverError
 from . import storage
 
 _MISSING = np.uint64(2**64 - 1)
-_IRREGULAR_INDEX_CACHE = 256  # full shard indices kept per array (compressed shards); regular ones cost 3 ints
 REPAIR_HINT = "run `driver verify STORE` to list the damage and `driver ingest --out STORE --force RUN` to repair"
 
 
@@ -129,13 +127,11 @@ class ShardedFrames:
     def _reset(self):
         self._pid = os.getpid()
         self._paths: dict[int, str] = {}
-        self._regular: dict[int, _Shard] = {}
-        self._irregular: OrderedDict[int, _Shard] = OrderedDict()
         self._zarr = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for k in ("_paths", "_regular", "_irregular", "_zarr", "_decoder"):
+        for k in ("_paths", "_zarr", "_decoder"):
             state.pop(k, None)
         state["_decoder_kind"] = type(self._decoder).__name__ if self._decoder is not None else None
         return state
@@ -170,10 +166,9 @@ class ShardedFrames:
         return self.read(index, 1)[0]
 
     def close(self) -> None:
-        """Forget parsed indices and close this array's cached descriptors."""
+        """Close this array's cached shard files (and with them their parsed indices)."""
         if self._fast and self._pid == os.getpid():
-            for shard in {*self._regular, *self._irregular}:
-                storage.forget(self._path_str(shard))
+            storage.forget(self.path)
         self._reset()
 
     # -- shard files and indices -------------------------------------------------------------------
@@ -192,13 +187,20 @@ class ShardedFrames:
     def _frames_in(self, shard: int) -> int:
         return min(self.shard_frames, self.shape[0] - shard * self.shard_frames)
 
-    def _load_index(self, shard: int) -> _Shard | None:
-        """Parse and check a shard's index; None for a shard never written (reads as fill value)."""
-        path = self._path_str(shard)
+    def _load_index(self, shard: int) -> tuple[_Shard | None, storage.Mapping | None]:
+        """A shard's checked index and its mapped file; (None, None) for a shard never written (fill value).
+
+        The parsed index lives with the mapping, so it is parsed again whenever the file is mapped again.
+        """
         try:
-            data = storage.mapped(path)
+            mapping = storage.mapped(self._path_str(shard))
         except FileNotFoundError:
-            return None
+            return None, None
+        if mapping.parsed is None:
+            mapping.parsed = self._parse_index(shard, mapping.array)
+        return mapping.parsed, mapping
+
+    def _parse_index(self, shard: int, data: np.ndarray) -> _Shard:
         size = len(data)
         n = self.chunks_per_shard * 16
         total = n + (4 if self._index_crc else 0)
@@ -224,25 +226,6 @@ class ShardedFrames:
         if path is None:
             path = self._paths[shard] = str(self.shard_path(shard))
         return path
-
-    def _shard(self, shard: int) -> _Shard | None:
-        entry = self._regular.get(shard)
-        if entry is not None:
-            return entry
-        entry = self._irregular.get(shard)
-        if entry is not None:
-            self._irregular.move_to_end(shard)
-            return entry
-        entry = self._load_index(shard)
-        if entry is None:
-            return None
-        if entry.index is None:
-            self._regular[shard] = entry
-        else:
-            self._irregular[shard] = entry
-            while len(self._irregular) > _IRREGULAR_INDEX_CACHE:
-                self._irregular.popitem(last=False)
-        return entry
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -284,19 +267,18 @@ class ShardedFrames:
         return out
 
     def _read_in_shard(self, shard: int, first: int, count: int, out: np.ndarray) -> None:
-        entry = self._shard(shard)
+        entry, mapping = self._load_index(shard)
         if entry is None:
             out[...] = self.fill_value
         elif entry.index is None:
-            self._read_regular(shard, entry.base, first, count, out)
+            self._read_regular(shard, entry.base, mapping.array, first, count, out)
         else:
-            self._read_chunks(shard, entry, first, count, out)
+            self._read_chunks(shard, entry, mapping.array, first, count, out)
 
-    def _read_regular(self, shard: int, base: int, first: int, count: int, out: np.ndarray) -> None:
+    def _read_regular(self, shard: int, base: int, data: np.ndarray, first: int, count: int,
+                      out: np.ndarray) -> None:
         """``count`` uncompressed frames copied out of the mapped shard in one go, then their CRCs checked."""
-        path = self._path_str(shard)
         offset = base + first * self._stride
-        data = storage.mapped(path)
         np.copyto(out, np.ndarray((count, *self.frame_shape), self.dtype, data, offset, self._strides))
         if not (self.checksummed and self.verify_checksums):
             return
@@ -307,9 +289,9 @@ class ShardedFrames:
                 raise ChecksumError(f"{self.where}: frames {f}..{f}: checksum mismatch (shard file "
                                     f"{self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
 
-    def _chunk_bytes(self, shard: int, off: int, nbytes: int, c: int):
+    def _chunk_bytes(self, shard: int, data: np.ndarray, off: int, nbytes: int, c: int):
         """A stored chunk's payload, its CRC32C checked; decoded when compressed."""
-        raw = storage.mapped(self._path_str(shard))[off : off + nbytes]
+        raw = data[off : off + nbytes]
         if len(raw) != nbytes:
             raise self._damaged(shard, "short read (truncated shard)")
         first = shard * self.shard_frames + c * self.chunk_frames
@@ -326,7 +308,8 @@ class ShardedFrames:
                                      f"({e}); {REPAIR_HINT}") from e
         return raw
 
-    def _read_chunks(self, shard: int, entry: _Shard, first: int, count: int, out: np.ndarray) -> None:
+    def _read_chunks(self, shard: int, entry: _Shard, data: np.ndarray, first: int, count: int,
+                     out: np.ndarray) -> None:
         c0, c1 = first // self.chunk_frames, (first + count - 1) // self.chunk_frames
         for c in range(c0, c1 + 1):
             lo = max(first, c * self.chunk_frames)
@@ -339,7 +322,7 @@ class ShardedFrames:
                 if off == _MISSING:
                     dst[...] = self.fill_value
                     continue
-            raw = self._chunk_bytes(shard, int(off), int(nbytes), c)
+            raw = self._chunk_bytes(shard, data, int(off), int(nbytes), c)
             chunk = np.frombuffer(raw, dtype=self.dtype)
             if chunk.size != self.chunk_frames * self.frame_bytes // self.dtype.itemsize:
                 raise self._damaged(shard, f"chunk {c} decodes to {chunk.nbytes} bytes, not a whole chunk")
@@ -361,7 +344,7 @@ class ShardedFrames:
         nbytes = 0
         for shard in range(self.shard_count()):
             try:
-                entry = self._load_index(shard)
+                entry, mapping = self._load_index(shard)
             except ShardReadError as e:
                 problems.append(str(e))
                 continue
@@ -380,7 +363,7 @@ class ShardedFrames:
                         problems.append(str(self._damaged(shard, f"chunk {c} is missing from the index")))
                         continue
                 try:
-                    self._chunk_bytes(shard, off, size, c)
+                    self._chunk_bytes(shard, mapping.array, off, size, c)
                 except ShardReadError as e:
                     problems.append(str(e))
                 shard_bytes += size

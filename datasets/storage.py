@@ -26,15 +26,20 @@ DEFAULT_MAX_OPEN_FILES = 64
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-class _Mapping:
-    """A read-only map of a whole file and a uint8 array over it (the map keeps its own descriptor)."""
+class Mapping:
+    """A read-only map of a whole file and a uint8 array over it (the map keeps its own descriptor).
 
-    __slots__ = ("map", "array")
+    ``parsed`` is free for a reader to keep what it parsed from this very file (a shard's index), so
+    that it goes when the mapping goes and never outlives a replaced file.
+    """
+
+    __slots__ = ("map", "array", "parsed")
 
     def __init__(self, fd: int):
         size = os.fstat(fd).st_size
         self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
         self.array = np.frombuffer(self.map, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        self.parsed = None
 
     def close(self) -> None:
         self.array = None
@@ -72,7 +77,7 @@ class _OpenFiles:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             if kind == "map":
                 try:
-                    entry = _Mapping(fd)
+                    entry = Mapping(fd)
                 finally:
                     os.close(fd)
             else:
@@ -81,11 +86,11 @@ class _OpenFiles:
             return entry
 
     def forget(self, path: str) -> None:
+        """Close ``path`` and every file under it (a folder)."""
+        folder = path.rstrip(os.sep) + os.sep
         with self._lock:
-            for kind in ("fd", "map"):
-                entry = self._open.pop((path, kind), None)
-                if entry is not None:
-                    _close(entry)
+            for key in [k for k in self._open if k[0] == path or k[0].startswith(folder)]:
+                _close(self._open.pop(key))
 
     def clear(self, close: bool = True) -> None:
         with self._lock:
@@ -144,13 +149,13 @@ def open_file_count() -> int:
 
 
 def forget(path: str | os.PathLike) -> None:
-    """Close the cached descriptor of ``path`` (after the file was replaced or found damaged)."""
+    """Close the cached file ``path``, or every cached file under the folder ``path`` (replaced, removed)."""
     _open.forget(os.fspath(path))
 
 
-def mapped(path: str) -> np.ndarray:
-    """The whole file as a read-only uint8 array (memory-mapped; cached with the open files)."""
-    return _open.get(path, "map").array
+def mapped(path: str) -> Mapping:
+    """The whole file memory-mapped, read-only (``.array`` is its bytes); cached with the open files."""
+    return _open.get(path, "map")
 
 
 def will_need(path: str, offset: int, length: int) -> None:

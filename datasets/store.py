@@ -179,6 +179,14 @@ class Store:
         storage.write_durable(path, json.dumps(doc, indent=2).encode("utf-8"))
         self._meta.pop(run, None)
 
+    def forget_run(self, name: str) -> None:
+        """Drop what this process cached of a run (metadata, series, open shard files): it was replaced."""
+        self._meta.pop(name, None)
+        for cache in (self._series, self._frames):
+            for key in [k for k in cache if k[0] == name]:
+                del cache[key]
+        storage.forget(self.path / RUNS / name)
+
     def set_format_version(self, version: int) -> None:
         """Record the store's format version (ingest raises it to 2 once every run is checksummed)."""
         path = self.path / "zarr.json"
@@ -296,4 +304,4 @@ def commit_run(store: Store, name: str, staging: str) -> None:
     else:
         os.rename(staging, target)
         fsync_dir(target.parent)
-    store._meta.pop(name, None)
+    store.forget_run(name)

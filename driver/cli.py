@@ -77,11 +77,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from driver.datasets.info import describe_store, info_tables
+    from driver.datasets.info import describe_store, print_info
 
-    console = Console()
-    for table in info_tables(describe_store(args.store)):
-        console.print(table)
+    print_info(describe_store(args.store), Console())
     return 0
 
 
