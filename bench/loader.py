@@ -1,11 +1,13 @@
 """The data path, side by side in one run: readers, ClipDataset items with train defaults, DataLoader
 batches, cold vs warm page cache, checksum cost and open files per worker.
 
-    OMP_NUM_THREADS=1 python bench/loader.py [--frames 3000] [--seconds 2] [--workdir /tmp/driver_bench_loader]
+    OMP_NUM_THREADS=1 python bench/loader.py [--frames 3000] [--seconds 2] [--rounds 4] [--workdir DIR]
 
-Every reader gets the same frames and the same random clip starts. Warm: each reader runs once before
-timing. Cold: every file is evicted from the page cache (posix_fadvise DONTNEED) before each reader's
-pass over the same clips. Prints markdown tables; ratios come from this one run (docs/benchmarks.md).
+Every reader gets the same frames and the same random clip starts. Warm: each reader runs first, then
+all are timed round-robin in short slices, so that load from other processes hits them alike. Cold:
+every file is evicted from the page cache (posix_fadvise DONTNEED, cached mappings closed) before each
+reader's pass over the same clips. Prints markdown tables; ratios come from this one run
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def make_data(work: Path, n: int):
 
 
 def evict(work: Path):
+    storage.close_all()  # pages our mappings hold cannot be evicted
     for root, _, files in os.walk(work):
         for f in files:
             storage.drop_from_page_cache(os.path.join(root, f))
@@ -95,26 +98,39 @@ class Readers:
         raise ValueError(name)
 
 
-def rate(fn, starts, seconds: float, warm: bool = True) -> float:
-    """Calls per second of fn(start) over the starts, cycling until ``seconds`` have passed."""
-    if warm:
-        for s in starts[:200]:
-            fn(int(s))
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for s in starts[n % len(starts) : n % len(starts) + 50]:
-            fn(int(s))
-        n += 50
-    return n / (time.perf_counter() - t0)
+def rates(fns: dict, keys, seconds: float, rounds: int) -> dict[str, float]:
+    """Calls per second of each fn(key), measured round-robin in ``rounds`` slices so that load from other
+    processes on a shared machine hits every candidate alike."""
+    for fn in fns.values():
+        for k in keys[:100]:
+            fn(int(k))  # warm the page cache and the reader
+    calls, spent = dict.fromkeys(fns, 0), dict.fromkeys(fns, 0.0)
+    pos = 0
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds / rounds:
+                for k in keys[pos % len(keys) : pos % len(keys) + 25]:
+                    fn(int(k))
+                pos += 25
+                calls[name] += 25
+            spent[name] += time.perf_counter() - t0
+    return {name: calls[name] / spent[name] for name in fns}
 
 
-def cold_rate(fn, starts, work: Path) -> float:
-    """Clips per second over ``starts`` once, every file evicted from the page cache first."""
-    evict(work)
-    t0 = time.perf_counter()
-    for s in starts:
-        fn(int(s))
-    return len(starts) / (time.perf_counter() - t0)
+def cold_rates(fns: dict, starts, work: Path, rounds: int) -> dict[str, float]:
+    """Clips per second with every file evicted from the page cache before each reader's pass."""
+    spent = dict.fromkeys(fns, 0.0)
+    per_round = np.array_split(starts, rounds)
+    for part in per_round:
+        for name, make in fns.items():
+            evict(work)
+            fn = make()
+            t0 = time.perf_counter()
+            for s in part:
+                fn(int(s))
+            spent[name] += time.perf_counter() - t0
+    return {name: len(starts) / spent[name] for name in fns}
 
 
 def legacy_frames(ds: ClipDataset, index: int) -> np.ndarray:
@@ -205,7 +221,8 @@ def fds_per_worker(work: Path, runs: int, clips: int = 3000) -> tuple[int, int]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=3000)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds per candidate")
+    ap.add_argument("--rounds", type=int, default=4, help="round-robin slices (and cold passes) per candidate")
     ap.add_argument("--workdir", default="/tmp/driver_bench_loader")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -226,9 +243,9 @@ def main():
         fn = readers.make(name)
         return lambda s: fn(s, out)
 
-    warm = {n: rate(clip_reader(n), starts, args.seconds) for n in names}
-    cold = {n: cold_rate(clip_reader(n), starts[:300], work)
-            for n in ("memmap", "ours-none", "ours-lz4", "h5py-chunked", "h5py-contiguous")}
+    warm = rates({n: clip_reader(n) for n in names}, starts, args.seconds * len(names), args.rounds)
+    cold = cold_rates({n: (lambda n=n: clip_reader(n)) for n in ("memmap", "ours-none", "ours-lz4", "h5py-chunked",
+                                                                  "h5py-contiguous")}, starts[:600], work, args.rounds)
     print(f"\nReaders: random T={T} stereo clips, 1 process")
     print("| reader | warm clips/s | vs memmap | vs h5py chunked | cold clips/s | cold vs h5py chunked |")
     print("|---|---|---|---|---|---|")
@@ -245,17 +262,19 @@ def main():
     mm = MemmapItems(work, ds)
     buf = np.empty((TRAIN.clip_length, TRAIN.views, H, W, 3), np.uint8)
     idx = np.random.default_rng(2).integers(0, len(ds), 20000)
-    items = {
-        "memmap, same frames (ceiling)": rate(lambda i: mm.item(i, buf), idx, args.seconds),
-        "ClipDataset, train defaults": rate(lambda i: ds[i], idx, args.seconds),
-        "ClipDataset, defaults + colour jitter 0.5": rate(lambda i: jit[i], idx, args.seconds),
-        "previous frame path (2 reads per camera, numpy flip)": rate(lambda i: legacy_frames(ds, i), idx, args.seconds),
-    }
+    shape = (TRAIN.clip_length, TRAIN.views, H, W, 3)
+    items = rates({
+        "memmap, same frames, new output array (ceiling)": lambda i: mm.item(i, np.empty(shape, np.uint8)),
+        "memmap, same frames, output reused": lambda i: mm.item(i, buf),
+        "ClipDataset, train defaults": lambda i: ds[i],
+        "ClipDataset, defaults + colour jitter 0.5": lambda i: jit[i],
+        "previous frame path (2 reads per camera, numpy flip)": lambda i: legacy_frames(ds, i),
+    }, idx, args.seconds * 5, args.rounds)
     print(f"\nItems: T={TRAIN.clip_length}, stack {TRAIN.stack}, stereo (V={TRAIN.views}), flip {TRAIN.flip}, "
           "1 process")
     print("| item | items/s | vs memmap |")
     print("|---|---|---|")
-    ceiling = items["memmap, same frames (ceiling)"]
+    ceiling = items["memmap, same frames, new output array (ceiling)"]
     for n, r in items.items():
         print(f"| {n} | {r:,.0f} | {r / ceiling:.2f} |")
 
@@ -263,9 +282,13 @@ def main():
     print("| dataset | workers | items/s | vs memmap items |")
     print("|---|---|---|---|")
     for workers in (0, 2):
-        m = loader_rate(mm, workers, args.seconds)
-        for n, d in (("memmap items", mm), ("ClipDataset, train defaults", ds)):
-            r = m if d is mm else loader_rate(d, workers, args.seconds)
+        got = {"memmap items": [], "ClipDataset, train defaults": []}
+        for _ in range(2):  # alternate, twice
+            for n, d in (("memmap items", mm), ("ClipDataset, train defaults", ds)):
+                got[n].append(loader_rate(d, workers, args.seconds))
+        m = sum(got["memmap items"]) / 2
+        for n, values in got.items():
+            r = sum(values) / 2
             print(f"| {n} | {workers} | {r:,.0f} | {r / m:.2f} |")
 
     print(f"\nOpen files per DataLoader worker (limit {storage.max_open_files()} shard files per process)")

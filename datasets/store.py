@@ -6,7 +6,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import uuid
@@ -20,8 +19,6 @@ from . import storage
 from .layout import FORMAT_VERSION, READABLE_VERSIONS, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
 from .shard_reader import REPAIR_HINT, ChecksumError, ShardedFrames, ShardReadError
 from .storage import fsync_dir, fsync_tree  # noqa: F401 - re-exported: the store's durability helpers
-
-log = logging.getLogger(__name__)
 
 
 class StoreError(ValueError):

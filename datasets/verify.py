@@ -61,10 +61,6 @@ class VerifyReport:
         return not self.damaged
 
 
-def _series_names(store: Store, run: str, meta: dict) -> list[str]:
-    return [*SERIES_ARRAYS, *(e["name"] for e in meta.get("extras", []))]
-
-
 def _check_run(store: Store, run: str, on_bytes) -> RunCheck:
     check = RunCheck(run)
     try:
@@ -87,7 +83,7 @@ def _check_run(store: Store, run: str, on_bytes) -> RunCheck:
         problems, nbytes = frames.verify(on_bytes)
         check.problems += problems
         check.bytes += nbytes
-    for name in _series_names(store, run, meta):
+    for name in [*SERIES_ARRAYS, *(e["name"] for e in meta.get("extras", []))]:
         check.arrays += 1
         try:
             data = store.series(run, name)
