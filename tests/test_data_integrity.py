@@ -66,6 +66,7 @@ def _damage(store, where):
     return r"run 'run_001', array 'left': frames 32\.\.63: shard index checksum mismatch"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["frame", "series", "index"])
 def test_damage_is_named_by_the_reader_verify_and_training_then_repaired(store, tmp_path, where):
     expected = _damage(store, where)
