@@ -24,11 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import flip_clip, jitter_colors, jitter_colors_, mirror_
+from .augment import flip_clip, jitter_colors, jitter_colors_, mirror_  # noqa: F401 - first two re-exported
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
-
-__all__ = ["MODES", "ClipConfig", "ClipDataset", "eligible_starts", "flip_clip", "jitter_colors", "run_units_to_norm"]
 
 # The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
 MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
