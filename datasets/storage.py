@@ -164,11 +164,12 @@ def mapped(path: str) -> Mapping:
 
 
 class _ReadAhead:
-    """Whether mapped reads should ask the kernel to read ahead: yes while copies out of the page cache run
-    slower than memory (the data is on disk, each page fault would wait for its own small read), no while
-    they run at memory speed (the hint itself then costs more than it saves)."""
+    """Whether mapped reads should ask the kernel to read ahead: yes while copies out of the mapping run at
+    disk speed (each page fault would wait for its own small read), no while they run anywhere near memory
+    speed (the hint itself then costs more than it saves). The threshold sits far below memory speed, so
+    a copy slowed by other processes on a busy machine does not switch it on."""
 
-    SLOW_BYTES_PER_S = 1.5e9
+    SLOW_BYTES_PER_S = 0.4e9
     on = False
 
     @classmethod
