@@ -18,6 +18,7 @@ shared with the car).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ from .validity import ValidityRules, validity_mask
 # The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
 MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
 DEFAULT_EXCLUDE = ("reject_run",)
+
+_scratch = threading.local()  # per thread: one reused buffer for a camera's T+stack-1 frames
 
 _NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
 
@@ -89,6 +92,13 @@ class ClipConfig:
         before = self.stack - 1
         after = (self.clip_length - 1) * self.frame_stride + (self.horizon - 1) * self.target_stride
         return before, after
+
+
+def _span_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    buf = getattr(_scratch, "span", None)
+    if buf is None or buf.shape != shape:
+        buf = _scratch.span = np.empty(shape, dtype=np.uint8)
+    return buf
 
 
 def eligible_starts(valid: np.ndarray, segment: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -211,7 +221,8 @@ class ClipDataset(Dataset):
             if S == 1:
                 reader.read(start, T, out[:, slot])
                 continue
-            span = reader.read(start - (S - 1), T + S - 1)
+            span = _span_buffer((T + S - 1, *self.frame_shape))  # reused: a fresh one page-faults every item
+            reader.read(start - (S - 1), T + S - 1, span)
             if flipped:
                 mirror_(span)
             for j in range(S):
