@@ -18,7 +18,7 @@ import zarr
 from . import storage
 from .layout import FORMAT_VERSION, READABLE_VERSIONS, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
 from .shard_reader import REPAIR_HINT, ChecksumError, ShardedFrames, ShardReadError
-from .storage import fsync_dir, fsync_tree  # noqa: F401 - re-exported: the store's durability helpers
+from .storage import fsync_dir, fsync_tree
 
 
 class StoreError(ValueError):
