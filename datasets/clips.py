@@ -18,18 +18,22 @@ shared with the car).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import flip_clip, jitter_colors, jitter_colors_, mirror_  # noqa: F401 - first two re-exported
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
 
 # The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
 MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
 DEFAULT_EXCLUDE = ("reject_run",)
+
+_scratch = threading.local()  # per thread: one reused buffer for a camera's T+stack-1 frames
 
 _NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
 
@@ -88,6 +92,13 @@ class ClipConfig:
         before = self.stack - 1
         after = (self.clip_length - 1) * self.frame_stride + (self.horizon - 1) * self.target_stride
         return before, after
+
+
+def _span_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    buf = getattr(_scratch, "span", None)
+    if buf is None or buf.shape != shape:
+        buf = _scratch.span = np.empty(shape, dtype=np.uint8)
+    return buf
 
 
 def eligible_starts(valid: np.ndarray, segment: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -187,22 +198,37 @@ class ClipDataset(Dataset):
         masks = [high_steer_mask(self.store.series(r.name, "steer"))[r.starts] for r in self._runs]
         return np.concatenate(masks)
 
-    def read_frames(self, run: int, start: int, out: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 (T, V, H, W, 3) input frames of the clip starting at ``start`` in run index ``run``."""
+    def read_frames(self, run: int, start: int, out: np.ndarray | None = None, flipped: bool = False) -> np.ndarray:
+        """The uint8 (T, V, H, W, 3) input frames of the clip starting at ``start`` in run index ``run``.
+
+        ``flipped``: as the flip augmentation gives them (cameras swapped, every image mirrored). With
+        ``frame_stride`` 1 each camera's T+stack-1 frames are one read, shared by the stacked views.
+        """
         cfg = self.config
-        T, cams = cfg.clip_length, cfg.cameras
+        T, S, cams = cfg.clip_length, cfg.stack, cfg.cameras
+        C = len(cams)
         if out is None:
             out = np.empty((T, cfg.views, *self.frame_shape), dtype=np.uint8)
         name = self._runs[run].name
         for c, cam in enumerate(cams):
+            slot = C - 1 - c if flipped else c  # the mirrored left image is the right camera's view
             reader = self.store.frames(name, cam)
-            for j in range(cfg.stack):
-                first = start - (cfg.stack - 1 - j)
-                slot = out[:, j * len(cams) + c]
-                if cfg.frame_stride == 1:
-                    reader.read(first, T, slot)
-                else:
-                    reader.read_frames(first + np.arange(T) * cfg.frame_stride, slot)
+            if cfg.frame_stride > 1:
+                for j in range(S):
+                    first = start - (S - 1 - j)
+                    reader.read_frames(first + np.arange(T) * cfg.frame_stride, out[:, j * C + slot])
+                continue
+            if S == 1:
+                reader.read(start, T, out[:, slot])
+                continue
+            span = _span_buffer((T + S - 1, *self.frame_shape))  # reused: a fresh one page-faults every item
+            reader.read(start - (S - 1), T + S - 1, span)
+            if flipped:
+                mirror_(span)
+            for j in range(S):
+                out[:, j * C + slot] = span[j : j + T]
+        if flipped and (S == 1 or cfg.frame_stride > 1):
+            mirror_(out)
         return out
 
     def __getitem__(self, index: int) -> dict:
@@ -212,16 +238,14 @@ class ClipDataset(Dataset):
         cfg = self.config
         r, s = int(self._run_index[index]), int(self._starts[index])
         run = self._runs[r]
-        frames = self.read_frames(r, s)
-        steps = s + np.arange(cfg.clip_length)[:, None] * cfg.frame_stride + \
-            np.arange(cfg.horizon)[None, :] * cfg.target_stride  # (T, N)
-        steer = run.steer[steps]
         rng = np.random.default_rng([cfg.seed, self.epoch, index])
         flipped = cfg.flip > 0 and rng.random() < cfg.flip
-        if flipped:
-            frames, steer = flip_clip(frames, len(cfg.cameras)), -steer
+        frames = self.read_frames(r, s, flipped=flipped)
         if cfg.color_jitter > 0:
-            frames = jitter_colors(frames, cfg.color_jitter, rng)
+            jitter_colors_(frames, cfg.color_jitter, rng)
+        steps = s + np.arange(cfg.clip_length)[:, None] * cfg.frame_stride + \
+            np.arange(cfg.horizon)[None, :] * cfg.target_stride  # (T, N)
+        steer = -run.steer[steps] if flipped else run.steer[steps]
         target = np.stack([steer, run.motor[steps]], axis=-1)  # (T, N, 2)
         return {
             "frames": torch.from_numpy(frames),
@@ -231,32 +255,3 @@ class ClipDataset(Dataset):
             "start": torch.tensor(s, dtype=torch.int64),
             "flipped": torch.tensor(bool(flipped)),
         }
-
-
-def jitter_colors(frames: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """One random brightness, contrast and per-channel gain for the whole clip (lighting changes).
-
-    ``strength`` s scales the ranges: brightness ±40·s levels, contrast ×(1±0.5·s), channel gains
-    ×(1±0.2·s). The same transform applies to every frame and camera, so motion cues stay intact.
-    """
-    brightness = rng.uniform(-40, 40) * strength
-    contrast = 1.0 + rng.uniform(-0.5, 0.5) * strength
-    gains = 1.0 + rng.uniform(-0.2, 0.2, size=3) * strength
-    x = frames.astype(np.float32)
-    mean = x.mean(dtype=np.float32)
-    x = (x - mean) * contrast + mean + brightness
-    x *= gains.astype(np.float32)
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def flip_clip(frames: np.ndarray, n_cameras: int) -> np.ndarray:
-    """Mirror (T, V, H, W, 3) frames left-right and swap left/right cameras within each stacked view.
-
-    The mirrored left image is what a right camera would see of the mirrored world, so cameras swap.
-    The caller negates the normalised steering targets (symmetric about 0).
-    """
-    mirrored = frames[:, :, :, ::-1, :]
-    if n_cameras == 2:
-        order = np.arange(frames.shape[1]).reshape(-1, 2)[:, ::-1].reshape(-1)
-        mirrored = mirrored[:, order]
-    return np.ascontiguousarray(mirrored)

@@ -13,7 +13,13 @@ from .store import Store
 class StoreSummary:
     path: str
     runs: list[dict] = field(default_factory=list)
-    disk_bytes: int = 0
+    disk_bytes: int = 0  # the store's files, without a killed ingest's staging and trash leftovers
+    format_version: int = 2
+
+    @property
+    def unverified(self) -> list[str]:
+        """Runs written before chunk checksums (format 1)."""
+        return [r["name"] for r in self.runs if int(r.get("format_version", 1)) < 2]
 
     @property
     def frames(self) -> int:
@@ -35,7 +41,8 @@ class StoreSummary:
 
 def describe_store(path: str | os.PathLike) -> StoreSummary:
     store = Store(path)
-    return StoreSummary(str(store.path), [store.run_meta(r) for r in store.runs], store.disk_bytes)
+    return StoreSummary(str(store.path), [store.run_meta(r) for r in store.runs], store.disk_bytes,
+                        store.format_version)
 
 
 def info_tables(summary: StoreSummary):
@@ -43,8 +50,11 @@ def info_tables(summary: StoreSummary):
     from rich.table import Table
 
     runs = Table(title=f"runs in {summary.path}")
-    for col in ("run", "frames", "valid", "segments", "size", "cameras", "labels", "source"):
-        runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left")
+    # run names are what --runs and --force take: never cut them; the other columns fold when narrow
+    longest = max((len(r["name"]) for r in summary.runs), default=3)
+    runs.add_column("run", no_wrap=True, min_width=longest)
+    for col in ("frames", "valid", "segments", "size", "cameras", "labels", "source"):
+        runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left", overflow="fold")
     for r in summary.runs:
         labels = ",".join(k for k, v in sorted(r["labels"].items()) if v)
         runs.add_row(r["name"], f"{r['n_frames']:,}", f"{r['n_valid']:,}", str(len(r["segments"])),
@@ -58,4 +68,24 @@ def info_tables(summary: StoreSummary):
     totals.add_row("resolution", ", ".join(f"{k} ({n} runs)" for k, n in summary.resolutions.items()) or "-")
     totals.add_row("labels", ", ".join(f"{k} ({n})" for k, n in sorted(summary.labels.items())) or "-")
     totals.add_row("size on disk", f"{summary.disk_bytes / 1e6:,.1f} MB")
+    unverified = summary.unverified
+    if not unverified:
+        totals.add_row("checksums", f"every chunk (format {summary.format_version}); check with driver verify")
+    else:
+        totals.add_row("checksums", f"UNVERIFIED: {len(unverified)} run(s) written before chunk checksums (format 1); "
+                       f"driver ingest --out {summary.path} --force rewrites them with checksums")
     return runs, totals
+
+
+def print_info(summary: StoreSummary, console) -> None:
+    """Print the info tables on a rich Console, wider than the terminal if a run name needs it (the terminal
+    then wraps the line instead of rich cutting the name)."""
+    from rich.measure import Measurement
+
+    tables = info_tables(summary)
+    unbounded = console.options.update(max_width=100_000)
+    need = max(Measurement.get(console, unbounded, t).minimum for t in tables)
+    if need > console.width:
+        console.width = need
+    for t in tables:
+        console.print(t)

@@ -17,10 +17,19 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from .layout import CODECS
+from .layout import CODECS, FORMAT_VERSION
 from .run_format import RunFormatError
 from .run_ingest import RunJob, ingest_run_file
-from .store import Store, StoreError, commit_run, create_store, locked, run_name_for, sweep_leftovers
+from .store import (
+    Store,
+    StoreError,
+    commit_run,
+    locked,
+    open_or_create_store,
+    remove_store,
+    run_name_for,
+    sweep_leftovers,
+)
 from .validity import ValidityRules
 
 log = logging.getLogger(__name__)
@@ -30,7 +39,12 @@ RUN_SUFFIXES = (".h5", ".hdf5")
 
 @dataclass
 class IngestConfig:
-    """What to ingest and how. ``sources`` are run files or folders of them (``*.h5``, ``*.hdf5``)."""
+    """What to ingest and how. ``sources`` are run files or folders of them (``*.h5``, ``*.hdf5``).
+
+    ``force`` re-ingests every source even if unchanged; ``force_runs`` re-ingests only the named runs
+    (e.g. one ``driver verify`` found damaged), from ``sources`` or, when no source gives that run, from
+    the source file recorded in the store.
+    """
 
     sources: list[str]
     out: str
@@ -39,10 +53,13 @@ class IngestConfig:
     shard_frames: int | None = None
     validity: ValidityRules = field(default_factory=ValidityRules)
     force: bool = False
+    force_runs: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if not self.sources:
-            raise ValueError("sources is empty: name at least one run file or folder")
+        self.sources = list(self.sources or [])
+        self.force_runs = tuple(self.force_runs or ())
+        if not self.sources and not self.force_runs:
+            raise ValueError("sources is empty: name at least one run file or folder (or runs to --force)")
         if not 1 <= self.jobs <= 256:
             raise ValueError(f"jobs={self.jobs} must be in 1..256")
         if self.codec not in CODECS:
@@ -94,6 +111,40 @@ def expand_sources(sources: list[str]) -> list[str]:
     return out
 
 
+def _recorded_sources(store: Store, config: IngestConfig, files: list[str]) -> list[str]:
+    """Source files of the ``force_runs`` that no given source provides: the paths the store recorded."""
+    given = {run_name_for(f) for f in files}
+    extra = []
+    for run in config.force_runs:
+        if run in given:
+            continue
+        if not store.has_run(run):
+            raise StoreError(f"--force {run}: no source given for it and the store {store.path} has no such run "
+                             f"(runs: {', '.join(store.runs) or 'none'})")
+        try:
+            path = store.run_meta(run)["source"]["path"]
+        except (StoreError, KeyError, TypeError) as e:
+            raise StoreError(f"--force {run}: the store does not say where its source is ({e}); "
+                             "give the source file") from e
+        if run_name_for(path) != run:
+            raise StoreError(f"--force {run}: its recorded source {path} would ingest as another run; "
+                             "give the source file")
+        extra.append(path)
+    return extra
+
+
+def _previous(store: Store, name: str, forced: bool) -> dict | None:
+    """The stored run's metadata; for a forced run whose metadata is damaged, a bare marker."""
+    if not store.has_run(name):
+        return None
+    try:
+        return store.run_meta(name)
+    except StoreError:
+        if forced:
+            return {}
+        raise
+
+
 def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[RunJob], list[RunOutcome]]:
     """Split sources into jobs to run and outcomes already known (duplicates, unchanged, missing)."""
     jobs, known, seen = [], [], {}
@@ -107,9 +158,10 @@ def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[Ru
         if not os.path.isfile(path):
             known.append(RunOutcome(path, name, "failed", error=f"{path}: no such file"))
             continue
-        previous = store.run_meta(name) if store.has_run(name) else None
+        forced = config.force or name in config.force_runs
+        previous = _previous(store, name, forced)
         st = os.stat(path)
-        if previous and not config.force:
+        if previous and not forced:
             src = previous["source"]
             if src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns:
                 known.append(RunOutcome(path, name, "unchanged", previous["n_frames"], previous["n_valid"],
@@ -118,7 +170,7 @@ def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[Ru
         jobs.append(RunJob(
             source=os.path.abspath(path), run=name, store=str(store.path), codec=config.codec,
             shard_frames=config.shard_frames, validity=config.validity.to_dict(),
-            previous_sha256=None if (previous is None or config.force) else previous["source"]["sha256"],
+            previous_sha256=None if (previous is None or forced) else previous["source"]["sha256"],
             replaces=previous is not None,
         ))
     return jobs, known
@@ -197,43 +249,60 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
     """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring)."""
     t0 = time.perf_counter()
     files = expand_sources(config.sources)
-    if not files:
+    if not files and not config.force_runs:
         raise StoreError(f"no run files found in {config.sources}")
-    store = create_store(config.out)
+    store, created = open_or_create_store(config.out)
     outcomes: list[RunOutcome] = []
-    with locked(store):
-        sweep_leftovers(store)
-        jobs, known = _plan(store, config, files)
-        outcomes.extend(known)
-        bar = _progress(progress, len(files))
-        if bar is not None:
-            bar.start()
-            task = bar.add_task("ingest", total=len(files), completed=len(known))
-
-        def on_done(job: RunJob, result: dict) -> None:
-            o = RunOutcome(job.source, job.run, result["status"], result.get("frames", 0), result.get("valid", 0),
-                           result.get("bytes_in", 0), result.get("bytes_out", 0), result["seconds"],
-                           result.get("error", ""), result.get("staging", ""))
-            if o.status in ("ingested", "replaced"):
-                commit_run(store, job.run, o.staging)
-            elif o.status == "unchanged":
-                store.update_source(job.run, result["source"])
-                o.frames, o.valid = store.run_meta(job.run)["n_frames"], store.run_meta(job.run)["n_valid"]
-            if o.status == "failed":
-                log.debug("%s", o.error)
-            outcomes.append(o)
-            if bar is not None:
-                bar.advance(task)
-
-        try:
-            _run_jobs(jobs, config.jobs, on_done)
-        finally:
-            if bar is not None:
-                bar.stop()
-        sweep_leftovers(store)
+    try:
+        with locked(store):
+            _ingest_locked(store, config, files, outcomes, progress)
+            if created and not store.runs:  # a failed first ingest leaves no (empty) store behind
+                remove_store(store)
+                created = False
+    except BaseException:
+        if created and not store.runs:
+            remove_store(store)
+        raise
     order = {f: i for i, f in enumerate(files)}
     outcomes.sort(key=lambda o: order.get(o.source, order.get(os.path.relpath(o.source), len(order))))
     return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)
+
+
+def _ingest_locked(store: Store, config: IngestConfig, files: list[str], outcomes: list[RunOutcome],
+                   progress: bool) -> None:
+    """The ingest proper, under the store's lock."""
+    sweep_leftovers(store)
+    files.extend(_recorded_sources(store, config, files))
+    jobs, known = _plan(store, config, files)
+    outcomes.extend(known)
+    bar = _progress(progress, len(files))
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("ingest", total=len(files), completed=len(known))
+
+    def on_done(job: RunJob, result: dict) -> None:
+        o = RunOutcome(job.source, job.run, result["status"], result.get("frames", 0), result.get("valid", 0),
+                       result.get("bytes_in", 0), result.get("bytes_out", 0), result["seconds"],
+                       result.get("error", ""), result.get("staging", ""))
+        if o.status in ("ingested", "replaced"):
+            commit_run(store, job.run, o.staging)
+        elif o.status == "unchanged":
+            store.update_source(job.run, result["source"])
+            o.frames, o.valid = store.run_meta(job.run)["n_frames"], store.run_meta(job.run)["n_valid"]
+        if o.status == "failed":
+            log.debug("%s", o.error)
+        outcomes.append(o)
+        if bar is not None:
+            bar.advance(task)
+
+    try:
+        _run_jobs(jobs, config.jobs, on_done)
+    finally:
+        if bar is not None:
+            bar.stop()
+    sweep_leftovers(store)
+    if store.format_version < FORMAT_VERSION and store.runs and all(store.run_verified(r) for r in store.runs):
+        store.set_format_version(FORMAT_VERSION)  # every run now checksummed: the store is verified
 
 
 def _progress(enabled: bool, total: int):

@@ -1,21 +1,26 @@
-"""Ingest one HDF5 run into a staging folder of the store (runs in a worker process)."""
+"""Ingest one HDF5 run into a staging folder of the store (runs in a worker process).
+
+Frames stream from HDF5 one shard at a time into a reused buffer and go to disk as finished shard
+files (:mod:`.shard_writer`); the source file's sha256 is computed in a thread while that happens.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import os
-import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 import zarr
 
-from .layout import STAGING, create_frames_array, shard_frames_for
+from . import storage
+from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
 from .run_format import RunInfo, inspect_run, open_run_file
-from .store import fsync_tree
+from .shard_writer import FramesShardWriter
 from .validity import ValidityRules, validity_mask
 
 HASH_BLOCK = 8 * 2**20
@@ -43,14 +48,10 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-
-def _copy_frames(h5: h5py.File, info: RunInfo, camera: str, arr: zarr.Array, shard: int) -> None:
-    """Stream one camera's frames, segment after segment, into ``arr`` in whole-shard writes."""
-    buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
-    filled, written = 0, 0
+def _copy_frames(h5: h5py.File, info: RunInfo, camera: str, writer: FramesShardWriter, buf: np.ndarray) -> None:
+    """Stream one camera's frames, segment after segment, into whole shard files."""
+    shard = len(buf)
+    filled, index = 0, 0
     for seg in info.segments:
         ds = h5["segments"][seg.name][camera]
         pos = 0
@@ -60,24 +61,28 @@ def _copy_frames(h5: h5py.File, info: RunInfo, camera: str, arr: zarr.Array, sha
             pos += take
             filled += take
             if filled == shard:
-                arr[written : written + shard] = buf
-                written += shard
+                writer.write_shard(index, buf)
+                index += 1
                 filled = 0
     if filled:
-        arr[written : written + filled] = buf[:filled]
+        writer.write_shard(index, buf[:filled])
 
 
-def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) -> dict:
-    """Write the full run group at ``path`` (a fresh folder); returns its metadata attributes."""
+def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
+    """Write the full run group at ``path`` (a fresh folder); returns its metadata attributes.
+
+    ``source_meta`` is the source's description, or a callable returning it (the hash still running).
+    """
     rules = ValidityRules.from_dict(job.validity)
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
     group = zarr.open_group(path, mode="w")
+    buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
     with open_run_file(info.path) as h5:
         for cam in info.cameras:
-            arr = create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)
-            _copy_frames(h5, info, cam, arr, shard)
+            create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
+            _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec), buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
         valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules)
@@ -90,16 +95,17 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
             "valid": valid,
         }
         for name, data in series.items():
-            group.create_array(name, data=data, chunks=(max(n, 1),), dimension_names=("t",))
+            create_series_array(group, name, data)
         if info.extras:
             extra = group.create_group("extra")
             for e in info.extras:
                 data = np.concatenate([h5["segments"][seg.name][e.name][()] for seg in info.segments])
-                extra.create_array(e.name, data=data, chunks=data.shape)
+                create_series_array(extra, e.name, data)
     starts = np.cumsum([0] + [seg.n_frames for seg in info.segments])
     meta = {
         "name": job.run,
-        "source": source_meta,
+        "format_version": FORMAT_VERSION,
+        "source": source_meta() if callable(source_meta) else source_meta,
         "labels": info.labels,
         "cameras": list(info.cameras),
         "height": info.height,
@@ -126,25 +132,34 @@ def ingest_run_file(job: RunJob) -> dict:
     partial staging folder is removed before the error propagates.
     """
     st = os.stat(job.source)
-    sha = file_sha256(job.source)
-    source_meta = {"path": job.source, "file": os.path.basename(job.source), "sha256": sha,
-                   "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if job.previous_sha256 == sha:
-        return {"status": "unchanged", "bytes_in": st.st_size, "source": source_meta}
-    info = inspect_run(job.source)
-    staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
-    os.makedirs(staging)
-    try:
-        meta = write_run_group(staging, job, info, source_meta)
-        fsync_tree(staging)  # durable before the parent's commit rename makes it visible
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def describe(sha: str) -> dict:
+        return {"path": job.source, "file": os.path.basename(job.source), "sha256": sha,
+                "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        if job.previous_sha256 is not None:  # a stored run of this name: the hash may make the write needless
+            sha = file_sha256(job.source)
+            if job.previous_sha256 == sha:
+                return {"status": "unchanged", "bytes_in": st.st_size, "source": describe(sha)}
+            source_meta = describe(sha)
+        else:  # hash while the frames are read and written (hashlib releases the GIL)
+            pending = hasher.submit(file_sha256, job.source)
+            source_meta = lambda: describe(pending.result())  # noqa: E731
+        info = inspect_run(job.source)
+        staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
+        os.makedirs(staging)
+        try:
+            meta = write_run_group(staging, job, info, source_meta)
+            storage.fsync_tree(staging)  # durable before the parent's commit rename makes it visible
+        except BaseException:
+            storage.remove_tree(staging)
+            raise
     return {
         "status": "replaced" if job.replaces else "ingested",
         "frames": meta["n_frames"],
         "valid": meta["n_valid"],
         "bytes_in": st.st_size,
-        "bytes_out": _dir_bytes(staging),
+        "bytes_out": storage.tree_bytes(staging),
         "staging": staging,
     }

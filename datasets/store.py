@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import uuid
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .layout import FORMAT_VERSION, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
-from .shard_reader import ShardedFrames
+from . import storage
+from .layout import FORMAT_VERSION, READABLE_VERSIONS, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
+from .shard_reader import REPAIR_HINT, ChecksumError, ShardedFrames, ShardReadError
+from .storage import fsync_dir, fsync_tree
 
 
 class StoreError(ValueError):
@@ -35,8 +36,7 @@ def run_name_for(path: str | os.PathLike) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_bytes(path).decode("utf-8"))
 
 
 class Store:
@@ -52,20 +52,31 @@ class Store:
             raise StoreError(f"{self.path}: not a store (no zarr.json); create one with `driver ingest`")
         try:
             attrs = _read_json(root).get("attributes", {})
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:
             raise StoreError(f"{root}: unreadable store metadata: {e}") from e
         info = attrs.get(STORE_ATTR)
         if not isinstance(info, dict):
             raise StoreError(f"{self.path}: a zarr group but not a driver store (no '{STORE_ATTR}' attribute)")
-        if info.get("format_version") != FORMAT_VERSION:
+        if info.get("format_version") not in READABLE_VERSIONS:
             raise StoreError(f"{self.path}: store format_version {info.get('format_version')} is not "
-                             f"supported (this driver reads {FORMAT_VERSION})")
+                             f"supported (this driver reads {', '.join(map(str, READABLE_VERSIONS))})")
+        self.format_version: int = info["format_version"]
         self._meta: dict[str, dict] = {}
         self._series: dict[tuple[str, str], np.ndarray] = {}
         self._frames: dict[tuple[str, str], ShardedFrames] = {}
 
     def __getstate__(self):
-        return {"path": self.path, "_meta": self._meta, "_series": {}, "_frames": {}}
+        return {"path": self.path, "format_version": self.format_version, "_meta": self._meta, "_series": {},
+                "_frames": {}}
+
+    @property
+    def verified(self) -> bool:
+        """Every chunk of every run carries a checksum (format 2); format 1 stores are unverified."""
+        return self.format_version >= 2
+
+    def run_verified(self, name: str) -> bool:
+        """The run was written with a CRC32C on every chunk (format 2), so damage cannot go unnoticed."""
+        return int(self.run_meta(name).get("format_version", 1)) >= 2
 
     @property
     def runs(self) -> list[str]:
@@ -84,7 +95,10 @@ class Store:
             path = self.path / RUNS / name / "zarr.json"
             if not path.is_file():
                 raise StoreError(f"{self.path}: no run named {name!r} (runs: {', '.join(self.runs) or 'none'})")
-            meta = _read_json(path).get("attributes", {}).get("driver_run")
+            try:
+                meta = _read_json(path).get("attributes", {}).get("driver_run")
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{self.path}: run {name!r}: unreadable metadata {path}: {e}; {REPAIR_HINT}") from e
             if not isinstance(meta, dict):
                 raise StoreError(f"{path}: run group has no 'driver_run' metadata")
             self._meta[name] = meta
@@ -98,8 +112,35 @@ class Store:
             path = self.path / RUNS / run / rel
             if not (path / "zarr.json").is_file():
                 raise StoreError(f"{self.path}: run {run!r} has no series {name!r}")
-            self._series[key] = zarr.open_array(path, mode="r")[...]
+            self._series[key] = self._read_series(run, rel, path)
         return self._series[key]
+
+    def _read_series(self, run: str, rel: str, path: Path) -> np.ndarray:
+        try:
+            data = zarr.open_array(path, mode="r")[...]
+        except Exception as e:  # noqa: BLE001 - zarr raises ValueError (checksum), codec and OS errors
+            n = self.run_meta(run).get("n_frames", "?")
+            cls = ChecksumError if "checksum" in str(e).lower() else ShardReadError
+            what = "checksum mismatch" if cls is ChecksumError else f"unreadable ({type(e).__name__}: {e})"
+            raise cls(f"{self.path}: run {run!r}, array {rel!r}: frames 0..{n if n == '?' else n - 1}: {what}; "
+                      f"{REPAIR_HINT}") from e
+        if not self.run_verified(run):
+            self._check_unverified(run, rel, data)
+        return data
+
+    def _check_unverified(self, run: str, rel: str, data: np.ndarray) -> None:
+        """Format 1 series have no checksums: catch at least damage that breaks what ingest validated
+        (finite values; steer and motor in run units 0..99)."""
+        if data.dtype.kind != "f":
+            return
+        flat = data.reshape(len(data), -1)
+        bad = ~np.isfinite(flat).all(axis=1)
+        if rel in ("steer", "motor"):
+            bad |= ((flat < 0) | (flat > 99)).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ShardReadError(f"{self.path}: run {run!r}, array {rel!r}: frames {i}..{i}: value {flat[i]} is "
+                                 f"impossible (format 1 run without checksums: damaged on disk?); {REPAIR_HINT}")
 
     def frames(self, run: str, camera: str = "left") -> ShardedFrames:
         """Fast random access to a run's frames of one camera."""
@@ -108,7 +149,8 @@ class Store:
             meta = self.run_meta(run)
             if camera not in meta["cameras"]:
                 raise StoreError(f"{self.path}: run {run!r} has no {camera!r} camera (has {meta['cameras']})")
-            self._frames[key] = ShardedFrames(self.path / RUNS / run / camera)
+            self._frames[key] = ShardedFrames(self.path / RUNS / run / camera,
+                                              where=f"{self.path}: run {run!r}, array {camera!r}")
         return self._frames[key]
 
     def labels(self, run: str) -> dict[str, int]:
@@ -123,84 +165,114 @@ class Store:
 
     @cached_property
     def disk_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(self.path) for f in fs)
+        """Bytes of the store's files, without leftovers of killed ingests (staging, trash)."""
+        return storage.tree_bytes(self.path, skip_hidden=True)
 
     def update_source(self, run: str, source: dict) -> None:
         """Record a new path/mtime for an unchanged source (same sha256), atomically."""
         path = self.path / RUNS / run / "zarr.json"
         doc = _read_json(path)
         doc["attributes"]["driver_run"]["source"] = source
-        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(doc, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        storage.write_durable(path, json.dumps(doc, indent=2).encode("utf-8"))
         self._meta.pop(run, None)
+
+    def forget_run(self, name: str) -> None:
+        """Drop what this process cached of a run (metadata, series, open shard files): it was replaced."""
+        self._meta.pop(name, None)
+        for cache in (self._series, self._frames):
+            for key in [k for k in cache if k[0] == name]:
+                del cache[key]
+        storage.forget(self.path / RUNS / name)
+
+    def set_format_version(self, version: int) -> None:
+        """Record the store's format version (ingest raises it to 2 once every run is checksummed)."""
+        path = self.path / "zarr.json"
+        doc = _read_json(path)
+        doc.setdefault("attributes", {})[STORE_ATTR] = {"format_version": version}
+        storage.write_durable(path, json.dumps(doc, indent=2).encode("utf-8"))
+        self.format_version = version
 
 
 def create_store(path: str | os.PathLike) -> Store:
-    """Open the store at ``path``, creating an empty one if nothing is there."""
+    """Open the store at ``path``, creating an empty one if nothing (or an empty folder) is there."""
+    return open_or_create_store(path)[0]
+
+
+def open_or_create_store(path: str | os.PathLike) -> tuple[Store, bool]:
+    """Like :func:`create_store`; also says whether this call created the store.
+
+    Creation is atomic: the store is built in a hidden sibling folder and renamed into place, so a racing
+    process sees either no store or a complete one, never a half-made one.
+    """
     p = Path(path)
-    if p.exists() and not (p / "zarr.json").exists():
-        if p.is_dir() and not any(p.iterdir()):
-            pass
-        else:
-            raise StoreError(f"{p}: exists and is not a store; choose a new --out path")
-    if not (p / "zarr.json").exists():
-        root = zarr.open_group(p, mode="w")
+    if (p / "zarr.json").exists():
+        return Store(p), False
+    if p.exists() and not (p.is_dir() and not any(p.iterdir())):
+        raise StoreError(f"{p}: exists and is not a store; choose a new --out path")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.creating-{uuid.uuid4().hex[:12]}"
+    try:
+        root = zarr.open_group(tmp, mode="w")
         root.attrs[STORE_ATTR] = {"format_version": FORMAT_VERSION}
         root.create_group(RUNS)
-    return Store(p)
+        fsync_tree(tmp)
+        try:
+            os.rename(tmp, p)  # replaces an empty folder; fails if another process created the store first
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            if not (p / "zarr.json").exists():
+                raise StoreError(f"{p}: exists and is not a store; choose a new --out path") from e
+            return Store(p), False
+        fsync_dir(p.parent)
+        return Store(p), True
+    finally:
+        storage.remove_tree(tmp)
+
+
+def remove_store(store: Store) -> None:
+    """Delete a store (an empty one its failed first ingest created): renamed aside first, so it vanishes
+    at once, then removed."""
+    aside = store.path.parent / f".{store.path.name}.removing-{uuid.uuid4().hex[:12]}"
+    os.rename(store.path, aside)
+    fsync_dir(store.path.parent)
+    storage.remove_tree(aside)
 
 
 @contextlib.contextmanager
 def locked(store: Store):
-    """Hold an exclusive lock on the store so two ingests cannot write it at once."""
-    with open(store.path / "zarr.json", "rb") as f:
+    """Hold an exclusive lock on the store so two ingests cannot write it at once.
+
+    The lock is the store's ``zarr.json``; after taking it we check that the file is still the store's
+    (not one a failed first ingest removed meanwhile), so a lock is never held on a vanished store.
+    """
+    path = store.path / "zarr.json"
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - held for the duration of the context
+    except FileNotFoundError as e:
+        raise StoreError(f"{store.path}: the store was removed (by another ingest that failed?); run again") from e
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
-            raise StoreError(f"{store.path}: another ingest is writing this store") from e
+            raise StoreError(f"{store.path}: another ingest is writing this store; run again when it ends") from e
         try:
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise StoreError(f"{store.path}: the store was removed or replaced while waiting for its lock "
+                                 "(by another ingest that failed?); run again")
             yield store
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (renames, new files) durable, where the filesystem supports that.
-
-    Some network and FUSE filesystems refuse fsync on a directory (EINVAL, ENOTSUP); there the rename is
-    as durable as that filesystem makes it, and ingest goes on.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: str | os.PathLike) -> None:
-    """fsync every file and folder under ``path`` (a staging run before its commit rename)."""
-    for root, _, files in os.walk(path):
-        for f in files:
-            fd = os.open(os.path.join(root, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(root)
-
-
 def sweep_leftovers(store: Store) -> None:
     """Clean up after a killed ingest: drop staging folders; restore a replaced run whose new version never
     landed (killed between the two renames of :func:`commit_run`), then drop the trash."""
-    shutil.rmtree(store.path / STAGING, ignore_errors=True)
+    storage.remove_tree(store.path / STAGING)
     trash = store.path / TRASH
     if trash.is_dir():
         for entry in sorted(trash.iterdir()):
@@ -209,7 +281,7 @@ def sweep_leftovers(store: Store) -> None:
             if (entry / "zarr.json").is_file() and not target.exists():
                 os.rename(entry, target)
                 fsync_dir(target.parent)
-        shutil.rmtree(trash, ignore_errors=True)
+        storage.remove_tree(trash)
 
 
 def commit_run(store: Store, name: str, staging: str) -> None:
@@ -225,8 +297,8 @@ def commit_run(store: Store, name: str, staging: str) -> None:
         os.rename(target, trash)
         os.rename(staging, target)
         fsync_dir(target.parent)
-        shutil.rmtree(trash, ignore_errors=True)
+        storage.remove_tree(trash)
     else:
         os.rename(staging, target)
         fsync_dir(target.parent)
-    store._meta.pop(name, None)
+    store.forget_run(name)

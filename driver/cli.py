@@ -20,9 +20,19 @@ INGEST_EXAMPLES = """examples:
   driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
   driver ingest runs/*.h5 --out store.zarr --accepted-states 1 --min-motor 50 --max-gap 0.2
   driver ingest new_runs/*.h5 --out data/store.zarr             # adds new runs; unchanged ones are skipped
+  driver ingest --out data/store.zarr --force run_003           # re-ingest a damaged run from its recorded source
+  driver ingest runs/ --out data/store.zarr --force             # re-ingest everything
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
-code is 1. A killed ingest leaves no half-written run: run the same command again to finish.
+code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests
+into one store never both write: the second stops at once with one line. A first ingest that stores no
+run leaves no store behind.
+"""
+
+VERIFY_EXAMPLES = """examples:
+  driver verify data/store.zarr                       # every run; exit code 1 if any is damaged
+  driver verify data/store.zarr --runs run_003 run_007
+Repair a damaged run with `driver ingest --out data/store.zarr --force RUN` (re-read from its source).
 """
 
 TRAIN_EXAMPLES = """examples:
@@ -54,8 +64,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
     rules = ValidityRules(accepted_states=tuple(args.accepted_states), min_motor=args.min_motor,
                           max_gap_s=args.max_gap, reject_pinned_steer=not args.keep_pinned_steer)
+    force_all = args.force is not None and not args.force  # a bare --force: every run, as before
     config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
-                          shard_frames=args.shard_frames, validity=rules, force=args.force)
+                          shard_frames=args.shard_frames, validity=rules, force=force_all,
+                          force_runs=tuple(args.force or ()))
     report = ingest(config, progress=sys.stderr.isatty())
     console = Console()
     console.print(summary_table(report))
@@ -65,12 +77,30 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from driver.datasets.info import describe_store, info_tables
+    from driver.datasets.info import describe_store, print_info
 
-    console = Console()
-    for table in info_tables(describe_store(args.store)):
-        console.print(table)
+    print_info(describe_store(args.store), Console())
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from driver.datasets.verify import VerifyConfig, verify_store, verify_table
+
+    report = verify_store(VerifyConfig(store=args.store, runs=args.runs or []), progress=sys.stderr.isatty())
+    console = Console()
+    console.print(verify_table(report))
+    for r in report.runs:
+        for problem in r.problems:
+            console.print(f"[red]DAMAGED[/red] {problem}", highlight=False, soft_wrap=True)
+    unverified = [r.run for r in report.runs if r.status == "unverified"]
+    if unverified:
+        console.print(f"{len(unverified)} run(s) were written before chunk checksums (format 1): damage inside "
+                      f"their frames can go unseen; `driver ingest --out {report.store} --force` rewrites them "
+                      "with checksums.", highlight=False, soft_wrap=True)
+    if report.damaged:
+        names = " ".join(r.run for r in report.damaged)
+        console.print(f"repair: driver ingest --out {report.store} --force {names}", highlight=False, soft_wrap=True)
+    return 0 if report.ok else 1
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -238,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("ingest", help="shard HDF5 runs into a zarr v3 store", epilog=INGEST_EXAMPLES,
                        formatter_class=fmt, description="Validate HDF5 driving runs and write them into a store.")
-    s.add_argument("sources", nargs="+", help="run files (.h5/.hdf5) or folders of them")
+    s.add_argument("sources", nargs="*", help="run files (.h5/.hdf5) or folders of them (optional with --force RUN)")
     s.add_argument("--out", required=True, help="store path (created if missing)")
     s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
     s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",
@@ -250,8 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-gap", type=float, default=0.1, help="max seconds to the next frame (default 0.1)")
     s.add_argument("--keep-pinned-steer", action="store_true",
                    help="do not reject autonomous frames with steering pinned at 0 or 99")
-    s.add_argument("--force", action="store_true", help="re-ingest runs even if unchanged")
+    s.add_argument("--force", nargs="*", default=None, metavar="RUN",
+                   help="re-ingest even if unchanged: the named runs (from SOURCES, else from the source file the "
+                   "store recorded), or every run when no name follows (put --force after the sources)")
     s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("verify", help="check every chunk of a store against its checksums",
+                       epilog=VERIFY_EXAMPLES, formatter_class=fmt,
+                       description="Reads every byte of the store's runs and checks it against its CRC32Cs; prints a "
+                       "table and exits 1 when any run is damaged.")
+    s.add_argument("store", help="store path")
+    s.add_argument("--runs", nargs="+", default=None, metavar="RUN", help="runs to check (default: every run)")
+    s.set_defaults(func=_verify)
 
     s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
     s.add_argument("store", help="store path")

@@ -159,3 +159,53 @@ def test_color_jitter_is_one_transform_per_clip(small_store):
     assert np.abs(k * x2[ok2] + c - y2[ok2]).max() < 2.0
     with pytest.raises(ValueError, match="color_jitter=2"):
         ClipConfig(color_jitter=2)
+
+
+def _reference_frames(ds, index):
+    """The item frames as the first ClipDataset made them (each stacked view read on its own, numpy flip of a
+    reversed-stride view, float32 colour jitter): today's fast path must give the same bits."""
+    cfg = ds.config
+    run, s = ds.clip_run_and_start(index)
+    out = np.empty((cfg.clip_length, cfg.views, *ds.frame_shape), dtype=np.uint8)
+    for c, cam in enumerate(cfg.cameras):
+        for j in range(cfg.stack):
+            first = s - (cfg.stack - 1 - j)
+            out[:, j * len(cfg.cameras) + c] = ds.store.frames(run, cam).read_frames(
+                first + np.arange(cfg.clip_length) * cfg.frame_stride)
+    rng = np.random.default_rng([cfg.seed, ds.epoch, index])
+    if cfg.flip > 0 and rng.random() < cfg.flip:
+        mirrored = out[:, :, :, ::-1, :]
+        if len(cfg.cameras) == 2:
+            mirrored = mirrored[:, np.arange(cfg.views).reshape(-1, 2)[:, ::-1].reshape(-1)]
+        out = np.ascontiguousarray(mirrored)
+    if cfg.color_jitter > 0:
+        brightness = rng.uniform(-40, 40) * cfg.color_jitter
+        contrast = 1.0 + rng.uniform(-0.5, 0.5) * cfg.color_jitter
+        gains = 1.0 + rng.uniform(-0.2, 0.2, size=3) * cfg.color_jitter
+        x = out.astype(np.float32)
+        mean = x.mean(dtype=np.float32)
+        x = (x - mean) * contrast + mean + brightness
+        x *= gains.astype(np.float32)
+        out = np.clip(x, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("cameras", [("left", "right"), ("right",)])
+@pytest.mark.parametrize("stack, stride", [(1, 1), (2, 1), (2, 2)])
+def test_items_are_bit_identical_to_the_reference_path(small_store, cameras, stack, stride):
+    for jitter in (0.0, 0.8):
+        ds = ClipDataset(small_store, ClipConfig(clip_length=3, stack=stack, frame_stride=stride, cameras=cameras,
+                                                 flip=0.5, color_jitter=jitter, horizon=2, seed=5))
+        ds.set_epoch(3)
+        for i in range(0, len(ds), max(1, len(ds) // 40)):
+            assert np.array_equal(ds[i]["frames"].numpy(), _reference_frames(ds, i)), (jitter, i)
+
+
+def test_the_exact_clip_mean_matches_numpy():
+    from driver.datasets.augment import clip_mean
+
+    rng = np.random.default_rng(0)
+    for shape in [(1,), (7,), (129,), (70_000,), (8, 4, 94, 168, 3), (3, 2, 61, 77, 3)]:
+        for frames in (rng.integers(0, 256, shape, dtype=np.uint8), np.full(shape, 255, np.uint8)):
+            expected = frames.astype(np.float32).mean(dtype=np.float32)
+            assert clip_mean(frames) == expected and clip_mean(frames).dtype == np.float32

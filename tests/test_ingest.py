@@ -202,3 +202,56 @@ def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
     for name in ("run_000", "run_002", "run_003"):
         assert os.path.isfile(os.path.join(results[name]["staging"], "zarr.json"))
+
+
+def test_a_failed_first_ingest_leaves_no_store(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "bad.h5").write_text("not a run")
+    out = tmp_path / "data" / "s.zarr"
+    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
+    assert not report.ok and not out.exists()
+    assert os.listdir(tmp_path / "data") == []  # no temporary folders left beside it either
+    (out).mkdir()  # an empty folder given as --out stays an empty folder
+    assert not ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out))).ok
+    assert not out.exists() or not any(out.iterdir())
+
+
+RACER = """
+import os, sys, time
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.store import StoreError
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.001)
+try:
+    report = ingest(IngestConfig(sources=[sys.argv[1]], out=sys.argv[2]))
+    print("ok" if report.ok else "failed")
+except StoreError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.slow
+def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
+    runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=11)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        out, go = tmp_path / f"s{attempt}.zarr", tmp_path / f"go{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "runs"), str(out), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(20)]
+        time.sleep(3)  # let every process import and wait at the start line
+        go.write_text("go")
+        results = [p.communicate(timeout=600) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
+        lines = [o.strip() for o, _ in results]
+        assert all(line == "ok" or line.startswith("refused:") for line in lines), lines
+        assert "ok" in lines  # someone ingested; the others stopped with one clear line
+        assert all("another ingest is writing this store" in line or "removed" in line
+                   for line in lines if line != "ok")
+        assert Store(out).runs == ["run_000", "run_001"]
+        for p in runs:
+            _assert_run_equal(out, p.stem, p)
+        assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
+        assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
+        again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
+        assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]

@@ -1,0 +1,110 @@
+"""`driver ingest` against the disk's own ceiling, in one run: read + write + fsync of the same bytes.
+
+    OMP_NUM_THREADS=1 python bench/ingest.py [--runs 4] [--frames 1500] [--rounds 2] [--workdir DIR]
+
+The ceiling copies every source file (sequential 8 MiB reads, writes, one fsync per file) into a fresh
+folder: what any ingest must at least do. Ingest writes a fresh store from the same sources at
+--jobs 1 and 2; "previous path" writes the same frames through zarr-python's encoder (the ingest before
+direct shard writes) with the sha256 read first. Before every measurement the sources are evicted from
+the page cache (posix_fadvise DONTNEED), so each one reads from the disk. Rounds interleave the
+measurements; the table gives the median MB/s of each and its ratio to the ceiling's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import zarr
+from driver.datasets import storage
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.layout import create_frames_array
+from driver.datasets.run_format import inspect_run, open_run_file
+from driver.datasets.run_ingest import file_sha256
+from driver.datasets.synthetic import write_synthetic_runs
+
+BLOCK = 8 * 2**20
+
+
+def copy_fsync(src: Path, dst: Path) -> None:
+    with open(src, "rb", buffering=0) as f, open(dst, "wb", buffering=0) as g:
+        while block := f.read(BLOCK):
+            g.write(block)
+        os.fsync(g.fileno())
+
+
+def ceiling(sources: list[Path], out: Path, jobs: int) -> None:
+    out.mkdir()
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda s: copy_fsync(s, out / s.name), sources))
+    storage.fsync_dir(out)
+
+
+def previous_path(sources: list[Path], out: Path) -> None:
+    """Frames through zarr-python, one whole shard per write, after a sha256 pass: the former ingest."""
+    group = zarr.open_group(out, mode="w")
+    for src in sources:
+        file_sha256(str(src))
+        info = inspect_run(str(src))
+        run = group.create_group(src.stem)
+        with open_run_file(src) as h5:
+            for cam in info.cameras:
+                arr = create_frames_array(run, cam, info.n_frames, info.height, info.width, 512, "none")
+                frames = np.concatenate([h5["segments"][seg.name][cam][()] for seg in info.segments])
+                for a in range(0, info.n_frames, 512):
+                    arr[a : a + 512] = frames[a : a + 512]
+    storage.fsync_tree(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", default="/tmp/driver_bench_ingest")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    sources = write_synthetic_runs(work / "runs", args.runs, n_frames=args.frames, height=94, width=168,
+                                   stereo=True, seed=0)
+    total = sum(p.stat().st_size for p in sources)
+    one, two = "ceiling: read + write + fsync, 1 stream", "ceiling: read + write + fsync, 2 streams"
+    cases = {  # name: (what to run, the ceiling it is compared with)
+        one: (lambda out: ceiling(sources, out, 1), one),
+        "driver ingest --jobs 1": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out))), one),
+        two: (lambda out: ceiling(sources, out, 2), two),
+        "driver ingest --jobs 2": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out),
+                                                                   jobs=2)), two),
+        "previous path (zarr-python encoder, hash first)": (lambda out: previous_path(sources, out), one),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in cases}
+    for r in range(args.rounds):
+        for name, (run, _) in cases.items():
+            out = work / f"out_{r}_{abs(hash(name))}"
+            for p in sources:
+                storage.drop_from_page_cache(p)
+            t0 = time.perf_counter()
+            report = run(out)
+            seconds = time.perf_counter() - t0
+            assert report is None or report.ok, report
+            rates[name].append(total / seconds / 1e6)
+            shutil.rmtree(out)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load average "
+          f"{os.getloadavg()[0]:.1f} (shared); zarr {zarr.__version__}, numpy {np.__version__}; {args.runs} stereo "
+          f"runs x {args.frames} frames 94x168 = {total / 1e6:.0f} MB; median of {args.rounds} rounds")
+    print("| what | MB/s | vs ceiling (same streams) |")
+    print("|---|---|---|")
+    for name, (_, ref) in cases.items():
+        mbs = statistics.median(rates[name])
+        print(f"| {name} | {mbs:,.0f} | {mbs / statistics.median(rates[ref]):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""The one place where the store touches files: memory maps and positioned reads through a bounded
+cache of open files, durable writes, renames and fsyncs.
+
+Everything else in ``driver.datasets`` reads and writes store files through these functions, so a
+store on another backend (object storage) needs a second implementation of this module, nothing more.
+
+Open files are bounded per process: a least-recently-used cache keeps at most ``max_open_files()``
+(default 64, or ``DRIVER_MAX_OPEN_FILES``) shard files open (a descriptor, or a read-only mapping that
+holds one), whatever the store size, and closes the least recently used one when it needs another. A
+forked child (a DataLoader worker) starts with an empty cache and never uses its parent's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import shutil
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+DEFAULT_MAX_OPEN_FILES = 64
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+class Mapping:
+    """A read-only map of a whole file and a uint8 array over it (the map keeps its own descriptor).
+
+    ``parsed`` is free for a reader to keep what it parsed from this very file (a shard's index), so
+    that it goes when the mapping goes and never outlives a replaced file.
+    """
+
+    __slots__ = ("map", "array", "parsed")
+
+    def __init__(self, fd: int):
+        size = os.fstat(fd).st_size
+        self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        self.array = np.frombuffer(self.map, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        self.parsed = None
+
+    def close(self) -> None:
+        self.array = None
+        if self.map is not None:
+            with contextlib.suppress(BufferError):  # a view is still alive somewhere: it closes when that goes
+                self.map.close()
+
+
+def _close(entry) -> None:
+    if isinstance(entry, int):
+        os.close(entry)
+    else:
+        entry.close()
+
+
+class _OpenFiles:
+    """An LRU of open files keyed by (path, kind): read-only descriptors and mappings (per process;
+    thread-safe)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._open: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, kind: str):
+        """The open descriptor (kind "fd") or mapping ("map") of ``path``; FileNotFoundError if none."""
+        key = (path, kind)
+        with self._lock:
+            entry = self._open.get(key)
+            if entry is not None:
+                self._open.move_to_end(key)
+                return entry
+            while len(self._open) >= self.capacity:
+                _close(self._open.popitem(last=False)[1])
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            if kind == "map":
+                try:
+                    entry = Mapping(fd)
+                finally:
+                    os.close(fd)
+            else:
+                entry = fd
+            self._open[key] = entry
+            return entry
+
+    def forget(self, path: str) -> None:
+        """Close ``path`` and every file under it (a folder)."""
+        folder = path.rstrip(os.sep) + os.sep
+        with self._lock:
+            for key in [k for k in self._open if k[0] == path or k[0].startswith(folder)]:
+                _close(self._open.pop(key))
+
+    def clear(self, close: bool = True) -> None:
+        with self._lock:
+            if close:
+                for entry in self._open.values():
+                    with contextlib.suppress(OSError):
+                        _close(entry)
+            self._open.clear()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+def _capacity_from_env() -> int:
+    raw = os.environ.get("DRIVER_MAX_OPEN_FILES", "")
+    try:
+        n = int(raw) if raw else DEFAULT_MAX_OPEN_FILES
+    except ValueError:
+        raise ValueError(f"DRIVER_MAX_OPEN_FILES={raw!r} must be an integer in 1..65536") from None
+    if not 1 <= n <= 65536:
+        raise ValueError(f"DRIVER_MAX_OPEN_FILES={n} must be in 1..65536")
+    return n
+
+
+_open = _OpenFiles(_capacity_from_env())
+
+
+def _after_fork_in_child() -> None:
+    # The child's copies of the parent's descriptors share file offsets with the parent; positioned reads
+    # would still be safe, but a worker must not pin the parent's files: close the copies, start empty.
+    _open.clear(close=True)
+    _open._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def set_max_open_files(n: int) -> None:
+    """Bound the descriptors this process keeps open on shard files (default 64)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 65536:
+        raise ValueError(f"max_open_files={n!r} must be an integer in 1..65536")
+    with _open._lock:
+        _open.capacity = n
+        while len(_open._open) > n:
+            _close(_open._open.popitem(last=False)[1])
+
+
+def max_open_files() -> int:
+    return _open.capacity
+
+
+def open_file_count() -> int:
+    """Files (descriptors and mappings) currently held by the cache (for tests and benchmarks)."""
+    return len(_open)
+
+
+def close_all() -> None:
+    """Close every cached file of this process (benchmarks of cold reads: mapped pages cannot be evicted)."""
+    _open.clear(close=True)
+
+
+def forget(path: str | os.PathLike) -> None:
+    """Close the cached file ``path``, or every cached file under the folder ``path`` (replaced, removed)."""
+    _open.forget(os.fspath(path))
+
+
+def mapped(path: str) -> Mapping:
+    """The whole file memory-mapped, read-only (``.array`` is its bytes); cached with the open files."""
+    return _open.get(path, "map")
+
+
+class _ReadAhead:
+    """Whether mapped reads should ask the kernel to read ahead: yes while copies out of the mapping run at
+    disk speed (each page fault would wait for its own small read), no while they run anywhere near memory
+    speed (the hint itself then costs more than it saves). The threshold sits far below memory speed, so
+    a copy slowed by other processes on a busy machine does not switch it on."""
+
+    SLOW_BYTES_PER_S = 0.4e9
+    on = False
+
+    @classmethod
+    def note(cls, nbytes: int, seconds: float) -> None:
+        cls.on = nbytes > cls.SLOW_BYTES_PER_S * seconds
+
+
+read_ahead = _ReadAhead
+
+
+def will_need(path: str, offset: int, length: int) -> None:
+    """Tell the kernel a mapped range is about to be read, so data not in the page cache is read ahead
+    in one request instead of page fault by page fault."""
+    m = _open.get(path, "map").map
+    if m is None or length <= 0:
+        return
+    start = offset - offset % mmap.PAGESIZE
+    m.madvise(mmap.MADV_WILLNEED, start, min(offset + length, len(m)) - start)
+
+
+def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
+    """The part of ``buffers`` left after the first ``n`` bytes."""
+    k = 0
+    while k < len(buffers) and n >= buffers[k].nbytes:
+        n -= buffers[k].nbytes
+        k += 1
+    return ([buffers[k][n:]] if k < len(buffers) else []) + buffers[k + 1:]
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_all(fd: int, buffers: list) -> int:
+    """Write every byte of ``buffers`` (vector writes, resumed after short writes); returns the count."""
+    pending = [memoryview(b).cast("B") for b in buffers]
+    total = 0
+    while pending:
+        batch = pending[:_IOV_MAX]
+        n = os.writev(fd, batch)
+        total += n
+        pending = _advance(batch, n) + pending[len(batch):]
+    return total
+
+
+def create_file(path: str | os.PathLike, buffers: list) -> int:
+    """Write a new file (fails if it exists) from ``buffers``; returns its size. Not fsynced: see fsync_tree."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        return write_all(fd, buffers)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temporary file, fsync, rename, fsync dir)."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, [data])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (renames, new files) durable, where the filesystem supports that.
+
+    Some network and FUSE filesystems refuse fsync on a directory (EINVAL, ENOTSUP); there the rename is
+    as durable as that filesystem makes it, and ingest goes on.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file and folder under ``path`` (a staging run before its commit rename).
+
+    The fsyncs run concurrently: a journaling filesystem commits concurrent fsyncs together, so a run of
+    hundreds of files costs a few journal commits instead of one each.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    files, folders = [], []
+    for root, _, names in os.walk(path):
+        files += [os.path.join(root, f) for f in names]
+        folders.append(root)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(_fsync_file, files))
+        list(pool.map(fsync_dir, folders))
+
+
+def tree_bytes(path: str | os.PathLike, skip_hidden: bool = False) -> int:
+    """Bytes of the files under ``path``; ``skip_hidden`` leaves out dot-folders (staging, trash)."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if skip_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_from_page_cache(path: str | os.PathLike) -> None:
+    """Ask the kernel to evict a file's pages (benchmarks of cold reads); a no-op where unsupported."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
