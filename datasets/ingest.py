@@ -15,22 +15,19 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 
+from .interop import FORMATS, Hdf5Source, RunSource, run_sources
 from .layout import CODECS
 from .run_format import RunFormatError
 from .run_ingest import RunJob, ingest_run_file
-from .store import Store, StoreError, commit_run, create_store, locked, run_name_for, sweep_leftovers
+from .store import Store, StoreError, commit_run, create_store, locked, sweep_leftovers
 from .validity import ValidityRules
 
 log = logging.getLogger(__name__)
 
-RUN_SUFFIXES = (".h5", ".hdf5")
-
-
 @dataclass
 class IngestConfig:
-    """What to ingest and how. ``sources`` are run files or folders of them (``*.h5``, ``*.hdf5``)."""
+    """What to ingest and how. ``sources`` are run files, donkeycar tubs, LeRobot datasets or folders of them."""
 
     sources: list[str]
     out: str
@@ -39,10 +36,14 @@ class IngestConfig:
     shard_frames: int | None = None
     validity: ValidityRules = field(default_factory=ValidityRules)
     force: bool = False
+    format: str = "auto"  # auto (per path) | hdf5 | tub | lerobot
+    mapping: str | None = None  # TOML/YAML mapping for tub and LeRobot sources (docs/import-export.md)
 
     def __post_init__(self):
         if not self.sources:
             raise ValueError("sources is empty: name at least one run file or folder")
+        if self.format != "auto" and self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r} must be auto or one of {', '.join(FORMATS)}")
         if not 1 <= self.jobs <= 256:
             raise ValueError(f"jobs={self.jobs} must be in 1..256")
         if self.codec not in CODECS:
@@ -82,44 +83,33 @@ class IngestReport:
         return not self.failures
 
 
-def expand_sources(sources: list[str]) -> list[str]:
-    """Files as given; folders expand to the run files inside them, sorted."""
-    out: list[str] = []
-    for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            out.extend(str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in RUN_SUFFIXES)
-        else:
-            out.append(str(p))
-    return out
-
-
-def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[RunJob], list[RunOutcome]]:
+def _plan(store: Store, config: IngestConfig, sources: list[RunSource | str]
+          ) -> tuple[list[RunJob], list[RunOutcome]]:
     """Split sources into jobs to run and outcomes already known (duplicates, unchanged, missing)."""
     jobs, known, seen = [], [], {}
-    for path in files:
-        name = run_name_for(path)
+    for src in sources:
+        src = src if isinstance(src, RunSource) else Hdf5Source(src)
+        path, name = src.path, src.run
         if name in seen:
             known.append(RunOutcome(path, name, "failed",
                                     error=f"{path}: run name {name!r} is also used by {seen[name]}; rename one"))
             continue
         seen[name] = path
-        if not os.path.isfile(path):
+        if not src.exists():
             known.append(RunOutcome(path, name, "failed", error=f"{path}: no such file"))
             continue
         previous = store.run_meta(name) if store.has_run(name) else None
-        st = os.stat(path)
         if previous and not config.force:
-            src = previous["source"]
-            if src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns:
+            stored = previous["source"]
+            if all(stored.get(k) == v for k, v in src.fingerprint().items()):
                 known.append(RunOutcome(path, name, "unchanged", previous["n_frames"], previous["n_valid"],
-                                        st.st_size))
+                                        stored["size"]))
                 continue
         jobs.append(RunJob(
             source=os.path.abspath(path), run=name, store=str(store.path), codec=config.codec,
             shard_frames=config.shard_frames, validity=config.validity.to_dict(),
             previous_sha256=None if (previous is None or config.force) else previous["source"]["sha256"],
-            replaces=previous is not None,
+            replaces=previous is not None, origin=None if isinstance(src, Hdf5Source) else src,
         ))
     return jobs, known
 
@@ -196,9 +186,9 @@ def _safe_ingest(job: RunJob) -> dict:
 def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
     """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring)."""
     t0 = time.perf_counter()
-    files = expand_sources(config.sources)
+    files = run_sources(config.sources, config.format, config.mapping)
     if not files:
-        raise StoreError(f"no run files found in {config.sources}")
+        raise StoreError(f"no runs found in {config.sources} (HDF5 files, donkeycar tubs or LeRobot datasets)")
     store = create_store(config.out)
     outcomes: list[RunOutcome] = []
     with locked(store):
@@ -231,8 +221,8 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
             if bar is not None:
                 bar.stop()
         sweep_leftovers(store)
-    order = {f: i for i, f in enumerate(files)}
-    outcomes.sort(key=lambda o: order.get(o.source, order.get(os.path.relpath(o.source), len(order))))
+    order = {(f.run, os.path.abspath(f.path)): i for i, f in enumerate(files)}
+    outcomes.sort(key=lambda o: order.get((o.run, os.path.abspath(o.source)), len(order)))
     return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)
 
 

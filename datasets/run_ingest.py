@@ -13,8 +13,9 @@ import h5py
 import numpy as np
 import zarr
 
+from .interop.sources import Hdf5Source, RunSource
 from .layout import STAGING, create_frames_array, shard_frames_for
-from .run_format import RunInfo, inspect_run, open_run_file
+from .run_format import RunInfo
 from .store import fsync_tree
 from .validity import ValidityRules, validity_mask
 
@@ -33,6 +34,7 @@ class RunJob:
     validity: dict
     previous_sha256: str | None  # skip the write when the content hash matches
     replaces: bool = False  # a run of this name is already stored
+    origin: RunSource | None = None  # where the run is read from; None = the HDF5 file at ``source``
 
 
 def file_sha256(path: str) -> str:
@@ -74,7 +76,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
     group = zarr.open_group(path, mode="w")
-    with open_run_file(info.path) as h5:
+    with info.open() as h5:  # the HDF5 file, or an imported run shaped like it
         for cam in info.cameras:
             arr = create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)
             _copy_frames(h5, info, cam, arr, shard)
@@ -125,13 +127,11 @@ def ingest_run_file(job: RunJob) -> dict:
     else ``ingested``/``replaced`` with the staging folder. Raises RunFormatError for a bad run; any
     partial staging folder is removed before the error propagates.
     """
-    st = os.stat(job.source)
-    sha = file_sha256(job.source)
-    source_meta = {"path": job.source, "file": os.path.basename(job.source), "sha256": sha,
-                   "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if job.previous_sha256 == sha:
-        return {"status": "unchanged", "bytes_in": st.st_size, "source": source_meta}
-    info = inspect_run(job.source)
+    src = job.origin or Hdf5Source(job.source)
+    source_meta = src.describe()
+    if job.previous_sha256 == source_meta["sha256"]:
+        return {"status": "unchanged", "bytes_in": source_meta["size"], "source": source_meta}
+    info = src.inspect()
     staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
     os.makedirs(staging)
     try:
@@ -144,7 +144,7 @@ def ingest_run_file(job: RunJob) -> dict:
         "status": "replaced" if job.replaces else "ingested",
         "frames": meta["n_frames"],
         "valid": meta["n_valid"],
-        "bytes_in": st.st_size,
+        "bytes_in": source_meta["size"],
         "bytes_out": _dir_bytes(staging),
         "staging": staging,
     }
