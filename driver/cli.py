@@ -20,6 +20,8 @@ INGEST_EXAMPLES = """examples:
   driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
   driver ingest runs/*.h5 --out store.zarr --accepted-states 1 --min-motor 50 --max-gap 0.2
   driver ingest new_runs/*.h5 --out data/store.zarr             # adds new runs; unchanged ones are skipped
+  driver ingest ~/mycar/data/tub_3 --out store.zarr              # a donkeycar tub: one run per session
+  driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish.
@@ -55,7 +57,8 @@ def _ingest(args: argparse.Namespace) -> int:
     rules = ValidityRules(accepted_states=tuple(args.accepted_states), min_motor=args.min_motor,
                           max_gap_s=args.max_gap, reject_pinned_steer=not args.keep_pinned_steer)
     config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
-                          shard_frames=args.shard_frames, validity=rules, force=args.force)
+                          shard_frames=args.shard_frames, validity=rules, force=args.force, format=args.format,
+                          mapping=args.mapping)
     report = ingest(config, progress=sys.stderr.isatty())
     console = Console()
     console.print(summary_table(report))
@@ -236,9 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fmt = argparse.RawDescriptionHelpFormatter
-    s = sub.add_parser("ingest", help="shard HDF5 runs into a zarr v3 store", epilog=INGEST_EXAMPLES,
-                       formatter_class=fmt, description="Validate HDF5 driving runs and write them into a store.")
-    s.add_argument("sources", nargs="+", help="run files (.h5/.hdf5) or folders of them")
+    s = sub.add_parser("ingest", help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store",
+                       epilog=INGEST_EXAMPLES, formatter_class=fmt,
+                       description="Validate driving runs (HDF5 files, tub sessions, LeRobot episodes) and write "
+                       "them into a store.")
+    s.add_argument("sources", nargs="+", help="run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or "
+                   "folders of them")
+    s.add_argument("--format", choices=("auto", "hdf5", "tub", "lerobot"), default="auto",
+                   help="how to read the sources (default auto: detected per path)")
+    s.add_argument("--mapping", default=None, metavar="FILE",
+                   help="TOML/YAML mapping of tub/LeRobot fields to the run format (docs/import-export.md)")
     s.add_argument("--out", required=True, help="store path (created if missing)")
     s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
     s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",

@@ -101,10 +101,11 @@ def _column_index(root: Path, info: dict, vm: ValueMap, role: str) -> int | None
     size = int(np.prod(f.get("shape", [1])))
     if vm.name is not None:
         names = _names(f)
-        if vm.name not in names:
+        found = [n for n in vm.name.split("|") if n in names]
+        if not found:
             raise ImportFormatError(where, f"{vm.field} has no element named {vm.name!r} ({role}); its names are "
                                     f"{names or 'not given'}: set [{role}] index = N or name = ... in a --mapping file")
-        return names.index(vm.name)
+        return names.index(found[0])
     if vm.index is not None:
         if not 0 <= vm.index < size:
             raise ImportFormatError(where, f"{role} index {vm.index} is outside {vm.field}'s {size} elements")
@@ -179,6 +180,9 @@ class LeRobotSource(ImportedSource):
         super().__init__(**kw)
         self.info, self.episode, self.data_file, self.videos = info, episode, data_file, videos
         self.camera_keys, self.labels, self.columns = cameras, labels, columns
+
+    def missing(self, path: str) -> str:
+        return "video file is missing" if path.endswith(".mp4") else "file is missing"
 
     def content_key(self) -> str:
         ep = {k: v for k, v in self.episode.items() if not k.startswith("stats/")}

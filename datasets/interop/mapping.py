@@ -45,7 +45,7 @@ class ValueMap:
 
     field: str
     index: int | None = None  # element of a vector feature (LeRobot ``action``)
-    name: str | None = None  # or the element whose feature ``names`` entry is this
+    name: str | None = None  # or the element whose feature ``names`` entry is this ("a|b": the first found)
     range: tuple[float, float, float] = (-1.0, 0.0, 1.0)  # source values for run units 0, 49, 99
 
     def __post_init__(self):
@@ -72,7 +72,7 @@ class Mapping:
 
     format: str
     left: str  # image key of the left camera; "auto" = the dataset's first camera
-    right: str = ""  # image key of the right camera; "" = mono
+    right: str = ""  # image key of the right camera; "" = mono, "auto" = the one named like left but right
     steer: ValueMap = field(default_factory=lambda: ValueMap("user/angle"))
     motor: ValueMap = field(default_factory=lambda: ValueMap("user/throttle"))
     state_field: str = ""  # field holding the mode; "" = every record has ``state_default``
@@ -117,8 +117,9 @@ def default_mapping(fmt: str) -> Mapping:
                        motor=ValueMap("user/throttle"), state_field="user/mode", state_codes=dict(DONKEY_MODES),
                        time_field="_timestamp_ms", time_scale=0.001)
     if fmt == "lerobot":
-        return Mapping(format="lerobot", left="auto", steer=ValueMap("action", name="steer"),
-                       motor=ValueMap("action", name="motor"), time_field="timestamp", time_scale=1.0)
+        return Mapping(format="lerobot", left="auto", right="auto",
+                       steer=ValueMap("action", name="steer|steering|angle|steering_angle"),
+                       motor=ValueMap("action", name="motor|throttle"), time_field="timestamp", time_scale=1.0)
     raise ValueError(f"format={fmt!r} has no mapping (formats with one: tub, lerobot)")
 
 

@@ -107,6 +107,8 @@ class ImportedSource(RunSource):
         h = hashlib.sha256()
         h.update(self.content_key().encode())
         for f in self.files:
+            if not os.path.isfile(f):
+                raise ImportFormatError(f, self.missing(f))
             h.update(_file_digest(f).encode())
         return {"path": os.path.abspath(self.path), "file": os.path.basename(os.path.normpath(self.path)),
                 "format": self.format, "sha256": h.hexdigest(), **self.detail, **self.fingerprint()}
@@ -114,6 +116,10 @@ class ImportedSource(RunSource):
     def content_key(self) -> str:
         """What identifies the run inside its files (session, episode) and how it is mapped."""
         return f"{self.format}:{self.run}:{self.mapping.digest() if self.mapping else ''}"
+
+    def missing(self, path: str) -> str:
+        """What to say about a file of this run that does not exist."""
+        return "file is missing"
 
     def fail_if_broken(self) -> None:
         if self.error:
@@ -288,7 +294,9 @@ def build_run(path: str, table: RecordTable, mapping: Mapping, cameras: tuple[st
     motor_raw = np.asarray(table.motor, np.float64)
     _check_finite(steer_raw, table, mapping.steer.field)
     _check_finite(motor_raw, table, mapping.motor.field)
-    t = np.asarray(table.time, np.float64) * mapping.time_scale
+    t = np.asarray(table.time, np.float64)
+    inverse = 1.0 / mapping.time_scale
+    t = t / round(inverse) if abs(inverse - round(inverse)) < 1e-9 else t * mapping.time_scale  # ms: exactly /1000
     _check_finite(t, table, mapping.time_field)
     steer, clipped_s = mapping.steer.to_run(steer_raw)
     motor, clipped_m = mapping.motor.to_run(motor_raw)

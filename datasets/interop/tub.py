@@ -159,6 +159,13 @@ class TubSource(ImportedSource):
         super().__init__(**kw)
         self.records, self.wheres, self.deleted = records, wheres, deleted
 
+    def missing(self, path: str) -> str:
+        name = os.path.basename(path)
+        for r, where in zip(self.records, self.wheres, strict=True):
+            if name in (str(r.get(self.mapping.left)), str(r.get(self.mapping.right))):
+                return f"image of {where} is missing"
+        return "file is missing"
+
     def content_key(self) -> str:
         lines = json.dumps([self.records, self.deleted], sort_keys=True)
         return f"{super().content_key()}:{lines}"
