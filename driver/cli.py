@@ -67,6 +67,17 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _export_dataset(args: argparse.Namespace) -> int:
+    from driver.datasets.interop.lerobot_export import LeRobotExportConfig, export_lerobot
+
+    r = export_lerobot(LeRobotExportConfig(store=args.store, out=args.out, runs=args.runs or [], fps=args.fps,
+                                           vcodec=args.vcodec, crf=args.crf, gop=args.gop, robot_type=args.robot_type,
+                                           progress=sys.stderr.isatty()))
+    print(f"wrote {r.path}: LeRobot v3.0, {r.episodes} episodes, {r.frames} frames at {r.fps} fps, "  # noqa: T201
+          f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from driver.datasets.info import describe_store, info_tables
 
@@ -262,6 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not reject autonomous frames with steering pinned at 0 or 99")
     s.add_argument("--force", action="store_true", help="re-ingest runs even if unchanged")
     s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("export-dataset", help="write a store as a LeRobot v3 dataset (parquet + MP4)",
+                       description="Each run becomes an episode; `driver ingest OUT` reads it back with labels "
+                       "exact. See docs/import-export.md.")
+    s.add_argument("store", help="store path")
+    s.add_argument("out", help="new dataset folder")
+    s.add_argument("--to", choices=("lerobot",), required=True, help="dataset format")
+    s.add_argument("--runs", nargs="*", default=None, help="runs to export (default: all)")
+    s.add_argument("--fps", type=int, default=0, help="dataset fps (default 0: the runs' median frame rate)")
+    s.add_argument("--vcodec", default="libsvtav1", choices=("libsvtav1", "libx264", "h264", "hevc", "libx265"),
+                   help="video codec (default libsvtav1, LeRobot's)")
+    s.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default 30, LeRobot's)")
+    s.add_argument("--gop", type=int, default=2, help="frames between keyframes (default 2, LeRobot's)")
+    s.add_argument("--robot-type", default="driver_car", help="info.json robot_type")
+    s.set_defaults(func=_export_dataset)
 
     s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
     s.add_argument("store", help="store path")

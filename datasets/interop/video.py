@@ -105,14 +105,15 @@ class VideoWriter:
     def __init__(self, path: str, fps: int, height: int, width: int, codec: str = "libsvtav1", crf: int = 30,
                  gop: int = 2, preset: int = 12):
         av = _av()
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its settings to stderr unless told: errors only
         self.path, self.fps, self.frames = path, fps, 0
         options = {"g": str(gop), "crf": str(crf)}
         if codec == "libsvtav1":
             options["preset"] = str(preset)
         try:
             self._container = av.open(path, "w")
-            self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000),
-                                                      options=options)
+            self._rate = Fraction(fps).limit_denominator(1000)
+            self._stream = self._container.add_stream(codec, rate=self._rate, options=options)
         except (av.FFmpegError, ValueError) as e:
             raise ValueError(f"cannot encode {codec} video to {path}: {e}") from None
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
@@ -122,7 +123,7 @@ class VideoWriter:
         for rgb in frames:
             frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts = self.frames
-            frame.time_base = Fraction(1, 1) / self._stream.rate
+            frame.time_base = 1 / self._rate
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
             self.frames += 1
