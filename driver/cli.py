@@ -78,6 +78,15 @@ def _export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(args: argparse.Namespace) -> int:
+    from driver.view.store_view import ViewConfig, view_store
+
+    sink = "spawn" if args.spawn else f"web:{args.port}" if args.web else args.save
+    r = view_store(ViewConfig(store=args.store, runs=args.runs or [], sink=sink, every=args.every))
+    print(f"{r['runs']} runs, {r['frames']} frames -> {r['sink'].target or r['sink'].kind}")  # noqa: T201
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from driver.datasets.info import describe_store, info_tables
 
@@ -131,7 +140,8 @@ def _sim_drive(args: argparse.Namespace) -> int:
 
     result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
                                       split=args.split, max_seconds=args.max_seconds, mode=args.mode,
-                                      media=not args.no_media, seed=args.seed, runtime=args.runtime))
+                                      media=not args.no_media, seed=args.seed, runtime=args.runtime,
+                                      view=args.view or ""))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
 
@@ -141,6 +151,8 @@ def _replay(args: argparse.Namespace) -> int:
     from driver.sim.replay import ReplayConfig, format_replay_report, replay
     from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
 
+    if args.closed_loop and args.view:
+        raise ValueError("--view shows the open-loop replay; it does not apply to --closed-loop")
     policy = load_policy(args.model, runtime=args.runtime, threads=args.threads)
     if args.closed_loop:
         report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
@@ -149,7 +161,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(format_warp_report(report))  # noqa: T201 - the command's output
         return 0
     report = replay(ReplayConfig(model=args.model, data=args.data, runs=args.runs or [], out=args.out,
-                                 mode=args.mode, video=not args.no_video, runtime=args.runtime), policy=policy)
+                                 mode=args.mode, video=not args.no_video, runtime=args.runtime,
+                                 view=args.view or ""), policy=policy)
     print(format_replay_report(report))  # noqa: T201 - the command's output
     return 0
 
@@ -289,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--robot-type", default="driver_car", help="info.json robot_type")
     s.set_defaults(func=_export_dataset)
 
+    s = sub.add_parser("view", help="look at a store's runs in Rerun (pip install 'driver[view]')",
+                       description="Both cameras, steer/motor/state timelines, the validity mask, segment breaks "
+                       "and labels, scrubbable. See docs/view.md.")
+    s.add_argument("store", help="store path")
+    s.add_argument("--runs", nargs="*", default=None, help="runs to show (default: all)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--save", default="view.rrd", metavar="OUT.rrd", help="write a recording (default view.rrd)")
+    where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine")
+    where.add_argument("--web", action="store_true", help="serve Rerun's web viewer on --port (Ctrl-C stops)")
+    s.add_argument("--port", type=int, default=9090, help="web viewer port (default 9090; gRPC on port + 1)")
+    s.add_argument("--every", type=int, default=1, help="show every N-th camera frame (default 1)")
+    s.set_defaults(func=_view)
+
     s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
     s.add_argument("store", help="store path")
     s.set_defaults(func=_info)
@@ -336,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-media", action="store_true")
     s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
+    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
+                   help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_sim_drive)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
@@ -351,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
+    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
+                   help="Rerun view (driver[view]): OUT/replay.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_replay)
 
     from driver.vehicle.drive_config import DriveConfig
