@@ -1,4 +1,5 @@
-"""`driver ingest`: turn HDF5 runs into a sharded zarr v3 store, one atomic run at a time.
+"""`driver ingest`: turn runs (HDF5 files, donkeycar tub sessions, LeRobot episodes: ``datasets/interop``) into a
+sharded zarr v3 store, one atomic run at a time.
 
 Each source file is validated, then written into ``STORE/.staging/`` and renamed into
 ``STORE/runs/<run>`` only when complete, so a killed ingest never leaves a half-written run visible;

@@ -312,6 +312,11 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
                          "side_by_side=True (--side-by-side) for a left|right camera")
     mode = config.mode if policy.modes else None
     _warm_up(policy, config.warmup, mode)
+    view = None
+    if config.view:  # Rerun live view (driver.view, optional extra); a bad sink fails before anything opens
+        from driver.view.live import LiveView
+
+        view = LiveView(config.view).start()
     link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
     source = open_camera(cam_cfg, actuator=actuator_from_link(link))
     source.open()
@@ -324,11 +329,6 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
             recorder = SessionRecorder(session_path(config.record_dir), policy.height, policy.width, policy.stereo,
                                        labels=labels, attrs={"model": str(config.model), "camera": config.camera,
                                                              "port": config.port or "sim"})
-        view = None
-        if config.view:  # Rerun live view (driver.view, optional extra)
-            from driver.view.live import LiveView
-
-            view = LiveView(config.view).start()
         loop = DriveLoop(config, policy, link, grabber, recorder, view=view)
         previous = _install_signals(loop)
         try:
@@ -337,12 +337,12 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
             for sig, old in previous.items():
                 signal.signal(sig, old)
             grabber.stop()
-            if view is not None:
-                view.close()
             if recorder is not None:
                 path = recorder.close()
                 loop.report.run_path = str(path) if path else None
     finally:
         source.close()
         link.close()
+        if view is not None:
+            view.close()
     return loop.report

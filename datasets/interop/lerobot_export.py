@@ -154,7 +154,7 @@ def export_lerobot(config: LeRobotExportConfig) -> LeRobotExportResult:
     return LeRobotExportResult(str(out), len(runs), total, fps, size, time.perf_counter() - t0)
 
 
-def _features(first: dict, extras: list[dict], fps: int) -> dict:
+def _features(first: dict, extras: list[dict]) -> dict:
     h, w = first["height"], first["width"]
     feats = {}
     for cam in first["cameras"]:
@@ -236,7 +236,7 @@ def _write(store: Store, runs: list[str], metas: list[dict], root: Path, fps: in
 
     pq = _pq()
     first, extras = metas[0], metas[0]["extras"]
-    feats = _features(first, extras, fps)
+    feats = _features(first, extras)
     videos = _Videos(root, list(first["cameras"]), fps, first["height"], first["width"], config)
     tasks: dict[str, int] = {}
     columns: dict[str, list[np.ndarray]] = {k: [] for k in feats if feats[k]["dtype"] != "video"}
@@ -271,8 +271,7 @@ def _write(store: Store, runs: list[str], metas: list[dict], root: Path, fps: in
             data = _episode_columns(store, run, meta, feats, ep, index, tasks[task], fps)
             for k, v in data.items():
                 columns[k].append(v)
-                axis = 0
-                stats[k] = _stats(v.reshape(n, -1) if v.ndim > 1 else v, axis)
+                stats[k] = _stats(v.reshape(n, -1) if v.ndim > 1 else v, 0)
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, "driver/run": run,
                         "driver/labels": json.dumps(meta["labels"], sort_keys=True)})
             row.update({f"stats/{k}/{s}": np.asarray(v).tolist() for k, d in stats.items() for s, v in d.items()})

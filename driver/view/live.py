@@ -12,6 +12,7 @@ skipped and identical frames, overruns, lost acks); ``link/mode`` (the MCU's mod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -87,35 +88,46 @@ class LiveView:
 
         from .columns import jpeg
 
-        rec, last_mode = self._rec, None
+        last_mode, failed = None, False
         while True:
             item = self._queue.get()
             if item is None:
                 break
-            kind, tick, t = item[0], item[1], item[2]
-            rec.set_time("tick", sequence=tick)
-            rec.set_time("time", duration=t)
-            if kind == "checks":
-                for text in item[3]:
-                    rec.log("checks", rr.TextLog(text, level="ERROR" if "ESTOP" in text else "WARN"))
-                continue
-            _, _, _, image, cmds, mode, health, latency = item
-            if image is not None:
-                rec.log("camera/left", jpeg(image))
-            for name, v in zip(("model_steer", "model_motor", "sent_steer", "sent_throttle"), cmds, strict=True):
-                rec.log(f"commands/{name}", rr.Scalars(float(v)))
-            for name, v in latency.items():
-                rec.log(f"latency/{name}", rr.Scalars(v * 1000.0))
-            for name, v in zip(HEALTH_FIELDS, health, strict=True):
-                rec.log(f"health/{name}", rr.Scalars(float(v)))
-            if mode != last_mode:
-                rec.log("link/mode", rr.StateChange(state=mode))
-                last_mode = mode
-            self.logged += 1
+            try:
+                last_mode = self._log(rr, jpeg, item, last_mode)
+            except Exception as exc:  # noqa: BLE001 - the view must never take the drive down; say it once
+                if not failed:
+                    log.error("drive view: logging failed (%s: %s); the drive goes on without it",
+                              type(exc).__name__, exc)
+                failed = True
+
+    def _log(self, rr, jpeg, item, last_mode):
+        rec = self._rec
+        kind, tick, t = item[0], item[1], item[2]
+        rec.set_time("tick", sequence=tick)
+        rec.set_time("time", duration=t)
+        if kind == "checks":
+            for text in item[3]:
+                rec.log("checks", rr.TextLog(text, level="ERROR" if "ESTOP" in text else "WARN"))
+            return last_mode
+        _, _, _, image, cmds, mode, health, latency = item
+        if image is not None:
+            rec.log("camera/left", jpeg(image))
+        for name, v in zip(("model_steer", "model_motor", "sent_steer", "sent_throttle"), cmds, strict=True):
+            rec.log(f"commands/{name}", rr.Scalars(float(v)))
+        for name, v in latency.items():
+            rec.log(f"latency/{name}", rr.Scalars(v * 1000.0))
+        for name, v in zip(HEALTH_FIELDS, health, strict=True):
+            rec.log(f"health/{name}", rr.Scalars(float(v)))
+        if mode != last_mode:
+            rec.log("link/mode", rr.StateChange(state=mode))
+        self.logged += 1
+        return mode
 
     def close(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            with contextlib.suppress(queue.Full):  # the thread drains the queue; never wait forever
+                self._queue.put(None, timeout=30)
             self._thread.join(timeout=30)
             self._thread = None
         if self._rec is not None:
