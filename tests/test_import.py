@@ -211,3 +211,27 @@ def test_format_can_be_forced(tmp_path):
         IngestConfig(sources=[str(TUB)], out=str(tmp_path / "s.zarr"), format="zip")
     report, _ = _ingest(tmp_path, [TUB], format="lerobot")
     assert "meta/info.json: cannot read" in report.failures[0].error
+
+
+def test_lerobot_image_features_stored_in_parquet(tmp_path):
+    """A camera stored as images in the data parquet (``dtype: image``, a {bytes, path} struct per row)."""
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = _copy(LEROBOT, tmp_path / "in")
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["features"]["observation.images.left"]["dtype"] = "image"
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    path = ds / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    ep, idx = table.column("episode_index").to_numpy(), table.column("frame_index").to_numpy()
+    pngs = [{"bytes": cv2.imencode(".png", frame(int(e) * 100 + int(i))[..., ::-1])[1].tobytes(), "path": None}
+            for e, i in zip(ep, idx, strict=True)]
+    pq.write_table(table.append_column("observation.images.left", pa.array(pngs)), path)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(LEROBOT_MAPPING + '[cameras]\nright = ""\n')
+    report, store = _ingest(tmp_path, [ds], mapping=str(mapping))
+    assert report.ok, report.failures
+    got = store.frames("lerobot_ep000001", "left").read(0, 30)
+    assert np.array_equal(got, np.stack([frame(100 + i) for i in range(30)]))  # PNG: lossless
