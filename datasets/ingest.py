@@ -1,4 +1,5 @@
-"""`driver ingest`: turn HDF5 runs into a sharded zarr v3 store, one atomic run at a time.
+"""`driver ingest`: turn runs (HDF5 files, donkeycar tub sessions, LeRobot episodes: ``datasets/interop``) into a
+sharded zarr v3 store, one atomic run at a time.
 
 Each source file is validated, then written into ``STORE/.staging/`` and renamed into
 ``STORE/runs/<run>`` only when complete, so a killed ingest never leaves a half-written run visible;
@@ -15,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 
+from .interop import FORMATS, Hdf5Source, RunSource, run_sources
 from .layout import CODECS, FORMAT_VERSION
 from .run_format import RunFormatError
 from .run_ingest import RunJob, ingest_run_file
@@ -34,12 +35,9 @@ from .validity import ValidityRules
 
 log = logging.getLogger(__name__)
 
-RUN_SUFFIXES = (".h5", ".hdf5")
-
-
 @dataclass
 class IngestConfig:
-    """What to ingest and how. ``sources`` are run files or folders of them (``*.h5``, ``*.hdf5``).
+    """What to ingest and how. ``sources`` are run files, donkeycar tubs, LeRobot datasets or folders of them.
 
     ``force`` re-ingests every source even if unchanged; ``force_runs`` re-ingests only the named runs
     (e.g. one ``driver verify`` found damaged), from ``sources`` or, when no source gives that run, from
@@ -54,12 +52,16 @@ class IngestConfig:
     validity: ValidityRules = field(default_factory=ValidityRules)
     force: bool = False
     force_runs: tuple[str, ...] = ()
+    format: str = "auto"  # auto (per path) | hdf5 | tub | lerobot
+    mapping: str | None = None  # TOML/YAML mapping for tub and LeRobot sources (docs/import-export.md)
 
     def __post_init__(self):
         self.sources = list(self.sources or [])
         self.force_runs = tuple(self.force_runs or ())
         if not self.sources and not self.force_runs:
             raise ValueError("sources is empty: name at least one run file or folder (or runs to --force)")
+        if self.format != "auto" and self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r} must be auto or one of {', '.join(FORMATS)}")
         if not 1 <= self.jobs <= 256:
             raise ValueError(f"jobs={self.jobs} must be in 1..256")
         if self.codec not in CODECS:
@@ -99,21 +101,9 @@ class IngestReport:
         return not self.failures
 
 
-def expand_sources(sources: list[str]) -> list[str]:
-    """Files as given; folders expand to the run files inside them, sorted."""
-    out: list[str] = []
-    for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            out.extend(str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in RUN_SUFFIXES)
-        else:
-            out.append(str(p))
-    return out
-
-
-def _recorded_sources(store: Store, config: IngestConfig, files: list[str]) -> list[str]:
-    """Source files of the ``force_runs`` that no given source provides: the paths the store recorded."""
-    given = {run_name_for(f) for f in files}
+def _recorded_sources(store: Store, config: IngestConfig, files: list[RunSource]) -> list[RunSource]:
+    """Sources of the ``force_runs`` that no given source provides: the HDF5 paths the store recorded."""
+    given = {f.run for f in files}
     extra = []
     for run in config.force_runs:
         if run in given:
@@ -126,10 +116,12 @@ def _recorded_sources(store: Store, config: IngestConfig, files: list[str]) -> l
         except (StoreError, KeyError, TypeError) as e:
             raise StoreError(f"--force {run}: the store does not say where its source is ({e}); "
                              "give the source file") from e
+        if store.run_meta(run)["source"].get("format", "hdf5") != "hdf5":
+            raise StoreError(f"--force {run}: it was imported from {path}; give that source again")
         if run_name_for(path) != run:
             raise StoreError(f"--force {run}: its recorded source {path} would ingest as another run; "
                              "give the source file")
-        extra.append(path)
+        extra.append(Hdf5Source(path))
     return extra
 
 
@@ -145,33 +137,34 @@ def _previous(store: Store, name: str, forced: bool) -> dict | None:
         raise
 
 
-def _plan(store: Store, config: IngestConfig, files: list[str]) -> tuple[list[RunJob], list[RunOutcome]]:
+def _plan(store: Store, config: IngestConfig, sources: list[RunSource | str]
+          ) -> tuple[list[RunJob], list[RunOutcome]]:
     """Split sources into jobs to run and outcomes already known (duplicates, unchanged, missing)."""
     jobs, known, seen = [], [], {}
-    for path in files:
-        name = run_name_for(path)
+    for src in sources:
+        src = src if isinstance(src, RunSource) else Hdf5Source(src)
+        path, name = src.path, src.run
         if name in seen:
             known.append(RunOutcome(path, name, "failed",
                                     error=f"{path}: run name {name!r} is also used by {seen[name]}; rename one"))
             continue
         seen[name] = path
-        if not os.path.isfile(path):
+        if not src.exists():
             known.append(RunOutcome(path, name, "failed", error=f"{path}: no such file"))
             continue
         forced = config.force or name in config.force_runs
         previous = _previous(store, name, forced)
-        st = os.stat(path)
         if previous and not forced:
-            src = previous["source"]
-            if src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns:
+            stored = previous["source"]
+            if all(stored.get(k) == v for k, v in src.fingerprint().items()):
                 known.append(RunOutcome(path, name, "unchanged", previous["n_frames"], previous["n_valid"],
-                                        st.st_size))
+                                        stored["size"]))
                 continue
         jobs.append(RunJob(
             source=os.path.abspath(path), run=name, store=str(store.path), codec=config.codec,
             shard_frames=config.shard_frames, validity=config.validity.to_dict(),
             previous_sha256=None if (previous is None or forced) else previous["source"]["sha256"],
-            replaces=previous is not None,
+            replaces=previous is not None, origin=None if isinstance(src, Hdf5Source) else src,
         ))
     return jobs, known
 
@@ -248,9 +241,9 @@ def _safe_ingest(job: RunJob) -> dict:
 def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
     """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring)."""
     t0 = time.perf_counter()
-    files = expand_sources(config.sources)
+    files = run_sources(config.sources, config.format, config.mapping)
     if not files and not config.force_runs:
-        raise StoreError(f"no run files found in {config.sources}")
+        raise StoreError(f"no runs found in {config.sources} (HDF5 files, donkeycar tubs or LeRobot datasets)")
     store, created = open_or_create_store(config.out)
     outcomes: list[RunOutcome] = []
     try:
@@ -263,12 +256,12 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
         if created and not store.runs:
             remove_store(store)
         raise
-    order = {f: i for i, f in enumerate(files)}
-    outcomes.sort(key=lambda o: order.get(o.source, order.get(os.path.relpath(o.source), len(order))))
+    order = {(f.run, os.path.abspath(f.path)): i for i, f in enumerate(files)}
+    outcomes.sort(key=lambda o: order.get((o.run, os.path.abspath(o.source)), len(order)))
     return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)
 
 
-def _ingest_locked(store: Store, config: IngestConfig, files: list[str], outcomes: list[RunOutcome],
+def _ingest_locked(store: Store, config: IngestConfig, files: list[RunSource], outcomes: list[RunOutcome],
                    progress: bool) -> None:
     """The ingest proper, under the store's lock."""
     sweep_leftovers(store)

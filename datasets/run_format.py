@@ -70,6 +70,10 @@ class RunInfo:
     def stereo(self) -> bool:
         return "right" in self.cameras
 
+    def open(self):
+        """What the ingest reads frames and extras from: the open HDF5 file (imported runs override this)."""
+        return open_run_file(self.path)
+
 
 def _fail(path, problem: str):
     raise RunFormatError(path, problem)

@@ -1,7 +1,8 @@
-"""Ingest one HDF5 run into a staging folder of the store (runs in a worker process).
+"""Ingest one run (an HDF5 file or an imported :class:`~.interop.RunSource`) into a staging folder of the store
+(runs in a worker process).
 
-Frames stream from HDF5 one shard at a time into a reused buffer and go to disk as finished shard
-files (:mod:`.shard_writer`); the source file's sha256 is computed in a thread while that happens.
+Frames stream from the source one shard at a time into a reused buffer and go to disk as finished shard
+files (:mod:`.shard_writer`); the source's sha256 is computed in a thread while that happens.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import zarr
 
 from . import storage
+from .interop.sources import Hdf5Source, RunSource
 from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
-from .run_format import RunInfo, inspect_run, open_run_file
+from .run_format import RunInfo
 from .shard_writer import FramesShardWriter
 from .validity import ValidityRules, validity_mask
 
@@ -38,6 +40,7 @@ class RunJob:
     validity: dict
     previous_sha256: str | None  # skip the write when the content hash matches
     replaces: bool = False  # a run of this name is already stored
+    origin: RunSource | None = None  # where the run is read from; None = the HDF5 file at ``source``
 
 
 def file_sha256(path: str) -> str:
@@ -79,7 +82,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
     group = zarr.open_group(path, mode="w")
     buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
-    with open_run_file(info.path) as h5:
+    with info.open() as h5:  # the HDF5 file, or an imported run shaped like it
         for cam in info.cameras:
             create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
             _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec), buf)
@@ -131,22 +134,16 @@ def ingest_run_file(job: RunJob) -> dict:
     else ``ingested``/``replaced`` with the staging folder. Raises RunFormatError for a bad run; any
     partial staging folder is removed before the error propagates.
     """
-    st = os.stat(job.source)
-
-    def describe(sha: str) -> dict:
-        return {"path": job.source, "file": os.path.basename(job.source), "sha256": sha,
-                "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
+    src = job.origin or Hdf5Source(job.source)
+    size = src.fingerprint()["size"]
     with ThreadPoolExecutor(max_workers=1) as hasher:
         if job.previous_sha256 is not None:  # a stored run of this name: the hash may make the write needless
-            sha = file_sha256(job.source)
-            if job.previous_sha256 == sha:
-                return {"status": "unchanged", "bytes_in": st.st_size, "source": describe(sha)}
-            source_meta = describe(sha)
+            source_meta = src.describe()
+            if job.previous_sha256 == source_meta["sha256"]:
+                return {"status": "unchanged", "bytes_in": size, "source": source_meta}
         else:  # hash while the frames are read and written (hashlib releases the GIL)
-            pending = hasher.submit(file_sha256, job.source)
-            source_meta = lambda: describe(pending.result())  # noqa: E731
-        info = inspect_run(job.source)
+            source_meta = hasher.submit(src.describe).result
+        info = src.inspect()
         staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
         os.makedirs(staging)
         try:
@@ -159,7 +156,7 @@ def ingest_run_file(job: RunJob) -> dict:
         "status": "replaced" if job.replaces else "ingested",
         "frames": meta["n_frames"],
         "valid": meta["n_valid"],
-        "bytes_in": st.st_size,
+        "bytes_in": size,
         "bytes_out": storage.tree_bytes(staging),
         "staging": staging,
     }

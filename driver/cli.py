@@ -22,6 +22,8 @@ INGEST_EXAMPLES = """examples:
   driver ingest new_runs/*.h5 --out data/store.zarr             # adds new runs; unchanged ones are skipped
   driver ingest --out data/store.zarr --force run_003           # re-ingest a damaged run from its recorded source
   driver ingest runs/ --out data/store.zarr --force             # re-ingest everything
+  driver ingest ~/mycar/data/tub_3 --out store.zarr              # a donkeycar tub: one run per session
+  driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests
@@ -67,13 +69,33 @@ def _ingest(args: argparse.Namespace) -> int:
     force_all = args.force is not None and not args.force  # a bare --force: every run, as before
     config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
                           shard_frames=args.shard_frames, validity=rules, force=force_all,
-                          force_runs=tuple(args.force or ()))
+                          force_runs=tuple(args.force or ()), format=args.format, mapping=args.mapping)
     report = ingest(config, progress=sys.stderr.isatty())
     console = Console()
     console.print(summary_table(report))
     for o in report.failures:
         console.print(f"[red]FAILED[/red] {o.error}", highlight=False, soft_wrap=True)
     return 0 if report.ok else 1
+
+
+def _export_dataset(args: argparse.Namespace) -> int:
+    from driver.datasets.interop.lerobot_export import LeRobotExportConfig, export_lerobot
+
+    r = export_lerobot(LeRobotExportConfig(store=args.store, out=args.out, runs=args.runs or [], fps=args.fps,
+                                           vcodec=args.vcodec, crf=args.crf, gop=args.gop, robot_type=args.robot_type,
+                                           progress=sys.stderr.isatty()))
+    print(f"wrote {r.path}: LeRobot v3.0, {r.episodes} episodes, {r.frames} frames at {r.fps} fps, "  # noqa: T201
+          f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from driver.view.store_view import ViewConfig, view_store
+
+    sink = "spawn" if args.spawn else f"web:{args.port}" if args.web else args.save
+    r = view_store(ViewConfig(store=args.store, runs=args.runs or [], sink=sink, every=args.every))
+    print(f"{r['runs']} runs, {r['frames']} frames -> {r['sink'].target or r['sink'].kind}")  # noqa: T201
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -147,7 +169,8 @@ def _sim_drive(args: argparse.Namespace) -> int:
 
     result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
                                       split=args.split, max_seconds=args.max_seconds, mode=args.mode,
-                                      media=not args.no_media, seed=args.seed, runtime=args.runtime))
+                                      media=not args.no_media, seed=args.seed, runtime=args.runtime,
+                                      view=args.view or ""))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
 
@@ -157,6 +180,8 @@ def _replay(args: argparse.Namespace) -> int:
     from driver.sim.replay import ReplayConfig, format_replay_report, replay
     from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
 
+    if args.closed_loop and args.view:
+        raise ValueError("--view shows the open-loop replay; it does not apply to --closed-loop")
     policy = load_policy(args.model, runtime=args.runtime, threads=args.threads)
     if args.closed_loop:
         report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
@@ -165,7 +190,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(format_warp_report(report))  # noqa: T201 - the command's output
         return 0
     report = replay(ReplayConfig(model=args.model, data=args.data, runs=args.runs or [], out=args.out,
-                                 mode=args.mode, video=not args.no_video, runtime=args.runtime), policy=policy)
+                                 mode=args.mode, video=not args.no_video, runtime=args.runtime,
+                                 view=args.view or ""), policy=policy)
     print(format_replay_report(report))  # noqa: T201 - the command's output
     return 0
 
@@ -266,9 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fmt = argparse.RawDescriptionHelpFormatter
-    s = sub.add_parser("ingest", help="shard HDF5 runs into a zarr v3 store", epilog=INGEST_EXAMPLES,
-                       formatter_class=fmt, description="Validate HDF5 driving runs and write them into a store.")
-    s.add_argument("sources", nargs="*", help="run files (.h5/.hdf5) or folders of them (optional with --force RUN)")
+    s = sub.add_parser("ingest", help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store",
+                       epilog=INGEST_EXAMPLES, formatter_class=fmt,
+                       description="Validate driving runs (HDF5 files, tub sessions, LeRobot episodes) and write "
+                       "them into a store.")
+    s.add_argument("sources", nargs="*", help="run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or "
+                   "folders of them (optional with --force RUN)")
+    s.add_argument("--format", choices=("auto", "hdf5", "tub", "lerobot"), default="auto",
+                   help="how to read the sources (default auto: detected per path)")
+    s.add_argument("--mapping", default=None, metavar="FILE",
+                   help="TOML/YAML mapping of tub/LeRobot fields to the run format (docs/import-export.md)")
     s.add_argument("--out", required=True, help="store path (created if missing)")
     s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
     s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",
@@ -292,6 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", help="store path")
     s.add_argument("--runs", nargs="+", default=None, metavar="RUN", help="runs to check (default: every run)")
     s.set_defaults(func=_verify)
+    s = sub.add_parser("export-dataset", help="write a store as a LeRobot v3 dataset (parquet + MP4)",
+                       description="Each run becomes an episode; `driver ingest OUT` reads it back with labels "
+                       "exact. See docs/import-export.md.")
+    s.add_argument("store", help="store path")
+    s.add_argument("out", help="new dataset folder")
+    s.add_argument("--to", choices=("lerobot",), required=True, help="dataset format")
+    s.add_argument("--runs", nargs="*", default=None, help="runs to export (default: all)")
+    s.add_argument("--fps", type=int, default=0, help="dataset fps (default 0: the runs' median frame rate)")
+    s.add_argument("--vcodec", default="libsvtav1", choices=("libsvtav1", "libx264", "h264", "hevc", "libx265"),
+                   help="video codec (default libsvtav1, LeRobot's)")
+    s.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default 30, LeRobot's)")
+    s.add_argument("--gop", type=int, default=2, help="frames between keyframes (default 2, LeRobot's)")
+    s.add_argument("--robot-type", default="driver_car", help="info.json robot_type")
+    s.set_defaults(func=_export_dataset)
+
+    s = sub.add_parser("view", help="look at a store's runs in Rerun (pip install 'driver[view]')",
+                       description="Both cameras, steer/motor/state timelines, the validity mask, segment breaks "
+                       "and labels, scrubbable. See docs/view.md.")
+    s.add_argument("store", help="store path")
+    s.add_argument("--runs", nargs="*", default=None, help="runs to show (default: all)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--save", default="view.rrd", metavar="OUT.rrd", help="write a recording (default view.rrd)")
+    where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine")
+    where.add_argument("--web", action="store_true", help="serve Rerun's web viewer on --port (Ctrl-C stops)")
+    s.add_argument("--port", type=int, default=9090, help="web viewer port (default 9090; gRPC on port + 1)")
+    s.add_argument("--every", type=int, default=1, help="show every N-th camera frame (default 1)")
+    s.set_defaults(func=_view)
 
     s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
     s.add_argument("store", help="store path")
@@ -340,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-media", action="store_true")
     s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
+    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
+                   help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_sim_drive)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
@@ -355,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
+    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
+                   help="Rerun view (driver[view]): OUT/replay.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_replay)
 
     from driver.vehicle.drive_config import DriveConfig

@@ -32,6 +32,7 @@ class SimDriveConfig:
     seed: int = 0
     threads: int = 1  # torch threads for batch-1 inference (1 is fastest on small CPUs)
     runtime: str = "torch"  # torch | onnx
+    view: str = ""  # Rerun view: "" off, "file" = OUT/sim_drive.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):
         if not self.model:
@@ -51,9 +52,17 @@ def sim_drive(config: SimDriveConfig) -> ClosedLoopResult:
     loop = ClosedLoopConfig(tracks=config.tracks, split=config.split, laps=config.laps, fps=config.fps,
                             height=height, width=width, stereo=stereo, max_seconds=config.max_seconds,
                             video_frames=300 if config.media else 0, seed=config.seed)
+    if config.view:  # Rerun: keep a third of the camera frames for the view (driver.view, optional extra)
+        from driver.view.sim_view import ViewedController
+
+        controller = ViewedController(controller, every=3)
     result = drive_closed_loop(controller, loop)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if config.view:
+        from driver.view.sim_view import view_sim_drive
+
+        view_sim_drive(result, controller, config.view, str(out / "sim_drive.rrd"), config.fps)
     summary = {"model": config.model, **result.summary()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if config.media:

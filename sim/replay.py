@@ -48,6 +48,7 @@ class ReplayConfig:
     max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
     plots: bool = True
     runtime: str = "torch"  # torch | onnx
+    view: str = ""  # Rerun view: "" off, "file" = OUT/replay.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):
         if not self.model:
@@ -230,6 +231,10 @@ def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
     from .replay_media import write_replay_media  # matplotlib only when writing
 
     report.files = [str(p) for p in write_replay_media(report, store, out, config)]
+    if config.view:  # Rerun: model vs human on one timeline (driver.view, optional extra)
+        from driver.view.replay_view import view_replay
+
+        report.files.append(view_replay(report, store, config.view, str(out / "replay.rrd")))
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     report.files.append(str(out / "report.json"))
     log.info("replay: steer MAE %s, throttle MAE %s over %d scored frames; report in %s",

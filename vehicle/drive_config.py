@@ -53,6 +53,7 @@ class DriveConfig:
     status_every_s: float = 5.0
     device: str = "cpu"
     runtime: str = "torch"  # torch | onnx (ONNX Runtime on an exported or in-memory-exported model)
+    view: str = ""  # Rerun live view (driver[view]): web[:PORT], spawn, FILE.rrd or rerun+http://HOST:PORT/proxy
 
     def __post_init__(self) -> None:
         if not self.model:

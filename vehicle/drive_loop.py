@@ -56,8 +56,10 @@ class DriveLoop:
     """The loop over already-open parts; ``step()`` runs one tick and returns the ending check, if any."""
 
     def __init__(self, config: DriveConfig, policy, link, grabber: LatestFrame,
-                 recorder: SessionRecorder | None = None, calibration: PulseCalibration | None = None) -> None:
+                 recorder: SessionRecorder | None = None, calibration: PulseCalibration | None = None,
+                 view=None) -> None:
         self.config, self.policy, self.link, self.grabber, self.recorder = config, policy, link, grabber, recorder
+        self.view = view  # driver.view.live.LiveView: gets each tick on a queue, never blocks the loop
         self.safety = config.safety
         self.limits = HostLimits(config.limits)
         self.cal = calibration or PulseCalibration()
@@ -169,6 +171,10 @@ class DriveLoop:
         self.report.model_ticks += controller
         if self.recorder is not None:
             self._record(frame, left, right, state, controller, action, steer, thr, auto, latency)
+        if self.view is not None:
+            self.view.tick(frame.left, action.steer, action.motor, steer, thr, _mode_name(state), h,
+                           {"preprocess": t_pre - t_tick, "inference": t_inf - t_pre, "send": t_send - t_inf,
+                            "capture_to_send": latency})
         timer.add("tick", time.monotonic() - t_tick)
         if t_send >= self._next_status:
             self._next_status = t_send + self.config.status_every_s
@@ -207,7 +213,7 @@ class DriveLoop:
 
     def _status(self, state) -> None:
         elapsed = time.monotonic() - self._t_start
-        mode = Mode(state.mode).name if state is not None and state.mode in Mode._value2member_map_ else "-"
+        mode = _mode_name(state)
         log.info("drive %.0f s: %d ticks (%.1f Hz), mode %s, %d skipped, %d lost acks | %s", elapsed,
                  self.report.ticks, self.report.ticks / max(elapsed, 1e-9), mode, self.report.frames_skipped,
                  self.report.lost_acks, self.timer.status_line())
@@ -220,6 +226,8 @@ class DriveLoop:
                 self.limits.reset()
                 self.report.resets[check.name] = self.report.resets.get(check.name, 0) + 1
                 log.info("check %s: policy state reset", check.name)
+        if self.view is not None:
+            self.view.checks(fired)
         h.frames_skipped, h.mode_to_auto = 0, False  # applied: a second evaluation this tick must not repeat them
         ending = first_ending(fired)
         if ending is not None:
@@ -261,6 +269,10 @@ class DriveLoop:
         return self.report
 
 
+def _mode_name(state) -> str:
+    return Mode(state.mode).name if state is not None and state.mode in Mode._value2member_map_ else "-"
+
+
 def _install_signals(loop: DriveLoop) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
@@ -300,6 +312,11 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
                          "side_by_side=True (--side-by-side) for a left|right camera")
     mode = config.mode if policy.modes else None
     _warm_up(policy, config.warmup, mode)
+    view = None
+    if config.view:  # Rerun live view (driver.view, optional extra); a bad sink fails before anything opens
+        from driver.view.live import LiveView
+
+        view = LiveView(config.view).start()
     link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
     source = open_camera(cam_cfg, actuator=actuator_from_link(link))
     source.open()
@@ -312,7 +329,7 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
             recorder = SessionRecorder(session_path(config.record_dir), policy.height, policy.width, policy.stereo,
                                        labels=labels, attrs={"model": str(config.model), "camera": config.camera,
                                                              "port": config.port or "sim"})
-        loop = DriveLoop(config, policy, link, grabber, recorder)
+        loop = DriveLoop(config, policy, link, grabber, recorder, view=view)
         previous = _install_signals(loop)
         try:
             loop.run()
@@ -326,4 +343,6 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
     finally:
         source.close()
         link.close()
+        if view is not None:
+            view.close()
     return loop.report
