@@ -1,12 +1,22 @@
-"""Benchmark the drive loop: capture → send latency and achieved rate with a video-file camera and the pty fake MCU.
+"""Benchmark the drive loop under load: p50/p99 of the overhead beyond inference, with the car-computer options.
 
-    python bench/drive.py [--arch squeezenet_lstm] [--seconds 10] [--fps 30 60] [--mono] [--view SINK]
+    python bench/drive.py [--seconds 10] [--load 2] [--rounds 2] [--runtime onnx] [--arch squeezenet_lstm]
+                          [--view SINK]
 
-Builds the fake MCU (``make -C vehicle/firmware host``), writes a side-by-side stereo video at the model's
-input size (no resize: the lab's 94×168 per camera), and runs ``drive()`` in-process against the MCU on a
-pty, recording included, for each fps; with ``--view SINK`` (e.g. ``view.rrd``) each fps runs twice, without
-and with the Rerun live view, alternating. Prints a markdown table for docs/benchmarks.md. The model is
-untrained (latency does not depend on the weights).
+Builds the fake MCU (``make -C vehicle/firmware host``), writes a side-by-side stereo MJPG video at the model's
+input size, exports an untrained model to ONNX (``--runtime torch``: the checkpoint itself) and runs ``drive()``
+in-process against the MCU on a pty, recording on, 30 fps. Each setting runs with no extra load and with
+``--load`` busy processes (``while True`` loops, unpinned, as other work on a car computer), the settings
+interleaved over ``--rounds`` rounds so machine drift hits them alike:
+
+* ``plain``: the defaults: Python's own garbage collector, no pinning, normal priority
+* ``gc``: ``--gc between-ticks`` (collection right after each tick's CMD is out)
+* ``cpu``: ``--cpus N`` (the drive's threads on one CPU, the busy processes anywhere)
+* ``cpu+rt``: ``--cpus N --realtime`` (and SCHED_FIFO, if permitted)
+* ``view``: with ``--view SINK`` (e.g. ``view.rrd``), the defaults plus the Rerun live view (driver[view])
+
+Prints a markdown table for docs/benchmarks.md: capture→send, inference and overhead (capture→send minus
+inference) per setting: the median over rounds of each round's p50, the worst round's p99 and max.
 """
 
 from __future__ import annotations
@@ -23,19 +33,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import drive
+from driver.vehicle.fake_mcu import build_host_mcu
 
-from driver.models import LAB_MODES, InputSpec, create_model
-from driver.training.checkpoint import model_payload, preprocess_info, save_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_mcu(build: Path) -> Path:
-    subprocess.run(["make", "-s", "-C", str(ROOT / "vehicle" / "firmware"), "host", f"BUILD={build}"], check=True)
-    return build / "host_mcu"
+SETTINGS = {  # cpus filled in from --cpu
+    "plain": {},
+    "gc": {"gc": "between-ticks"},
+    "cpu": {},
+    "cpu+rt": {"realtime": True},
+}
 
 
 def start_mcu(binary: Path):
@@ -56,61 +63,101 @@ def write_video(path: Path, h: int, w: int, n: int, fps: float) -> None:
     writer.release()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", default="squeezenet_lstm")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--fps", type=float, nargs="+", default=[30.0, 60.0])
-    ap.add_argument("--mono", action="store_true", help="one camera instead of the lab's stereo pair")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--view", default="", help="also run each fps with this Rerun live view sink (driver[view])")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per setting (alternating with and without --view)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    cams = ("left",) if args.mono else ("left", "right")
+def make_model(tmp: Path, arch: str, stereo: bool, runtime: str) -> tuple[Path, tuple[int, int, int]]:
+    import torch
+
+    from driver.models import LAB_MODES, InputSpec, create_model
+    from driver.training.checkpoint import model_payload, preprocess_info, save_checkpoint
+
+    cams = ("left", "right") if stereo else ("left",)
     spec = InputSpec(cameras=len(cams))
-    tmp = Path(tempfile.mkdtemp(prefix="bench_drive_"))
     torch.manual_seed(0)
-    model = create_model(args.arch, spec)
+    model = create_model(arch, spec)
     ckpt = tmp / "model.pt"
     save_checkpoint(ckpt, {**model_payload(model), "config": {"channels_last": True},
                            "preprocess": preprocess_info(spec, cams, LAB_MODES)})
-    binary = build_mcu(tmp / "fw")
-    rows = []
-    views = ["", args.view] if args.view else [""]
-    for fps in args.fps:
-        video = tmp / f"v{fps:g}.avi"
-        write_video(video, spec.height, spec.width * len(cams), int(fps * (args.seconds + 5)), fps)
-        for _ in range(args.repeat):
-            for view in views:
-                proc, slave, port = start_mcu(binary)
-                try:
-                    sink = str(tmp / view) if view.endswith(".rrd") else view
-                    report = drive(DriveConfig(port=port, model=str(ckpt), camera=f"file:{video}", fps=fps,
-                                               side_by_side=not args.mono, seconds=args.seconds,
-                                               record_dir=str(tmp / "runs"), threads=args.threads,
-                                               camera_timeout_ms=2000, deadline_ms=10000, status_every_s=3600,
-                                               gap_frames=10**5, view=sink))
-                finally:
-                    proc.stdin.close()
-                    proc.wait(timeout=5)
-                    os.close(slave)
-                t = report.timings
-                c2s, inf, over = t["capture_to_send"], t["inference"], t["overhead"]
-                rows.append((f"{fps:g}" + (f" + view {view}" if view else ""), report.rate_hz, report.frames_skipped,
-                             c2s.p50_ms, c2s.p99_ms, inf.p50_ms, inf.p99_ms, over.p50_ms, over.p99_ms,
-                             t["ack_rtt"].p50_ms, inf.p50_ms / c2s.p50_ms * 100, report.reason, t["tick"].p99_ms))
+    if runtime == "torch":
+        return ckpt, (spec.height, spec.width, len(cams))
+    from driver.export.onnx_export import OnnxExportConfig, export_onnx
+
+    export_onnx(str(ckpt), OnnxExportConfig(out=str(tmp / "model.onnx"), parity_steps=2, parity_sequences=1))
+    return tmp / "model.onnx", (spec.height, spec.width, len(cams))
+
+
+def busy(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def run_setting(binary, model, video, fps, seconds, runtime, overrides, tmp, stereo) -> dict:
+    proc, slave, port = start_mcu(binary)
+    try:
+        report = drive(DriveConfig(port=port, model=str(model), camera=f"file:{video}", fps=fps, seconds=seconds,
+                                   side_by_side=stereo, record_dir=str(tmp / "runs"), threads=1, runtime=runtime,
+                                   camera_timeout_ms=2000, deadline_ms=10000, status_every_s=3600,
+                                   gap_frames=10**5, max_lost_acks=10**5, **overrides))
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=5)
+        os.close(slave)
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="squeezenet_lstm")
+    ap.add_argument("--mono", action="store_true", help="one camera instead of the lab's stereo pair")
+    ap.add_argument("--runtime", choices=("onnx", "torch"), default="onnx", help="default onnx: the car path")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per setting and round")
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded runs (default 2)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cpu", type=int, default=None, help="the CPU cpu+rt pins to (default: the last one)")
+    ap.add_argument("--view", default="", help="also run the defaults with this Rerun live view sink")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    stereo = not args.mono
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    SETTINGS["cpu"]["cpus"] = SETTINGS["cpu+rt"]["cpus"] = str(cpu)
+    if args.view:
+        SETTINGS["view"] = {"view": args.view}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_drive_"))
+    model, (h, w, cams) = make_model(tmp, args.arch, stereo, args.runtime)
+    binary = build_host_mcu(tmp / "fw")
+    video = tmp / "v.avi"
+    write_video(video, h, w * cams, int(args.fps * (args.seconds + 5)), args.fps)
+    samples: dict[tuple[str, int], list] = {}
+    realtime = {}
+    for _ in range(args.rounds):
+        for load in (0, args.load):
+            loaders = busy(load)
+            try:
+                for name, overrides in SETTINGS.items():
+                    report = run_setting(binary, model, video, args.fps, args.seconds, args.runtime, overrides, tmp,
+                                         stereo)
+                    samples.setdefault((name, load), []).append(report)
+                    realtime[name] = report.realtime
+            finally:
+                for p in loaders:
+                    p.kill()
+                    p.wait()
     with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
-    print(f"\n`{' '.join([os.path.basename(sys.executable), *sys.argv])}` — {args.arch}, "
-          f"{spec.height}×{spec.width} {'mono' if args.mono else 'stereo'}, torch {torch.__version__}, "
-          f"{args.threads} thread(s); {cpu}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}\n")
-    print("| camera fps | achieved Hz | frames skipped | capture→send p50/p99 ms | inference p50/p99 ms | "
-          "overhead p50/p99 ms | ack RTT p50 ms | inference share (p50) | tick p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]} | {r[3]:.1f} / {r[4]:.1f} | {r[5]:.1f} / {r[6]:.1f} | "
-              f"{r[7]:.2f} / {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f}% | {r[12]:.2f} |")
+        cpu_name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
+    print(f"\n`{' '.join(['python', *sys.argv])}` — {args.arch} {h}×{w} {'stereo' if stereo else 'mono'} on "
+          f"{args.runtime}, {args.fps:g} fps, recording on; {cpu_name}, {os.cpu_count()} cores, load avg "
+          f"{os.getloadavg()[0]:.1f} at the end; cpu+rt SCHED_FIFO {'granted' if realtime.get('cpu+rt') else 'refused'}"
+          "\n")
+    print("| setting | busy processes | ticks | achieved Hz | capture→send p50/p99 ms | inference p50/p99 ms | "
+          "overhead p50/p99 ms | overhead max ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, load), reports in samples.items():
+        def stat(stage: str, reports=reports) -> tuple[float, float, float]:
+            ts = [r.timings[stage] for r in reports]
+            return (float(np.median([t.p50_ms for t in ts])), max(t.p99_ms for t in ts), max(t.max_ms for t in ts))
+
+        c2s, inf, over = stat("capture_to_send"), stat("inference"), stat("overhead")
+        hz = sum(r.ticks for r in reports) / sum(r.seconds for r in reports)
+        print(f"| {name} | {load} | {sum(r.ticks for r in reports)} | {hz:.1f} | {c2s[0]:.1f} / {c2s[1]:.1f} | "
+              f"{inf[0]:.1f} / {inf[1]:.1f} | {over[0]:.2f} / {over[1]:.2f} | {over[2]:.1f} |")
     return 0
 
 

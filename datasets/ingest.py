@@ -246,16 +246,15 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
         raise StoreError(f"no runs found in {config.sources} (HDF5 files, donkeycar tubs or LeRobot datasets)")
     store, created = open_or_create_store(config.out)
     outcomes: list[RunOutcome] = []
-    try:
-        with locked(store):
+    # Only the lock holder may remove the store: a creator that loses the race for the lock leaves the store
+    # to the ingest that holds it (removing it then would pull the store from under a running ingest).
+    with locked(store):
+        empty = created or not store.runs
+        try:
             _ingest_locked(store, config, files, outcomes, progress)
-            if created and not store.runs:  # a failed first ingest leaves no (empty) store behind
+        finally:
+            if empty and not store.runs:  # a failed first ingest leaves no (empty) store behind
                 remove_store(store)
-                created = False
-    except BaseException:
-        if created and not store.runs:
-            remove_store(store)
-        raise
     order = {(f.run, os.path.abspath(f.path)): i for i, f in enumerate(files)}
     outcomes.sort(key=lambda o: order.get((o.run, os.path.abspath(o.source)), len(order)))
     return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)

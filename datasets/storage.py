@@ -199,6 +199,10 @@ def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
     return ([buffers[k][n:]] if k < len(buffers) else []) + buffers[k + 1:]
 
 
+def file_size(path: str | os.PathLike) -> int:
+    return os.stat(path).st_size
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()

@@ -35,8 +35,22 @@ def run_name_for(path: str | os.PathLike) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "run"
 
 
+MAX_JSON_BYTES = 16 << 20  # one zarr.json; a run's holds its labels and segment table (a few KB)
+
+
 def _read_json(path: Path) -> dict:
-    return json.loads(storage.read_bytes(path).decode("utf-8"))
+    """A store metadata document (a JSON object), bounded; every problem is a StoreError naming the file."""
+    try:
+        size = storage.file_size(path)
+        if size > MAX_JSON_BYTES:
+            raise StoreError(f"{path}: {size >> 20} MiB of metadata, more than a store file may hold "
+                             f"({MAX_JSON_BYTES >> 20} MiB)")
+        doc = json.loads(storage.read_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise StoreError(f"{path}: unreadable store metadata: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("attributes", {}), dict):
+        raise StoreError(f"{path}: store metadata must be a JSON object with an 'attributes' object")
+    return doc
 
 
 class Store:
@@ -50,10 +64,7 @@ class Store:
         root = self.path / "zarr.json"
         if not root.is_file():
             raise StoreError(f"{self.path}: not a store (no zarr.json); create one with `driver ingest`")
-        try:
-            attrs = _read_json(root).get("attributes", {})
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{root}: unreadable store metadata: {e}") from e
+        attrs = _read_json(root).get("attributes", {})
         info = attrs.get(STORE_ATTR)
         if not isinstance(info, dict):
             raise StoreError(f"{self.path}: a zarr group but not a driver store (no '{STORE_ATTR}' attribute)")

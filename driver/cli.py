@@ -46,12 +46,20 @@ TRAIN_EXAMPLES = """examples:
 """
 
 DRIVE_EXAMPLES = """examples:
-  driver drive --port /dev/ttyUSB0 --model runs/train/x/best.pt                 # USB camera 0
+  driver drive --port /dev/ttyUSB0 --model best.onnx                            # USB camera 0, ONNX Runtime
+  driver drive --config car.toml                                                # a car's settings in one file
+  driver drive --config car.toml --max-throttle 0.2 --shadow                    # flags override the file
   driver drive --port /dev/ttyUSB0 --model best.pt --camera /dev/video2 --fps 30 --max-throttle 0.25
   driver drive --model best.pt --camera sim --seconds 60                        # no car: the simulator
-  driver drive --port /dev/ttyUSB0 --model best.pt --camera file:lap.mp4 --shadow
+  driver drive --port /dev/ttyUSB0 --model best.onnx --cpus 2,3 --realtime      # a car computer's own cores
   driver drive --port /dev/ttyUSB0 --model best.pt --camera replay:store.zarr:run_003
-Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a failsafe check fired.
+Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a failsafe check fired
+(the MCU going FAILSAFE on its own included), 2 when it could not start (bad model, port, camera, flag).
+"""
+
+LINK_EXAMPLES = """examples:
+  driver link --port /dev/ttyUSB0
+  python -m driver.vehicle.fake_mcu driver link --port {port}      # no hardware: the firmware's logic on a pty
 """
 
 DEMO_EXAMPLES = """examples:
@@ -196,13 +204,18 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace, cls) -> dict:
+    """The config fields whose flags were given on the command line (the others are None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+
+
 def _drive(args: argparse.Namespace) -> int:
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.drive_loop import drive
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DriveConfig)}
-    report = drive(DriveConfig.from_dict({k: v for k, v in values.items() if v is not None}))
-    return report.exit_code
+    given = _given(args, DriveConfig)
+    config = DriveConfig.from_file(args.config, given) if args.config else DriveConfig.from_dict(given, "flags")
+    return drive(config).exit_code
 
 
 def _beside(path: str, suffix: str) -> str:
@@ -233,10 +246,9 @@ def _export(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace) -> int:
     from driver.export.quantize import QuantizeConfig, quantize_onnx
 
-    out = args.out or _beside(args.model, ".int8.onnx")
-    r = quantize_onnx(args.model, QuantizeConfig(out=out, calibration_frames=args.calibration_frames,
-                                                 calibration_method=args.calibration_method,
-                                                 per_channel=not args.no_per_channel))
+    given = _given(args, QuantizeConfig)
+    given["out"] = given.get("out") or _beside(args.model, ".int8.onnx")
+    r = quantize_onnx(args.model, QuantizeConfig(**given))
     mae = ("" if r.steer_mae_fp32 is None else
            f"; held-out steer MAE {r.steer_mae_fp32:.3f} -> {r.steer_mae_int8:.3f} run units")
     print(f"wrote {r.path}: {r.fp32_bytes / 1e6:.3f} MB -> {r.int8_bytes / 1e6:.3f} MB, step {r.fp32_ms:.2f} -> "  # noqa: T201
@@ -273,7 +285,7 @@ def _compress(args: argparse.Namespace) -> int:
 def _link(args: argparse.Namespace) -> int:
     from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
-    report = check_link(LinkCheckConfig(port=args.port, seconds=args.seconds, baud=args.baud))
+    report = check_link(LinkCheckConfig(**_given(args, LinkCheckConfig)))
     print(format_link_report(report))  # noqa: T201 - the command's output
     return 0 if report.ok else 1
 
@@ -425,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("drive", help="drive the car (or the sim) with a model: camera -> policy -> carlink",
                        epilog=DRIVE_EXAMPLES, formatter_class=fmt,
-                       description="Runs the model frame by frame and sends steering/throttle over carlink v1, "
+                       description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, "
                        "with named failsafe checks (every fault ends in neutral throttle) and session recording. "
-                       "See docs/drive.md.")
+                       "Every option can also come from --config FILE. See docs/drive.md.")
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="a car's settings: TOML or YAML of the options below, a [drive] table allowed; flags "
+                   "override it (default: none)")
     add_config_flags(s, DriveConfig)
     s.set_defaults(func=_drive)
 
@@ -435,18 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The step model with recurrent state in and out, metadata inside; the export "
                        "fails unless it matches PyTorch on real frames within the tolerance. See docs/deploy.md.")
     s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
-    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (runs on ONNX Runtime, the car's runtime) or torchscript (default: onnx)")
     s.add_argument("--out", default=None, help="output file (default: beside the checkpoint, e.g. best.onnx)")
-    s.add_argument("--opset", type=int, default=17)
-    s.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs PyTorch (default 1e-4)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    s.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs PyTorch (default: 1e-4)")
     s.set_defaults(func=_export)
 
-    s = sub.add_parser("quantize", help="static int8 (per-channel QDQ) ONNX model calibrated on store frames")
+    from driver.export.quantize import QuantizeConfig
+
+    s = sub.add_parser("quantize", help="static int8 (per-channel QDQ) ONNX model calibrated on store frames",
+                       description="Takes an exported .onnx (run `driver export` on a checkpoint first) and writes "
+                       "its int8 twin, with held-out MAE and latency of both. See docs/deploy.md.")
     s.add_argument("model", help="an exported .onnx model")
-    s.add_argument("--out", default=None)
-    s.add_argument("--calibration-frames", type=int, default=256)
-    s.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    s.add_argument("--no-per-channel", action="store_true")
+    add_config_flags(s, QuantizeConfig)
     s.set_defaults(func=_quantize)
 
     s = sub.add_parser("compress", help="Deep Compression: prune + retrain, k-means weight sharing, Huffman",
@@ -469,11 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON")
     s.set_defaults(func=_compress)
 
-    s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1)",
-                       description="Handshake, versions, round-trip latency and live RC values; nothing moves.")
-    s.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
-    s.add_argument("--seconds", type=float, default=3.0, help="how long to measure (default 3)")
-    s.add_argument("--baud", type=int, default=115200)
+    from driver.vehicle.link_check import LinkCheckConfig
+
+    s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1.1)",
+                       epilog=LINK_EXAMPLES, formatter_class=fmt,
+                       description="Handshake, versions, the MCU's calibration, round-trip latency and live RC "
+                       "values; nothing moves.")
+    add_config_flags(s, LinkCheckConfig)
     s.set_defaults(func=_link)
 
     s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",

@@ -9,19 +9,24 @@
     action.steer, action.motor            # run units, 0..99 with 49 neutral
     action.steer_norm, action.motor_norm  # [-1, 1]
     action.steer_permille                 # carlink wire values
+    action.raw                            # the model's output before any clamp (the car loop checks it)
+
+torch is imported only for torch models: an exported ``.onnx`` runs on ONNX Runtime with numpy in and out
+(``driver[car]``, no torch).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 
 from driver.errors import DriverError
-from driver.preprocess import frames_to_input, prepare_frame
+from driver.export.meta import check_preprocess
+from driver.preprocess import frames_to_input, frames_to_input_numpy, prepare_frame
 from driver.units import norm_to_permille, norm_to_run
 
 
@@ -31,7 +36,8 @@ class NonFiniteOutput(DriverError, ValueError):
 
 @dataclass(frozen=True)
 class Action:
-    """One control decision. ``horizon`` holds all predicted (steer, motor) steps, normalised."""
+    """One control decision. ``horizon`` holds all predicted (steer, motor) steps, normalised and clamped to
+    [-1, 1]; ``raw`` the same before the clamp, as the model produced it (what safety checks look at)."""
 
     steer: float
     motor: float
@@ -41,26 +47,33 @@ class Action:
     motor_permille: int
     latency_s: float
     horizon: np.ndarray
+    raw: np.ndarray = field(default_factory=lambda: np.zeros((1, 2), np.float32))
 
 
 class Policy:
     """A model plus everything needed to feed it exactly as in training (see module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, checkpoint: dict, device: str = "cpu", threads: int | None = None):
-        pre = checkpoint["preprocess"]
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.arch = checkpoint["arch"]
+    def __init__(self, model: Any, checkpoint: dict, device: str = "cpu", threads: int | None = None):
+        self.path = checkpoint.get("path", "")
+        pre = check_preprocess(checkpoint.get("preprocess"), self.path or "checkpoint")
+        self.arch = checkpoint.get("arch", "?")
         self.cameras: tuple[str, ...] = tuple(pre["cameras"])
         self.stack = int(pre["stack"])
         self.height, self.width = int(pre["height"]), int(pre["width"])
         self.modes: tuple[str, ...] = tuple(pre["modes"])
-        self.channels_last = bool(checkpoint.get("config", {}).get("channels_last", True))
-        self.path = checkpoint.get("path", "")
-        if threads:
-            torch.set_num_threads(threads)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.numpy_io = bool(getattr(model, "numpy_io", False))  # ONNX Runtime: numpy in and out, no torch
+        if self.numpy_io:
+            self.model, self.device, self.channels_last = model.to(device), device, False
+        else:
+            import torch
+
+            self.model = model.to(device).eval()
+            self.device = torch.device(device)
+            self.channels_last = bool(checkpoint.get("config", {}).get("channels_last", True))
+            if threads:
+                torch.set_num_threads(threads)
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
         self.reset()
 
     @property
@@ -76,15 +89,20 @@ class Policy:
         self._state = None
         self._previous: np.ndarray | None = None
 
-    def mode_vector(self, mode: str | None) -> torch.Tensor | None:
+    def mode_vector(self, mode: str | None):
+        """The one-hot (1, n_modes) behavioural mode: a numpy array for ONNX Runtime, else a torch tensor."""
         if not self.modes:
             return None
-        vec = torch.zeros(1, len(self.modes))
+        vec = np.zeros((1, len(self.modes)), np.float32)
         if mode is not None:
             if mode not in self.modes:
                 raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
             vec[0, self.modes.index(mode)] = 1.0
-        return vec.to(self.device)
+        if self.numpy_io:
+            return vec
+        import torch
+
+        return torch.from_numpy(vec).to(self.device)
 
     def views(self, frame: np.ndarray, right: np.ndarray | None) -> np.ndarray:
         """Current camera views (cams, H, W, 3) at the model's size, validated and resized."""
@@ -97,7 +115,6 @@ class Policy:
             cams.append(prepare_frame(right, self.height, self.width, "right"))
         return np.stack(cams)
 
-    @torch.no_grad()
     def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: str | None = None) -> Action:
         """One frame in, one action out; carries recurrent state and the stacked frame between calls."""
         t0 = time.perf_counter()
@@ -108,9 +125,7 @@ class Policy:
             self._previous = current
         else:
             views = current
-        x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
-        out, state = self.model.step(x, self.mode_vector(mode), self._state)
-        raw = out[0].float().cpu().numpy()  # (horizon, 2)
+        raw, state = self._step(views, self.mode_vector(mode))  # (horizon, 2), before any clamp
         if not np.isfinite(raw).all():
             self.reset()  # never carry a poisoned state into the next frame
             raise NonFiniteOutput(f"{self.arch} output is not finite: {raw[0].tolist()} (first step)")
@@ -118,15 +133,27 @@ class Policy:
         pred = np.clip(raw, -1.0, 1.0)
         steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
         return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
-                      norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred)
+                      norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred, raw)
+
+    def _step(self, views: np.ndarray, modes) -> tuple[np.ndarray, Any]:
+        """One model step on (views, H, W, 3) uint8: the raw (horizon, 2) float32 output and the new state."""
+        if self.numpy_io:
+            out, state = self.model.step(frames_to_input_numpy(views[None]), modes, self._state)
+            return np.asarray(out[0], np.float32), state
+        import torch
+
+        with torch.no_grad():
+            x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
+            out, state = self.model.step(x, modes, self._state)
+            return out[0].float().cpu().numpy(), state
 
 
-def load_policy(path: str | os.PathLike, runtime: str = "torch", device: str = "cpu",
+def load_policy(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
                 threads: int | None = None) -> Policy:
     """A Policy from a checkpoint or run directory, an exported ``.onnx`` / TorchScript ``.ts``, or a
-    compressed ``.dcz`` file. ``runtime="onnx"`` runs the model with ONNX Runtime (a checkpoint is exported
-    in memory and parity-checked first)."""
-    from driver.export import load_step_model
+    compressed ``.dcz`` file. ``runtime``: ``auto`` (ONNX Runtime for an ``.onnx``, PyTorch otherwise),
+    ``torch`` or ``onnx`` (a checkpoint is exported in memory and parity-checked first)."""
+    from driver.export.loading import load_step_model
 
     model, ckpt = load_step_model(path, runtime=runtime, threads=threads)
     return Policy(model, ckpt, device=device, threads=threads)

@@ -4,16 +4,25 @@ Frames arrive as uint8 ``(..., V, H, W, 3)`` RGB with V views in the lab's time-
 ([cam0 t-1, cam1 t-1, cam0 t, cam1 t]). Model input is float ``(..., 3V, H, W)`` scaled as the lab did,
 ``x / 255 - 0.5``, with channel ``3v + c`` holding colour c of view v. With ``channels_last`` the result
 is laid out NHWC in memory (the fast layout for CPU convolutions) while keeping the logical NCHW shape.
+:func:`frames_to_input_numpy` is the same map in numpy, bit for bit, for ONNX Runtime on a torch-free car.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
-def frames_to_input(frames: torch.Tensor, channels_last: bool = True,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (..., V, H, W, 3) → float (..., 3V, H, W) in [-0.5, 0.5]."""
+def frames_to_input(frames: torch.Tensor, channels_last: bool = True, dtype: torch.dtype | None = None
+                    ) -> torch.Tensor:
+    """uint8 (..., V, H, W, 3) → float (..., 3V, H, W) in [-0.5, 0.5] (``dtype`` default float32)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8 RGB, got {frames.dtype}")
     if frames.dim() < 4 or frames.shape[-1] != 3:
@@ -27,13 +36,23 @@ def frames_to_input(frames: torch.Tensor, channels_last: bool = True,
     return x.to(dtype).div_(255.0).sub_(0.5)
 
 
+def frames_to_input_numpy(frames: np.ndarray) -> np.ndarray:
+    """:func:`frames_to_input` (NCHW, float32) in numpy: uint8 (..., V, H, W, 3) → (..., 3V, H, W)."""
+    if frames.dtype != np.uint8:
+        raise TypeError(f"frames must be uint8 RGB, got {frames.dtype}")
+    if frames.ndim < 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (..., V, H, W, 3), got {tuple(frames.shape)}")
+    *lead, v, h, w, _ = frames.shape
+    x = np.moveaxis(frames, -1, -3).reshape(*lead, 3 * v, h, w)
+    return np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0) - np.float32(0.5)
+
+
 def prepare_frame(frame, height: int, width: int, name: str = "frame"):
     """A camera image (H'×W'×3 uint8 RGB, any size) as the model's H×W×3: centre-crop to the model's
     aspect ratio, then area-resize (as the lab downsampled 376×672 to 94×168). Frames already at the
     model's size pass through untouched, so stored training frames and live frames meet the same path.
     """
     import cv2
-    import numpy as np
 
     if not isinstance(frame, np.ndarray):
         raise TypeError(f"{name} must be a numpy array (H, W, 3) uint8 RGB, got {type(frame).__name__}")

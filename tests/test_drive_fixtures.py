@@ -33,14 +33,14 @@ sys.exit(report.exit_code)
 """
 
 
-def make_checkpoint(path: Path, nan: bool = False, seed: int = 0) -> Path:
-    """An untrained squeezenet at 48×64 mono; ``nan`` sets the output layer's bias to NaN."""
+def make_checkpoint(path: Path, nan: bool = False, seed: int = 0, bias: float | None = None) -> Path:
+    """An untrained squeezenet at 48×64 mono; ``nan`` (or ``bias``) sets the output layer's bias to NaN (that)."""
     torch.manual_seed(seed)
     model = create_model("squeezenet", SPEC)
-    if nan:
-        bias = [p for name, p in model.named_parameters() if name.endswith("bias")][-1]
+    if nan or bias is not None:
+        last = [p for name, p in model.named_parameters() if name.endswith("bias")][-1]
         with torch.no_grad():
-            bias.fill_(float("nan"))
+            last.fill_(float("nan") if nan else bias)
     save_checkpoint(path, {**model_payload(model), "config": {"channels_last": True},
                            "preprocess": preprocess_info(SPEC, ("left",), ())})
     return path
@@ -87,6 +87,7 @@ def drive_assets(tmp_path_factory):
     return {
         "model": make_checkpoint(d / "model.pt"),
         "nan_model": make_checkpoint(d / "nan.pt", nan=True),
+        "saturated_model": make_checkpoint(d / "saturated.pt", bias=1e30),  # the issue's full-lock model
         "video": write_video(d / "moving.avi", video_frames(75)),
         "still": write_video(d / "still.avi", video_frames(60, constant=True)),
         "long_video": write_video(d / "long.avi", video_frames(300)),

@@ -11,12 +11,12 @@ import pytest
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_format import inspect_run
 from driver.datasets.store import Store
+from driver.vehicle.calibration import Calibration, Endpoints
 from driver.vehicle.camera import CameraConfig, CameraError, LatestFrame, open_camera
 from driver.vehicle.carlink import Mode
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import DriveLoop, drive
 from driver.vehicle.limits import HostLimits, LimitsConfig
-from driver.vehicle.pulses import PulseCalibration
 from driver.vehicle.recorder import EXTRAS, SessionRecorder, truncate_to_committed
 from driver.vehicle.safety import CHECKS, Act, Health, SafetyConfig, checks_table_markdown, evaluate
 from driver.vehicle.sim_car import SimLink
@@ -145,6 +145,9 @@ def test_sim_camera_car_follows_the_link(tmp_path, drive_assets):  # noqa: F811
                                record_dir="", **LOOSE))
     assert (report.exit_code, report.reason) == (0, "duration") and report.ticks > 0
     assert report.model_ticks == report.ticks and report.run_path is None
+    sim = report.sim  # how well the car drove, scored as `driver sim drive` scores it
+    assert sim["track_seed"] == 3 and sim["seconds"] > 0 and sim["interventions"] >= 0
+    assert sim["autonomy_pct"] <= 100.0 and 0 <= sim["mean_abs_cte_m"] <= sim["max_abs_cte_m"]
 
 
 def test_limits_slew_and_cap():
@@ -163,7 +166,7 @@ def test_config_errors_name_the_field():
         DriveConfig(model="m.pt", camera="0")
     with pytest.raises(ValueError, match="camera_timeout_ms"):
         DriveConfig(model="m.pt", camera="sim", camera_timeout_ms=0)
-    with pytest.raises(ValueError, match="unknown DriveConfig keys"):
+    with pytest.raises(ValueError, match="unknown drive options \\[.speed.\\]"):
         DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "speed": 3})
     with pytest.raises(ValueError, match="fps"):
         CameraConfig("0", fps=0)
@@ -177,7 +180,8 @@ def test_every_check_is_in_the_table_and_fires():
              "camera_error": Health(camera_error="x"), "camera_stale": Health(no_frame=True),
              "camera_frozen": Health(identical_frames=15), "output_invalid": Health(output_bad="nan"),
              "loop_overrun": Health(overruns=10), "frame_gap": Health(frames_skipped=4),
-             "mode_to_auto": Health(mode_to_auto=True)}
+             "mode_to_auto": Health(mode_to_auto=True), "mcu_failsafe": Health(mcu_failsafe="HOST_TIMEOUT"),
+             "mcu_mode_unknown": Health(mcu_mode_unknown="mode 7")}
     assert set(cases) == {c.name for c in CHECKS}
     for name, health in cases.items():
         assert [c.name for c in evaluate(health, cfg)] == [name]
@@ -201,9 +205,14 @@ def test_recorder_survives_a_torn_flush(tmp_path):
 
 
 def test_pulses_and_missing_camera():
-    cal = PulseCalibration()
-    assert (cal.to_norm(1000), cal.to_norm(1500), cal.to_norm(2000), cal.to_run(1500)) == (-1.0, 0.0, 1.0, 49.0)
-    assert cal.from_norm(0.5) == 1750
+    cal = Endpoints()
+    assert (cal.us_to_norm(1000), cal.us_to_norm(1500), cal.us_to_norm(2000), cal.us_to_run(1500)) == (-1, 0, 1, 49)
+    assert cal.norm_to_us(0.5) == 1750
+    uneven = Endpoints(1100, 1480, 1880)  # the calibrated car: ends are 0 and 99, neutral 49
+    assert (uneven.us_to_run(1100), uneven.us_to_run(1480), uneven.us_to_run(1880)) == (0, 49, 99)
+    with pytest.raises(ValueError, match="min < neutral < max"):
+        Endpoints(1500, 1400, 2000)
+    assert Calibration().source == "assumed-default"
     cam = open_camera(CameraConfig("/dev/does-not-exist"))
     with pytest.raises(CameraError, match="does-not-exist"):
         cam.open()

@@ -7,7 +7,6 @@ Timing assertions use the MCU's own clock (``t_ms``) and generous margins, never
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -15,16 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-import tty
-from pathlib import Path
 
 import pytest
 from driver.vehicle.carlink import MAX_FRAME, Cmd, CmdFlags, Mode, MsgType, StateFlags, cobs_encode, encode, encode_body
+from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError
 from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
-FIRMWARE = Path(__file__).resolve().parents[1] / "vehicle" / "firmware"
 WATCHDOG_MS = 150
+FW_VERSION = 2
 WAIT_S = 2.0  # generous: how long to wait for something that should take ~tens of ms
 RC_NEUTRAL = (1500, 1500)
 MANUAL, AUTO = 1000, 2000
@@ -39,74 +37,7 @@ def expected_us(permille: int) -> int:
 def host_mcu_bin(tmp_path_factory):
     if shutil.which("gcc") is None or shutil.which("make") is None:
         pytest.skip("gcc and make are needed to build the fake MCU (vehicle/firmware, make host)")
-    build = tmp_path_factory.mktemp("firmware")
-    subprocess.run(["make", "-s", "-C", str(FIRMWARE), "host", f"BUILD={build}"], check=True)
-    return build / "host_mcu"
-
-
-class FakeMcu:
-    """host_mcu on the master side of a fresh pty; ``port`` is the slave path for CarLink."""
-
-    def __init__(self, binary: Path, rc=(1500, 1500, MANUAL), watchdog_ms: int = WATCHDOG_MS) -> None:
-        master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # the test keeps the slave open so the MCU never sees a hangup
-        self.port = os.ttyname(self._slave)
-        self.proc = subprocess.Popen([str(binary), "--fd", str(master), "--watchdog-ms", str(watchdog_ms),
-                                      "--rc", ",".join(map(str, rc))], pass_fds=[master], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        os.close(master)
-        self.lines: list[dict[str, int]] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-        self.wait_log(lambda s: True)
-
-    def _read_log(self) -> None:
-        for line in self.proc.stdout:
-            fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv and kv.split("=")[0] != "rc")
-            with self._cond:
-                self.lines.append({k: int(v) for k, v in fields.items()})
-                self._cond.notify_all()
-
-    def control(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def rc(self, steer: int, thr: int, mode: int) -> None:
-        self.control(f"rc {steer} {thr} {mode}")
-
-    def wait_log(self, predicate, timeout_s: float = WAIT_S, start: int = 0) -> dict[str, int]:
-        """The first log line from index ``start`` on that satisfies ``predicate``."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                for line in self.lines[start:]:
-                    if predicate(line):
-                        return line
-                start = len(self.lines)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no MCU log line matched within {timeout_s} s; last {self.lines[-3:]}")
-                self._cond.wait(left)
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes onto the line towards the MCU, bypassing CarLink."""
-        os.write(self._slave, data)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=5)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._reader.join(timeout=2)
-        os.close(self._slave)
+    return build_host_mcu(tmp_path_factory.mktemp("firmware"))
 
 
 class Pacer:
@@ -155,7 +86,7 @@ def enter_auto(mcu: FakeMcu, link: CarLink, steer: float, throttle: float) -> Pa
 
 
 def test_handshake(link):
-    assert (link.info.proto_version, link.info.fw_version, link.info.watchdog_ms) == (1, 1, WATCHDOG_MS)
+    assert (link.info.proto_version, link.info.fw_version, link.info.watchdog_ms) == (1, FW_VERSION, WATCHDOG_MS)
     state = link.wait_state(lambda s: True, WAIT_S)
     assert state.mode == Mode.MANUAL and state.rc_mode_us == MANUAL
 
@@ -361,7 +292,7 @@ def test_check_link_reports_and_never_moves_the_car(mcu):
     start = len(mcu.lines)
     report = check_link(LinkCheckConfig(mcu.port, seconds=0.5))
     text = format_link_report(report)
-    assert (report.proto_version, report.fw_version, report.watchdog_ms) == (1, 1, WATCHDOG_MS)
+    assert (report.proto_version, report.fw_version, report.watchdog_ms) == (1, FW_VERSION, WATCHDOG_MS)
     # a loaded CI machine may delay an ack past its timeout; the link itself is lossless
     assert report.cmds_sent >= 5 and report.acked >= 0.8 * report.cmds_sent, text
     assert report.ok == (report.lost_acks <= 0.01 * report.cmds_sent)

@@ -255,3 +255,21 @@ def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
         assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
         again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
         assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
+
+
+def test_a_creator_that_loses_the_lock_leaves_the_store_to_its_holder(tmp_path, monkeypatch):
+    """The race seen with 20 simultaneous ingests: the process that created the store did not get its lock and
+    removed the (still empty) store from under the ingest that held it."""
+    import fcntl
+
+    from driver.datasets import ingest as ingest_module
+    from driver.datasets.store import create_store
+
+    runs = write_synthetic_runs(tmp_path / "runs", 1, n_frames=20, height=24, width=32, seed=2)
+    store = create_store(tmp_path / "s.zarr")
+    monkeypatch.setattr(ingest_module, "open_or_create_store", lambda p: (Store(p), True))  # "I created it"
+    with open(store.path / "zarr.json", "rb") as holder:  # another ingest holds the lock, its runs not yet in
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StoreError, match="another ingest is writing this store"):
+            ingest(IngestConfig(sources=[str(p) for p in runs], out=str(store.path)))
+        assert (store.path / "zarr.json").is_file()  # still there for the holder

@@ -123,5 +123,5 @@ def test_policy_errors_are_named(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="bad.pt: not a loadable checkpoint"):
         driver.load_policy(tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="runtime='tensorrt' must be one of torch, onnx"):
+    with pytest.raises(ValueError, match="runtime='tensorrt' must be one of auto, torch, onnx"):
         driver.load_policy(path, runtime="tensorrt")

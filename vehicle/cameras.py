@@ -18,6 +18,26 @@ def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _opencv_quiet(cv2):
+    """OpenCV's own log at ERROR only while opening: its WARN lines repeat what our one-line error says."""
+    import contextlib
+
+    logging_ = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_ is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def quiet():
+        old = logging_.getLogLevel()
+        logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
+        try:
+            yield
+        finally:
+            logging_.setLogLevel(old)
+
+    return quiet()
+
+
 class _SplitMixin:
     config: CameraConfig
 
@@ -44,7 +64,12 @@ class V4l2Camera(_SplitMixin, CameraSource):
     def open(self) -> None:
         import cv2
 
-        cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
+        node = f"/dev/video{self.device}" if isinstance(self.device, int) else self.device
+        if not os.path.exists(node):
+            raise CameraError(f"camera {self.config.spec!r}: {node} does not exist (is the camera plugged in? "
+                              "list them with `v4l2-ctl --list-devices`)")
+        with _opencv_quiet(cv2):
+            cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
         if not cap.isOpened():
             raise CameraError(f"cannot open camera {self.config.spec!r} with V4L2 (is it a video device? "
                               "list them with `v4l2-ctl --list-devices`)")
@@ -103,7 +128,8 @@ class VideoFileCamera(_SplitMixin, CameraSource):
 
         if not os.path.isfile(self.path):
             raise CameraError(f"camera file {self.path!r} does not exist")
-        cap = cv2.VideoCapture(self.path)
+        with _opencv_quiet(cv2):
+            cap = cv2.VideoCapture(self.path)
         if not cap.isOpened():
             raise CameraError(f"cannot decode {self.path!r} with OpenCV")
         self._cap = cap

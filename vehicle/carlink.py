@@ -1,6 +1,8 @@
-"""carlink v1 codec: COBS framing, CRC-16/MCRF4XX, the four messages and a streaming frame decoder.
+"""carlink v1.1 codec: COBS framing, CRC-16/MCRF4XX, the messages and a streaming frame decoder.
 
 The contract is ``docs/carlink.md``. A frame on the wire is ``COBS(type | payload | crc16_le) + 0x00``.
+v1.1 adds one exchange to v1.0 and changes no v1.0 frame: the host may send CAL_REQ after the handshake
+and a v1.1 MCU answers CAL (its calibrated endpoints); a v1.0 MCU drops CAL_REQ as an unknown frame.
 This module is pure (no I/O); :mod:`driver.vehicle.link` runs it over a serial port and
 ``vehicle/firmware/carlink_proto.c`` is the same codec on the MCU.
 """
@@ -16,6 +18,7 @@ from typing import ClassVar
 from driver.units import norm_to_permille, permille_to_norm
 
 PROTO_VERSION = 1
+PROTO_MINOR = 1  # v1.1: CAL_REQ -> CAL
 MAX_FRAME = 64  # encoded bytes without the 0x00 delimiter; a longer frame is dropped
 PERMILLE_MAX = 1000
 
@@ -23,8 +26,10 @@ PERMILLE_MAX = 1000
 class MsgType(IntEnum):
     CMD = 0x01
     HELLO = 0x02
+    CAL_REQ = 0x03  # v1.1
     STATE = 0x81
     INFO = 0x82
+    CAL = 0x83  # v1.1
 
 
 class Mode(IntEnum):
@@ -44,6 +49,11 @@ class StateFlags(IntFlag):
     RC_LOST = 0x01
     HOST_TIMEOUT = 0x02
     OVERRIDE = 0x04
+
+
+class CalFlags(IntFlag):
+    NONE = 0
+    STORED = 0x01  # the endpoints come from a stored calibration, not the firmware's defaults
 
 
 # ---- CRC and COBS ----
@@ -202,8 +212,12 @@ class State:
     @classmethod
     def unpack_payload(cls, payload: bytes) -> State:
         f = cls.FORMAT.unpack(payload)
-        mode = Mode(f[8]) if f[8] in Mode._value2member_map_ else f[8]
+        mode = Mode(f[8]) if f[8] in Mode._value2member_map_ else f[8]  # an unknown mode stays an int: a fault
         return cls(*f[:8], mode, StateFlags(f[9]), f[10])
+
+    @property
+    def mode_known(self) -> bool:
+        return isinstance(self.mode, Mode)
 
 
 @dataclass(frozen=True)
@@ -225,8 +239,53 @@ class Info:
         return cls(*cls.FORMAT.unpack(payload))
 
 
-Message = Cmd | Hello | State | Info
-MESSAGES: dict[int, type] = {m.TYPE: m for m in (Cmd, Hello, State, Info)}
+@dataclass(frozen=True)
+class CalRequest:
+    """Host → MCU (v1.1): report your calibration; ``minor`` is the host's protocol minor."""
+
+    minor: int = PROTO_MINOR
+
+    TYPE: ClassVar[MsgType] = MsgType.CAL_REQ
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<B")
+
+    def pack_payload(self) -> bytes:
+        return self.FORMAT.pack(self.minor)
+
+    @classmethod
+    def unpack_payload(cls, payload: bytes) -> CalRequest:
+        return cls(*cls.FORMAT.unpack(payload))
+
+
+@dataclass(frozen=True)
+class Cal:
+    """MCU → host (v1.1) reply to CAL_REQ: the endpoints (µs) outputs are mapped and clamped to."""
+
+    minor: int
+    steer_min_us: int
+    steer_neutral_us: int
+    steer_max_us: int
+    thr_min_us: int
+    thr_neutral_us: int
+    thr_max_us: int
+    steer_deadband_us: int
+    flags: CalFlags
+
+    TYPE: ClassVar[MsgType] = MsgType.CAL
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<BHHHHHHHB")
+
+    def pack_payload(self) -> bytes:
+        return self.FORMAT.pack(self.minor, self.steer_min_us, self.steer_neutral_us, self.steer_max_us,
+                                self.thr_min_us, self.thr_neutral_us, self.thr_max_us, self.steer_deadband_us,
+                                int(self.flags) & 0xFF)
+
+    @classmethod
+    def unpack_payload(cls, payload: bytes) -> Cal:
+        f = cls.FORMAT.unpack(payload)
+        return cls(*f[:8], CalFlags(f[8]))
+
+
+Message = Cmd | Hello | CalRequest | State | Info | Cal
+MESSAGES: dict[int, type] = {m.TYPE: m for m in (Cmd, Hello, CalRequest, State, Info, Cal)}
 
 
 def encode_body(msg_type: int, payload: bytes) -> bytes:

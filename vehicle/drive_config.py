@@ -1,16 +1,28 @@
-"""``DriveConfig`` (what ``driver drive`` is asked to do) and ``DriveReport`` (what happened)."""
+"""``DriveConfig`` (what ``driver drive`` is asked to do) and ``DriveReport`` (what happened).
+
+Every field's trailing comment is its ``driver drive --flag`` help (driver/config_flags.py). A car's settings
+can live in one TOML/YAML file (``driver drive --config car.toml``, a ``[drive]`` table allowed); flags
+override it.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+import os
+import typing
+from dataclasses import asdict, dataclass, field
 
 from driver.vehicle.link import DEFAULT_BAUD
 
+from driver.file_checks import read_config_file
+
 from .camera import CameraConfig
 from .limits import LimitsConfig
+from .realtime import GC_MODES, parse_cpus
 from .safety import SafetyConfig
 from .timing import StageStats
+
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -18,46 +30,51 @@ class DriveConfig:
     """One drive session. ``port`` empty is allowed only with ``camera="sim"`` (an in-process MCU).
 
     ``shadow``: never set AUTO_REQUEST, so the model can never drive (flipping the switch to AUTO then
-    puts the MCU in FAILSAFE); for a first run of a new model. ``record_dir`` empty: record nothing.
-    ``deadline_ms`` 0 means one frame period. ``threads``: torch intra-op threads (0 = torch's
-    default; 1 is the safe choice on a small board, whose other cores run the grabber, the serial reader
-    and the recorder — oversubscribed threads cost 50× on a loaded 2-core machine).
+    puts the MCU in FAILSAFE, which ends the session); for a first run of a new model. ``record_dir`` empty:
+    record nothing. ``threads``: inference threads (1 is the safe choice on a small board, whose other cores
+    run the grabber, the serial reader and the recorder: oversubscribed threads cost 50× on a loaded 2-core
+    machine).
     """
 
-    port: str = ""
-    model: str = ""
-    camera: str = "0"
-    fps: float = 30.0
-    width: int = 0
-    height: int = 0
-    fourcc: str = "MJPG"
-    side_by_side: bool = False
-    loop_video: bool = False
-    mode: str = "direct"
-    max_throttle: float = 0.3
-    min_throttle: float = -1.0
-    steer_slew_per_s: float = 8.0
-    shadow: bool = False
-    record_dir: str = "runs/drive"
-    seconds: float = 0.0
-    baud: int = DEFAULT_BAUD
-    camera_timeout_ms: float = 250.0
-    frozen_frames: int = 15
-    max_lost_acks: int = 5
-    ack_timeout_ms: float = 200.0
-    deadline_ms: float = 0.0
-    max_overruns: int = 10
-    gap_frames: int = 3
-    threads: int = 1
-    warmup: int = 10
-    status_every_s: float = 5.0
-    device: str = "cpu"
-    runtime: str = "torch"  # torch | onnx (ONNX Runtime on an exported or in-memory-exported model)
+    port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0 (empty: only with --camera sim, an in-process MCU)
+    model: str = ""  # checkpoint (best.pt / run dir), exported .onnx / .ts or compressed .dcz
+    camera: str = "0"  # 0 or /dev/videoN (V4L2), file:VIDEO, replay:STORE:RUN, sim or sim:SEED
+    fps: float = 30.0  # camera frame rate asked for (and the pace of file/replay/sim cameras)
+    width: int = 0  # camera width asked for (0: the device's own)
+    height: int = 0  # camera height asked for (0: the device's own)
+    fourcc: str = "MJPG"  # V4L2 pixel format asked for
+    side_by_side: bool = False  # the camera delivers left|right in one image (ZED-style stereo)
+    loop_video: bool = False  # file camera: start over at the end instead of stopping
+    mode: str = "direct"  # behavioural mode given to models that take one
+    max_throttle: float = 0.3  # host throttle cap, normalised 0..1
+    min_throttle: float = -1.0  # host brake/reverse bound, normalised -1..0
+    steer_slew_per_s: float = 8.0  # most steering may change per second, normalised (0: off)
+    shadow: bool = False  # never ask to drive (AUTO_REQUEST clear): the model only runs and is recorded
+    record_dir: str = "runs/drive"  # where each session is recorded as a run (empty: no recording)
+    seconds: float = 0.0  # stop cleanly after this long (0: until Ctrl-C)
+    baud: int = DEFAULT_BAUD  # serial baud rate
+    camera_timeout_ms: float = 250.0  # no new frame within this → camera_stale (keepalives hold the MCU meanwhile)
+    frozen_frames: int = 15  # this many identical frames in a row → camera_frozen (0: off)
+    max_lost_acks: int = 5  # this many CMDs in a row not acked → acks_lost
+    ack_timeout_ms: float = 200.0  # a CMD not acked within this is lost
+    deadline_ms: float = 0.0  # capture → send budget per tick (0: one frame period)
+    max_overruns: int = 10  # this many ticks in a row over the deadline → loop_overrun
+    gap_frames: int = 3  # more frames than this skipped between ticks → reset the recurrent state
+    output_margin: float = 0.25  # raw model output beyond ±(1 + this), or NaN/inf → output_invalid
+    threads: int = 1  # inference threads (0: the runtime's default)
+    warmup: int = 10  # model passes on a blank frame before the link opens
+    status_every_s: float = 5.0  # seconds between status lines
+    device: str = "cpu"  # torch device (cpu, cuda): torch runtime only
+    runtime: str = "auto"  # auto (ONNX Runtime for .onnx, else torch), torch or onnx
+    cpus: str = ""  # pin the drive to these CPUs, e.g. 3 or 2,3 or 2-3 (empty: any)
+    realtime: bool = False  # run the drive's threads SCHED_FIFO where permitted (says how to permit it where not)
+    gc: str = "python"  # python (Python's own collector) or between-ticks (collect after each tick's CMD is out)
     view: str = ""  # Rerun live view (driver[view]): web[:PORT], spawn, FILE.rrd or rerun+http://HOST:PORT/proxy
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("model must name a checkpoint (best.pt / last.pt or a training run directory)")
+            raise ValueError("model must name a checkpoint (best.pt / last.pt or a training run directory), an "
+                             "exported .onnx / .ts or a compressed .dcz")
         if not self.port and not self.camera.startswith("sim"):
             raise ValueError("port must name the MCU's serial device (e.g. /dev/ttyUSB0); only camera=sim runs "
                              "without one")
@@ -65,13 +82,18 @@ class DriveConfig:
                 <= 86400):
             raise ValueError(f"seconds={self.seconds!r} must be in 0..86400 (0 = until stopped)")
         if not 0 <= self.threads <= 256:
-            raise ValueError(f"threads={self.threads} must be in 0..256 (0 = torch's default)")
+            raise ValueError(f"threads={self.threads} must be in 0..256 (0 = the runtime's default)")
         if not 0 <= self.warmup <= 1000:
             raise ValueError(f"warmup={self.warmup} must be in 0..1000 passes")
         if not 0.1 <= self.status_every_s <= 3600:
             raise ValueError(f"status_every_s={self.status_every_s} must be in 0.1..3600 s")
         if self.baud <= 0:
             raise ValueError(f"baud={self.baud} must be positive")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} must be one of {', '.join(RUNTIMES)}")
+        if self.gc not in GC_MODES:
+            raise ValueError(f"gc={self.gc!r} must be one of {', '.join(GC_MODES)}")
+        parse_cpus(self.cpus)
         # the parts validate their own fields, with their own messages
         _ = (self.camera_config(stereo=False), self.limits, self.safety)
 
@@ -87,16 +109,34 @@ class DriveConfig:
     def safety(self) -> SafetyConfig:
         deadline = self.deadline_ms or 1000.0 / self.fps
         return SafetyConfig(self.camera_timeout_ms, self.frozen_frames, self.max_lost_acks, self.ack_timeout_ms,
-                            deadline, self.max_overruns, self.gap_frames)
+                            deadline, self.max_overruns, self.gap_frames, self.output_margin)
 
     @classmethod
-    def from_dict(cls, d: dict) -> DriveConfig:
-        """From a dict (JSON/YAML); unknown keys are an error that lists the valid ones."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+    def from_dict(cls, d: dict, source: str = "DriveConfig") -> DriveConfig:
+        """From a dict (a config file, flags); unknown keys and values of the wrong type name the key."""
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(d) - set(hints))
         if unknown:
-            raise ValueError(f"unknown DriveConfig keys {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+            raise ValueError(f"{source}: unknown drive options {unknown}; valid: {sorted(hints)}")
+        values = {}
+        for key, value in d.items():
+            kind = hints[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{source}: {key}={value!r} must be {kind.__name__}")
+            values[key] = value
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, overrides: dict | None = None) -> DriveConfig:
+        """A car's config file (TOML/YAML, a ``[drive]`` table allowed), then ``overrides`` (flags given)."""
+        values = read_config_file(path, "drive")
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return cls.from_dict(values, source=str(path))
+        except ValueError as e:  # a field's own range check: say which file it came from
+            raise ValueError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
 @dataclass
@@ -112,11 +152,16 @@ class DriveReport:
     frames_grabbed: int = 0
     frames_skipped: int = 0
     commands_sent: int = 0
+    keepalives: int = 0  # neutral-throttle CMDs sent while waiting for a frame, to hold the MCU watchdog
     acks: int = 0
     lost_acks: int = 0
     resets: dict[str, int] = field(default_factory=dict)
     run_path: str | None = None
     estop_state: str = ""
+    calibration: str = ""  # the MCU's calibration the pulses were converted with (Calibration.describe)
+    cpus: list[int] = field(default_factory=list)  # the CPUs the drive was pinned to (empty: any)
+    realtime: bool = False  # the drive ran SCHED_FIFO
+    sim: dict | None = None  # camera=sim: how well the car drove (SimDriving)
     timings: dict[str, StageStats] = field(default_factory=dict)
 
     @property
@@ -127,3 +172,4 @@ class DriveReport:
         d = asdict(self)
         d["rate_hz"] = self.rate_hz
         return d
+

@@ -5,11 +5,14 @@
     report = drive(DriveConfig(port="/dev/ttyUSB0", model="runs/train/x/best.pt", camera="0"))
     sys.exit(report.exit_code)
 
-A tick: wait for a newer frame (``camera_timeout_ms``) → ``prepare_frame`` (the training preprocessing) →
-``policy.act`` with carried state → host limits → CMD (AUTO_REQUEST unless ``shadow``) → ack bookkeeping →
-record. The MCU's mode switch decides who drives: in MANUAL the MCU passes the RC through and the model
-runs in shadow (its commands are sent and recorded, not followed). Every check in
-:data:`driver.vehicle.safety.CHECKS` is evaluated each tick; ending ones send ESTOP (neutral throttle).
+A tick: wait for a newer frame (``camera_timeout_ms``; meanwhile a keepalive CMD — steering held, neutral
+throttle — every third of the MCU's watchdog, so a camera hiccup never trips it) → ``prepare_frame`` (the
+training preprocessing) → ``policy.act`` with carried state → the raw output checked → host limits → CMD
+(AUTO_REQUEST unless ``shadow``) → ack bookkeeping → record. The MCU's mode switch decides who drives: in
+MANUAL the MCU passes the RC through and the model runs in shadow (its commands are sent and recorded, not
+followed). Every check in :data:`driver.vehicle.safety.CHECKS` is evaluated each tick; ending ones send
+ESTOP (neutral throttle). An MCU that went FAILSAFE on its own (``mcu_failsafe``) always ends the session
+as a fault.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from driver.policy import NonFiniteOutput
 from driver.preprocess import prepare_frame
 from driver.units import norm_to_run
 
+from .calibration import Calibration
 from .camera import CameraError, EndOfStream, Frame, LatestFrame, open_camera
 from .drive_config import DriveConfig, DriveReport
 from .limits import HostLimits
-from .pulses import PulseCalibration
+from .realtime import gc_between_ticks, parse_cpus, pinned, realtime_loop
 from .recorder import STATE_ERROR, STATE_HUMAN, STATE_LOCK, STATE_NETWORK, STATE_OVERRIDE, SessionRecorder, session_path
 from .safety import Act, Check, Health, evaluate, first_ending, output_problem
 from .sim_car import SimLink, actuator_from_link
@@ -42,8 +46,8 @@ LAB_MODE_LABELS = ("direct", "follow", "furtive", "play", "racing")
 
 
 def lab_state(state) -> int:
-    """The lab state code of an MCU STATE (None: no STATE yet)."""
-    if state is None:
+    """The lab state code of an MCU STATE (None: no STATE yet, or a mode carlink does not define)."""
+    if state is None or not state.mode_known:
         return STATE_ERROR
     if state.mode == Mode.FAILSAFE:
         return STATE_LOCK
@@ -56,15 +60,19 @@ class DriveLoop:
     """The loop over already-open parts; ``step()`` runs one tick and returns the ending check, if any."""
 
     def __init__(self, config: DriveConfig, policy, link, grabber: LatestFrame,
-                 recorder: SessionRecorder | None = None, calibration: PulseCalibration | None = None,
-                 view=None) -> None:
+                 recorder: SessionRecorder | None = None, gc_tick=None, view=None) -> None:
         self.config, self.policy, self.link, self.grabber, self.recorder = config, policy, link, grabber, recorder
         self.view = view  # driver.view.live.LiveView: gets each tick on a queue, never blocks the loop
         self.safety = config.safety
         self.limits = HostLimits(config.limits)
-        self.cal = calibration or PulseCalibration()
+        self.cal: Calibration = link.calibration  # the MCU's endpoints: every recorded pulse is converted with them
         self.timer = StageTimer()
-        self.report = DriveReport()
+        self.report = DriveReport(calibration=self.cal.describe())
+        self.gc_tick = gc_tick or (lambda: None)
+        watchdog_ms = link.info.watchdog_ms if link.info is not None else 150
+        self.keepalive_s = max(watchdog_ms, 3) / 3000.0  # a third of the MCU watchdog
+        self._last_send: float | None = None  # monotonic time of the last CMD (model or keepalive)
+        self._last_steer = 0.0  # the steering last sent: a keepalive holds it
         self.stop_signal = ""  # set by the signal handler
         self._mode = config.mode if policy.modes else None
         self._last_seq = 0
@@ -100,17 +108,39 @@ class DriveLoop:
         return self._conclude(h)
 
     def _wait_frame(self, h: Health) -> Frame | None:
+        """The next frame, up to camera_timeout_ms; keepalive CMDs go out while waiting (once we drive)."""
+        deadline = time.monotonic() + self.safety.camera_timeout_ms / 1000.0
+        while True:
+            now = time.monotonic()
+            wait = deadline - now
+            if self._last_send is not None:
+                wait = min(wait, self._last_send + self.keepalive_s - now)
+            try:
+                frame = self.grabber.wait_newer(self._last_seq, max(0.0, wait))
+            except EndOfStream:
+                h.end_of_stream = True
+                return None
+            except CameraError as exc:
+                h.camera_error = str(exc)
+                return None
+            if frame is not None:
+                return frame
+            if time.monotonic() >= deadline:
+                h.no_frame = True
+                return None
+            if not self._keepalive(h):
+                return None
+
+    def _keepalive(self, h: Health) -> bool:
+        """Hold steering, neutral throttle, same AUTO_REQUEST: the MCU's watchdog stays fed, the car coasts."""
         try:
-            frame = self.grabber.wait_newer(self._last_seq, self.safety.camera_timeout_ms / 1000.0)
-        except EndOfStream:
-            h.end_of_stream = True
-            return None
-        except CameraError as exc:
-            h.camera_error = str(exc)
-            return None
-        if frame is None:
-            h.no_frame = True
-        return frame
+            self.link.send(self._last_steer, 0.0, auto=not self.config.shadow)
+        except LinkError as exc:
+            h.link_error = str(exc)
+            return False
+        self._last_send = time.monotonic()
+        self.report.keepalives += 1
+        return True
 
     def _observe_frame(self, frame: Frame, h: Health) -> None:
         if self._last_seq:
@@ -127,6 +157,14 @@ class DriveLoop:
         is_model = state is not None and lab_state(state) == STATE_NETWORK
         h.mode_to_auto = is_model and not self._was_model
         self._was_model = is_model
+        self._observe_mcu(h)
+
+    def _observe_mcu(self, h: Health) -> None:
+        """What the MCU did on its own since the link opened (every STATE, not only the latest)."""
+        watch = self.link.watch
+        h.mcu_failsafe = watch.failsafe + (" (--shadow never asks to drive: was the switch flipped to AUTO?)"
+                                           if watch.failsafe and self.config.shadow else "")
+        h.mcu_mode_unknown = watch.unknown_mode
 
     def _act_and_send(self, frame: Frame, h: Health) -> None:
         p, timer = self.policy, self.timer
@@ -143,10 +181,9 @@ class DriveLoop:
             return
         t_inf = time.monotonic()
         timer.add("inference", t_inf - t_pre)
-        h.output_bad = output_problem(action.steer_norm, action.motor_norm)
-        if not h.output_bad and not np.all(np.isfinite(action.horizon)):
-            h.output_bad = "non-finite value in the predicted horizon"
-        if h.output_bad:
+        h.output_bad = output_problem(action.raw, self.safety.output_margin)  # before any clamp or limit
+        self._observe_mcu(h)  # the MCU may have given up while we were inferring
+        if h.output_bad or h.mcu_failsafe or h.mcu_mode_unknown:
             return
         steer, thr = self.limits.apply(action.steer_norm, action.motor_norm, t_inf)
         auto = not self.config.shadow
@@ -157,6 +194,7 @@ class DriveLoop:
             h.link_error = str(exc)
             return
         t_send = time.monotonic()
+        self._last_send, self._last_steer = t_send, steer
         timer.add("send", t_send - t_inf)
         latency = t_send - frame.t_capture
         timer.add("capture_to_send", latency)
@@ -176,6 +214,7 @@ class DriveLoop:
                            {"preprocess": t_pre - t_tick, "inference": t_inf - t_pre, "send": t_send - t_inf,
                             "capture_to_send": latency})
         timer.add("tick", time.monotonic() - t_tick)
+        self.gc_tick()  # the CMD is out: collect garbage now, not in the next capture → send
         if t_send >= self._next_status:
             self._next_status = t_send + self.config.status_every_s
             self._status(state)
@@ -197,18 +236,18 @@ class DriveLoop:
         h.lost_acks = self._lost_acks
 
     def _record(self, frame, left, right, state, controller, action, steer, thr, auto, latency) -> None:
-        cal, n = self.cal, self.cal.neutral_us
+        s_end, t_end = self.cal.steer, self.cal.throttle
+        out_s, out_t, rc_s, rc_t = ((state.out_steer_us, state.out_thr_us, state.rc_steer_us, state.rc_thr_us)
+                                    if state else (s_end.neutral_us, t_end.neutral_us) * 2)
         self.recorder.add(
-            left, right,
-            steer=cal.to_run(state.out_steer_us if state else n), motor=cal.to_run(state.out_thr_us if state else n),
-            state=lab_state(state), timestamp=self._wall0 + frame.t_capture,
-            controller=controller,
-            rc_steer=cal.to_run(state.rc_steer_us if state else n),
-            rc_motor=cal.to_run(state.rc_thr_us if state else n),
+            left, right, steer=s_end.us_to_run(out_s), motor=t_end.us_to_run(out_t), state=lab_state(state),
+            timestamp=self._wall0 + frame.t_capture, controller=controller,
+            rc_steer=s_end.us_to_run(rc_s), rc_motor=t_end.us_to_run(rc_t),
             cmd_steer=float(norm_to_run(steer)), cmd_motor=float(norm_to_run(thr)),
             model_steer=action.steer, model_motor=action.motor, auto_request=int(auto),
             mcu_mode=int(state.mode) if state else -1, mcu_flags=int(state.flags) if state else 0,
             mcu_t_ms=state.t_ms if state else 0, rc_mode_us=state.rc_mode_us if state else 0,
+            out_steer_us=out_s, out_thr_us=out_t, rc_steer_us=rc_s, rc_thr_us=rc_t,
             frame_seq=frame.seq, capture_to_send_ms=latency * 1000.0)
 
     def _status(self, state) -> None:
@@ -231,7 +270,8 @@ class DriveLoop:
         h.frames_skipped, h.mode_to_auto = 0, False  # applied: a second evaluation this tick must not repeat them
         ending = first_ending(fired)
         if ending is not None:
-            detail = (h.signal or h.exception or h.link_error or h.camera_error or h.output_bad
+            detail = (h.signal or h.exception or h.link_error or h.mcu_failsafe or h.mcu_mode_unknown
+                      or h.camera_error or h.output_bad
                       or {"acks_lost": f"{h.lost_acks} CMDs in a row not acked",
                           "duration": f"{self.config.seconds:g} s elapsed",
                           "camera_stale": f"no new frame for {h.camera_wait_ms:.0f} ms",
@@ -248,6 +288,10 @@ class DriveLoop:
 
     def run(self) -> DriveReport:
         """Tick until a check ends the session; any exception is the ``exception`` check. Always ESTOPs."""
+        state = self.link.latest_state
+        if state is not None and state.mode_known and state.mode == Mode.FAILSAFE:
+            log.warning("the MCU is in FAILSAFE (since boot, or latched by an earlier session): the car will not "
+                        "move until the mode switch is cycled through MANUAL")
         try:
             while True:
                 try:
@@ -258,8 +302,9 @@ class DriveLoop:
                 if ending is not None:
                     break
         finally:
+            self._never_clean_after_failsafe()
             state = self.link.estop()
-            self.report.estop_state = "" if state is None else Mode(state.mode).name
+            self.report.estop_state = "" if state is None or not state.mode_known else state.mode.name
             self.report.seconds = time.monotonic() - self._t_start
             self.report.frames_grabbed = self.grabber.grabbed
             self.report.timings = self.timer.summary()
@@ -268,9 +313,16 @@ class DriveLoop:
                      format_summary(self.report.timings))
         return self.report
 
+    def _never_clean_after_failsafe(self) -> None:
+        """A FAILSAFE the MCU latched on its own in the session's last moments still makes it a fault."""
+        h = Health()
+        self._observe_mcu(h)
+        if self.report.exit_code == 0 and (h.mcu_failsafe or h.mcu_mode_unknown):
+            self._conclude(h)
+
 
 def _mode_name(state) -> str:
-    return Mode(state.mode).name if state is not None and state.mode in Mode._value2member_map_ else "-"
+    return state.mode.name if state is not None and state.mode_known else "-"
 
 
 def _install_signals(loop: DriveLoop) -> dict:
@@ -284,6 +336,7 @@ def _install_signals(loop: DriveLoop) -> dict:
 
 
 def _warm_up(policy, n: int, mode: str | None) -> None:
+    """``n`` passes on a blank frame (first-call allocations, lazy kernels) before anything moves."""
     if n <= 0:
         return
     blank = np.zeros((policy.height, policy.width, 3), np.uint8)
@@ -295,54 +348,82 @@ def _warm_up(policy, n: int, mode: str | None) -> None:
 def drive(config: DriveConfig, policy=None) -> DriveReport:
     """Run one drive session (see the module docstring). ``policy`` overrides loading ``config.model``.
 
-    Startup problems (no model, camera, port or handshake) raise ValueError/DriverError before anything
-    moves; once the loop runs, every problem is a named check in the report and ends in ESTOP.
+    Startup problems raise ValueError/DriverError before anything moves, in this order: the model file,
+    the serial port and handshake (named before any camera is touched), the camera. Once the loop runs,
+    every problem is a named check in the report and ends in ESTOP.
     """
-    import torch
+    # first: every thread started below (serial reader, camera grabber, recorder) inherits CPUs and policy
+    with pinned(parse_cpus(config.cpus)) as cpus, realtime_loop(config.realtime) as rt:
+        policy = policy or _load_policy(config)
+        cam_cfg = config.camera_config(stereo=policy.stereo)
+        if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
+            raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "
+                             "side_by_side=True (--side-by-side) for a left|right camera")
+        _warm_up(policy, config.warmup, config.mode if policy.modes else None)
+        view = _open_view(config.view)  # a bad view sink fails before anything opens
+        try:
+            link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
+            link.open()
+            try:
+                source = open_camera(cam_cfg, actuator=actuator_from_link(link))
+                source.open()
+                try:
+                    report = _run_session(config, policy, link, source, view)
+                    report.realtime = rt
+                finally:
+                    source.close()
+            finally:
+                link.close()
+        finally:
+            if view is not None:
+                view.close()
+    report.cpus = cpus
+    return report
 
+
+def _open_view(sink: str):
+    """The Rerun live view (driver.view, optional extra): ticks go on a queue, never blocking the loop."""
+    if not sink:
+        return None
+    from driver.view.live import LiveView
+
+    return LiveView(sink).start()
+
+
+def _load_policy(config: DriveConfig):
     from driver.policy import load_policy
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    policy = policy or load_policy(config.model, runtime=config.runtime, device=config.device,
-                                   threads=config.threads or None)
-    cam_cfg = config.camera_config(stereo=policy.stereo)
-    if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
-        raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "
-                         "side_by_side=True (--side-by-side) for a left|right camera")
-    mode = config.mode if policy.modes else None
-    _warm_up(policy, config.warmup, mode)
-    view = None
-    if config.view:  # Rerun live view (driver.view, optional extra); a bad sink fails before anything opens
-        from driver.view.live import LiveView
+    return load_policy(config.model, runtime=config.runtime, device=config.device, threads=config.threads or None)
 
-        view = LiveView(config.view).start()
-    link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
-    source = open_camera(cam_cfg, actuator=actuator_from_link(link))
-    source.open()
+
+def _recorder(config: DriveConfig, policy, link) -> SessionRecorder:
+    labels = {m: int(m == config.mode) for m in LAB_MODE_LABELS if m in (config.mode,)}
+    return SessionRecorder(session_path(config.record_dir), policy.height, policy.width, policy.stereo,
+                           labels=labels, attrs={"model": str(config.model), "camera": config.camera,
+                                                 "port": config.port or "sim",
+                                                 "calibration": link.calibration.to_json()})
+
+
+def _run_session(config: DriveConfig, policy, link, source, view=None) -> DriveReport:
+    """The loop over open parts: grabber and recorder threads, signal handlers, GC between ticks if asked."""
+    grabber = LatestFrame(source).start()
     recorder = None
     try:
-        link.open()
-        grabber = LatestFrame(source).start()
-        if config.record_dir:
-            labels = {m: int(m == config.mode) for m in LAB_MODE_LABELS if m in (config.mode,)}
-            recorder = SessionRecorder(session_path(config.record_dir), policy.height, policy.width, policy.stereo,
-                                       labels=labels, attrs={"model": str(config.model), "camera": config.camera,
-                                                             "port": config.port or "sim"})
-        loop = DriveLoop(config, policy, link, grabber, recorder, view=view)
-        previous = _install_signals(loop)
-        try:
-            loop.run()
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-            grabber.stop()
-            if recorder is not None:
-                path = recorder.close()
-                loop.report.run_path = str(path) if path else None
+        recorder = _recorder(config, policy, link) if config.record_dir else None
+        with gc_between_ticks(config.gc) as gc_tick:
+            loop = DriveLoop(config, policy, link, grabber, recorder, gc_tick=gc_tick, view=view)
+            previous = _install_signals(loop)
+            try:
+                loop.run()
+            finally:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
     finally:
-        source.close()
-        link.close()
-        if view is not None:
-            view.close()
+        grabber.stop()
+        path = recorder.close() if recorder is not None else None
+    loop.report.run_path = str(path) if path else None
+    driving = source.driving() if hasattr(source, "driving") else None
+    if driving is not None:
+        loop.report.sim = driving.to_dict()
+        log.info("%s", driving.line())
     return loop.report

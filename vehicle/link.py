@@ -1,12 +1,15 @@
-"""CarLink: carlink v1 over a serial port (pyserial), with handshake, ack tracking and a reader thread.
+"""CarLink: carlink v1.1 over a serial port (pyserial), with handshake, ack tracking and a reader thread.
 
-    with CarLink("/dev/ttyUSB0") as link:          # opens, HELLO → INFO handshake
+    with CarLink("/dev/ttyUSB0") as link:          # opens, HELLO → INFO, CAL_REQ → CAL handshake
+        link.calibration                            # the MCU's endpoints (defaults from a v1.0 MCU)
         seq = link.send(steer_norm=0.1, throttle_norm=0.2)
         state = link.latest_state                   # newest STATE from the MCU (50 Hz and each ack)
     # leaving the block (normally or by an exception) sends ESTOP: neutral throttle, FAILSAFE latched
 
 Every failure of the port becomes a :class:`LinkError` whose message names the port. The MCU's own watchdog
 is the real guarantee that a dead host ends in neutral throttle; ESTOP on exit is the polite version.
+Every STATE also goes to :attr:`CarLink.watch` (:class:`~driver.vehicle.mcu_watch.McuWatch`), which
+notices a FAILSAFE the host did not ask for and modes carlink does not define.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
-import serial
+from driver.vehicle.calibration import Calibration
 from driver.vehicle.carlink import (
+    PROTO_MINOR,
     PROTO_VERSION,
+    Cal,
+    CalRequest,
     Cmd,
     CmdFlags,
     FrameDecoder,
@@ -31,6 +37,7 @@ from driver.vehicle.carlink import (
     State,
     encode,
 )
+from driver.vehicle.mcu_watch import McuWatch
 
 from driver.errors import DriverError
 
@@ -39,12 +46,26 @@ log = logging.getLogger(__name__)
 DEFAULT_BAUD = 115200
 READ_TIMEOUT_S = 0.01     # reader thread poll period
 HELLO_RETRY_S = 0.2       # resend HELLO this often during the handshake
+CAL_WAIT_S = 0.25         # wait this long for CAL after each CAL_REQ (a v1.0 MCU never answers)
+CAL_TRIES = 2
 ACK_TIMEOUT_S = 0.2       # a CMD not acked within this is counted lost
 MAX_PENDING_ACKS = 64
 
 
 class LinkError(DriverError, ConnectionError):
     """The serial link to the car's MCU failed or never came up; the message names the port."""
+
+
+def _port_problem(exc: Exception) -> str:
+    """pyserial's open error in a few words (it nests the OS error twice: 'could not open port X: [Errno 2] ...')."""
+    errno = getattr(exc, "errno", None)
+    if errno == 2 or "No such file" in str(exc):
+        return "no such device (is the MCU plugged in? `python -m serial.tools.list_ports` lists the ports)"
+    if errno == 13 or "Permission denied" in str(exc):
+        return "permission denied (add yourself to the dialout group, then log in again)"
+    if errno == 16 or "busy" in str(exc).lower() or "lock" in str(exc).lower():
+        return "busy: another program has it open"
+    return str(exc)
 
 
 @dataclass
@@ -79,7 +100,8 @@ class CarLink:
         self.ack_timeout_s = ack_timeout_s
         self.estop_on_close = estop_on_close
         self.info: Info | None = None
-        self._serial: serial.SerialBase | None = None
+        self.calibration = Calibration()
+        self._serial = None  # a pyserial port while open
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -87,7 +109,9 @@ class CarLink:
         self._reset_session()
 
     def _reset_session(self) -> None:
-        self._decoder = FrameDecoder(accept=(MsgType.STATE, MsgType.INFO))
+        self._decoder = FrameDecoder(accept=(MsgType.STATE, MsgType.INFO, MsgType.CAL))
+        self._cal: Cal | None = None
+        self.watch = McuWatch()
         self._error: LinkError | None = None
         self._seq = 0
         self._pending: OrderedDict[int, float] = OrderedDict()  # seq -> monotonic send time
@@ -101,7 +125,9 @@ class CarLink:
     # ---- lifecycle ----
 
     def open(self) -> Info:
-        """Open the port, start the reader and do the HELLO/INFO handshake; returns the MCU's INFO."""
+        """Open the port, start the reader and do the handshake (HELLO → INFO, then CAL_REQ → CAL)."""
+        import serial
+
         if self._serial is not None:
             raise LinkError(f"{self.port}: already open")
         self._reset_session()
@@ -111,17 +137,19 @@ class CarLink:
             self._serial.reset_input_buffer()
         except (serial.SerialException, OSError, ValueError) as exc:
             self._serial = None
-            raise LinkError(f"cannot open {self.port}: {exc}") from exc
+            raise LinkError(f"cannot open serial port {self.port}: {_port_problem(exc)}") from exc
         self._stop.clear()
         self._reader = threading.Thread(target=self._read_loop, name=f"carlink-reader {self.port}", daemon=True)
         self._reader.start()
         try:
             self.info = self._handshake()
+            self.watch.watchdog_ms = self.info.watchdog_ms
+            self.calibration = self._request_calibration()
         except BaseException:
             self.close()
             raise
-        log.info("carlink up on %s: proto v%d, firmware %d, watchdog %d ms", self.port, self.info.proto_version,
-                 self.info.fw_version, self.info.watchdog_ms)
+        log.info("carlink up on %s: proto v%d, firmware %d, watchdog %d ms; %s", self.port, self.info.proto_version,
+                 self.info.fw_version, self.info.watchdog_ms, self.calibration.describe())
         return self.info
 
     def _handshake(self) -> Info:
@@ -145,6 +173,24 @@ class CarLink:
             raise LinkError(f"{self.port} speaks carlink v{self.info.proto_version}; this host speaks v{PROTO_VERSION}")
         return self.info
 
+    def _request_calibration(self) -> Calibration:
+        """v1.1: ask for the MCU's endpoints; a v1.0 MCU does not answer (and counts one dropped frame)."""
+        for _ in range(CAL_TRIES):
+            self._write(encode(CalRequest(PROTO_MINOR)))
+            with self._cond:
+                self._cond.wait_for(lambda: self._cal is not None or self._error is not None, timeout=CAL_WAIT_S)
+                self.raise_if_failed()
+                cal = self._cal
+            if cal is not None:
+                try:
+                    return Calibration.from_cal(cal)
+                except ValueError as e:
+                    raise LinkError(f"{self.port}: the MCU reports an implausible calibration: {e}") from e
+        log.warning("%s: the MCU does not report its calibration (carlink v1.0 firmware): pulses are converted "
+                    "with the default endpoints 1000/1500/2000 µs; flash the v1.1 firmware for calibrated labels",
+                    self.port)
+        return Calibration(source="assumed-default")
+
     def close(self) -> None:
         """Stop the reader and close the port (no ESTOP; see :meth:`__exit__`). Safe to call twice."""
         self._stop.set()
@@ -154,7 +200,7 @@ class CarLink:
         if self._serial is not None:
             try:
                 self._serial.close()
-            except (serial.SerialException, OSError) as exc:
+            except OSError as exc:  # serial.SerialException is an OSError (IOError)
                 log.debug("closing %s: %s", self.port, exc)
             self._serial = None
 
@@ -183,6 +229,8 @@ class CarLink:
         if not (math.isfinite(steer_norm) and math.isfinite(throttle_norm)):
             raise ValueError(f"non-finite command steer={steer_norm} throttle={throttle_norm}")
         flags = (CmdFlags.AUTO_REQUEST if auto else CmdFlags.NONE) | (CmdFlags.ESTOP if estop else CmdFlags.NONE)
+        if estop:
+            self.watch.estop()
         with self._write_lock:
             seq = self._next_seq()
             self._send_cmd(Cmd.from_norm(seq, steer_norm, throttle_norm, flags))
@@ -200,6 +248,7 @@ class CarLink:
 
         Never raises: this runs on the way out of errors. Failures are logged.
         """
+        self.watch.estop()
         for _ in range(repeats):
             try:  # best effort even after the link was marked failed: try the port anyway
                 with self._write_lock:
@@ -207,7 +256,7 @@ class CarLink:
                     if self._serial is None:
                         raise LinkError(f"{self.port}: not open")
                     self._serial.write(frame)
-            except (LinkError, serial.SerialException, OSError) as exc:
+            except OSError as exc:  # LinkError and serial.SerialException included
                 log.warning("ESTOP not sent on %s: %s (the MCU watchdog will stop the car)", self.port, exc)
                 return None
             time.sleep(0.005)
@@ -241,7 +290,7 @@ class CarLink:
         try:
             with self._write_lock:
                 self._serial.write(data)
-        except (serial.SerialException, OSError) as exc:
+        except OSError as exc:  # serial.SerialException is an OSError
             self._fail(LinkError(f"write to {self.port} failed: {exc}"))
             raise self._error from exc
 
@@ -252,7 +301,7 @@ class CarLink:
         while not self._stop.is_set():
             try:
                 data = ser.read(max(1, ser.in_waiting))
-            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            except (OSError, TypeError, AttributeError) as exc:  # serial.SerialException is an OSError
                 if not self._stop.is_set():
                     self._fail(LinkError(f"lost the link on {self.port}: {exc}"))
                 return
@@ -266,7 +315,10 @@ class CarLink:
             for msg in messages:
                 if isinstance(msg, Info):
                     self.info = msg
+                elif isinstance(msg, Cal):
+                    self._cal = msg
                 elif isinstance(msg, State):
+                    self.watch.observe(msg)
                     self._on_state(msg, now)
             self._expire_pending(now)
             self._cond.notify_all()

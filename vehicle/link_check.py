@@ -25,9 +25,11 @@ SLOW_RTT_MS = 20.0  # a p99 above this usually means the USB adapter's latency t
 
 @dataclass(frozen=True)
 class LinkCheckConfig:
-    port: str
-    seconds: float = 3.0
-    baud: int = DEFAULT_BAUD
+    """``driver link``: each field's trailing comment is its flag's help."""
+
+    port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0 (required)
+    seconds: float = 3.0  # how long to send CMDs and measure round trips
+    baud: int = DEFAULT_BAUD  # serial baud rate
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -65,6 +67,7 @@ class LinkReport:
     mcu_rx_bad: int = 0
     samples: list[RcSample] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    calibration: str = ""  # the MCU's endpoints (Calibration.describe)
 
     def rtt_percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.rtt_ms, q)) if self.rtt_ms else float("nan")
@@ -87,7 +90,8 @@ def check_link(config: LinkCheckConfig) -> LinkReport:
     """Run the check; raises :class:`driver.vehicle.link.LinkError` if the port or handshake fails."""
     with CarLink(config.port, config.baud, estop_on_close=False) as link:
         info = link.info
-        report = LinkReport(config.port, config.baud, info.proto_version, info.fw_version, info.watchdog_ms)
+        report = LinkReport(config.port, config.baud, info.proto_version, info.fw_version, info.watchdog_ms,
+                            calibration=link.calibration.describe())
         mcu_bad_start = link.latest_state.rx_bad if link.latest_state else 0
         start = time.monotonic()
         link.drain_states()
@@ -123,6 +127,9 @@ def _warnings(report: LinkReport) -> list[str]:
                         "/sys/bus/usb-serial/devices/ttyUSB0/latency_timer to 1")
     if any(s.flags & StateFlags.RC_LOST for s in report.samples[-5:]):
         warnings.append("RC receiver lost: no pulses on at least one channel (steer D2, throttle D3, mode D4)")
+    if report.calibration.endswith("(assumed-default)"):
+        warnings.append("the MCU does not report its calibration (carlink v1.0 firmware): flash the v1.1 firmware so "
+                        "recorded labels use the car's own endpoints")
     if report.samples and report.samples[-1].mode == Mode.FAILSAFE:
         warnings.append("MCU is in FAILSAFE: cycle the mode switch through MANUAL to clear it")
     return warnings
@@ -148,6 +155,7 @@ def format_link_report(report: LinkReport) -> str:
             lines.append(f"  {label:8s} {min(values)}..{max(values)} us over {len(values)} samples")
     else:
         lines.append("RC: no STATE received")
+    lines.append(f"calibration: {report.calibration}")
     lines += [f"warning: {w}" for w in report.warnings]
     lines.append("link OK" if report.ok else "link FAILED")
     return "\n".join(lines)

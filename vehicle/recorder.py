@@ -10,7 +10,9 @@ on a normal close. If a kill ever lands inside a flush and leaves series of diff
 Columns: ``left`` (and ``right``) are the frames *as the model saw them* (after ``prepare_frame``), so the
 ingested run trains with exactly the driven pixels. ``steer``/``motor`` are what the car did (the MCU's
 ``out_*_us`` in run units: the human's sticks in MANUAL and OVERRIDE, the model's command in AUTO,
-neutral throttle in FAILSAFE); the extras are listed in :data:`EXTRAS`.
+neutral throttle in FAILSAFE), converted with the MCU's own calibration; the raw pulse widths are kept
+too, and the calibration is the file's ``calibration`` attribute (JSON), so a run can always be
+re-converted. The extras are listed in :data:`EXTRAS`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "mcu_flags": ("uint8", "STATE flags: 1 RC_LOST, 2 HOST_TIMEOUT, 4 OVERRIDE"),
     "mcu_t_ms": ("int64", "MCU clock of the STATE used, ms"),
     "rc_mode_us": ("int32", "the mode channel pulse width, µs"),
+    "out_steer_us": ("int32", "the steering pulse the MCU output, µs (steer before conversion)"),
+    "out_thr_us": ("int32", "the ESC pulse the MCU output, µs (motor before conversion)"),
+    "rc_steer_us": ("int32", "the receiver's steering pulse, µs"),
+    "rc_thr_us": ("int32", "the receiver's throttle pulse, µs"),
     "frame_seq": ("int64", "camera frame number (gaps = frames the loop skipped)"),
     "capture_to_send_ms": ("float32", "frame capture → CMD written, ms"),
 }

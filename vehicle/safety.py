@@ -4,7 +4,8 @@ Each tick the drive loop updates a :class:`Health` and calls :func:`evaluate`; t
 what happens. ``ESTOP`` ends the session as a fault (ESTOP frames → neutral throttle, exit code 1);
 ``STOP`` ends it cleanly (ESTOP frames all the same, exit code 0); ``RESET`` forgets the policy's
 recurrent state and carries on. The MCU's command watchdog covers everything the host cannot: a killed or
-hung host, a pulled USB cable.
+hung host, a pulled USB cable; when it acts (or the receiver is lost) the ``mcu_failsafe`` check ends the
+session as a fault, so a session whose MCU latched FAILSAFE is never reported clean.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SafetyConfig:
     deadline_ms: float = 0.0  # per-tick budget, capture → send (0 = one frame period)
     max_overruns: int = 10  # consecutive ticks over the deadline → loop_overrun
     gap_frames: int = 3  # more frames than this skipped between ticks → frame_gap (reset state)
+    output_margin: float = 0.25  # a raw model output with |x| > 1 + this → output_invalid (before any clamp)
 
     def __post_init__(self) -> None:
         ranges = {"camera_timeout_ms": (10.0, 10000.0), "ack_timeout_ms": (5.0, 5000.0),
@@ -40,6 +42,8 @@ class SafetyConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
                 raise ValueError(f"{name}={value!r} must be in {lo:g}..{hi:g} ms")
+        if not (isinstance(self.output_margin, int | float) and 0.0 <= self.output_margin <= 10.0):
+            raise ValueError(f"output_margin={self.output_margin!r} must be in 0..10 (normalised units)")
         counts = {"frozen_frames": (0, 100000), "max_lost_acks": (1, 100000), "max_overruns": (1, 100000),
                   "gap_frames": (0, 100000)}
         for name, (lo, hi) in counts.items():
@@ -58,7 +62,7 @@ class Health:
     camera_error: str = ""
     identical_frames: int = 0
     frames_skipped: int = 0  # frames grabbed but never used between this tick and the last
-    output_bad: str = ""  # description of a non-finite / out-of-range model output
+    output_bad: str = ""  # description of a non-finite / out-of-range raw model output
     lost_acks: int = 0
     link_error: str = ""
     overruns: int = 0
@@ -66,6 +70,8 @@ class Health:
     signal: str = ""
     time_up: bool = False  # DriveConfig.seconds elapsed
     mode_to_auto: bool = False  # the MCU entered AUTO (model drives) since the last tick
+    mcu_failsafe: str = ""  # the MCU went FAILSAFE without a host ESTOP (watchdog, RC loss), described
+    mcu_mode_unknown: str = ""  # the MCU reported a mode carlink does not define, described
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ CHECKS: tuple[Check, ...] = (
     Check("exception", "any unexpected exception in the loop", "-", Act.ESTOP, lambda h, c: bool(h.exception)),
     Check("link_error", "the serial port failed (write error, device gone, hangup)", "-", Act.ESTOP,
           lambda h, c: bool(h.link_error)),
+    Check("mcu_failsafe", "the MCU went FAILSAFE without a host ESTOP (its watchdog fired, RC lost)", "-", Act.ESTOP,
+          lambda h, c: bool(h.mcu_failsafe)),
+    Check("mcu_mode_unknown", "the MCU reported a mode carlink does not define", "-", Act.ESTOP,
+          lambda h, c: bool(h.mcu_mode_unknown)),
     Check("acks_lost", "consecutive CMDs without an ack within ack_timeout_ms", "max_lost_acks", Act.ESTOP,
           lambda h, c: h.lost_acks >= c.max_lost_acks),
     Check("camera_error", "the camera failed (device error, unplugged)", "-", Act.ESTOP,
@@ -94,8 +104,8 @@ CHECKS: tuple[Check, ...] = (
           lambda h, c: h.no_frame),
     Check("camera_frozen", "frozen_frames identical frames in a row", "frozen_frames", Act.ESTOP,
           lambda h, c: c.frozen_frames > 0 and h.identical_frames >= c.frozen_frames),
-    Check("output_invalid", "the model's output is non-finite or outside [-1, 1]", "-", Act.ESTOP,
-          lambda h, c: bool(h.output_bad)),
+    Check("output_invalid", "the raw model output is non-finite or beyond ±(1 + output_margin), before any clamp",
+          "output_margin", Act.ESTOP, lambda h, c: bool(h.output_bad)),
     Check("loop_overrun", "max_overruns ticks in a row took longer than deadline_ms", "max_overruns", Act.ESTOP,
           lambda h, c: h.overruns >= c.max_overruns),
     Check("frame_gap", "more than gap_frames frames skipped between two ticks", "gap_frames", Act.RESET,
@@ -121,13 +131,19 @@ def first_ending(fired: list[Check]) -> Check | None:
     return stops[0] if stops else None
 
 
-def output_problem(steer: float, motor: float) -> str:
-    """Empty when a normalised (steer, motor) pair is usable, else what is wrong with it."""
-    for name, v in (("steer", steer), ("motor", motor)):
-        if not math.isfinite(v):
-            return f"{name}={v}"
-        if not -1.0 <= v <= 1.0:
-            return f"{name}={v:.3f} outside [-1, 1]"
+def output_problem(raw, margin: float) -> str:
+    """Empty when a raw model output (horizon, 2) of normalised (steer, motor) is usable, else what is wrong.
+
+    Checked before any clamp: every value must be finite, and the step that drives (the first) within
+    ±(1 + margin): a linear (unsquashed) head may overshoot full lock a little, and that is clamped.
+    """
+    for step, pair in enumerate(raw):
+        for name, v in zip(("steer", "motor"), pair, strict=True):
+            v = float(v)
+            if not math.isfinite(v):
+                return f"{name}={v} at horizon step {step}"
+            if step == 0 and abs(v) > 1.0 + margin:
+                return f"{name}={v:.4g} beyond ±{1.0 + margin:g}"
     return ""
 
 

@@ -9,40 +9,68 @@ driven by what the servo and ESC would actually receive:
 * without a port: :class:`SimLink`, an in-process stand-in for the MCU that acknowledges every CMD and
   outputs it (mode AUTO, no human), and neutral throttle after ESTOP.
 
-Either way the actuator is read from the link's latest STATE, never from the loop's own intentions.
+Either way the actuator is read from the link's latest STATE, never from the loop's own intentions, and
+converted with the MCU's reported calibration. The camera also scores the drive as ``driver sim drive``
+does (:meth:`SimCamera.driving`): cross-track error, and a virtual intervention (the car put back on the
+centreline a little ahead) whenever it leaves its lane or faces the wrong way, for PilotNet's autonomy.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from driver.vehicle.carlink import PROTO_VERSION, Info, Mode, State, StateFlags
 from driver.vehicle.link import Ack, LinkCounters
 
+from .calibration import Calibration
 from .camera import CameraConfig, CameraSource, Pacer
-from .pulses import PulseCalibration
+from .mcu_watch import McuWatch
 
 log = logging.getLogger(__name__)
 
 Actuator = Callable[[], tuple[float, float]]  # -> (steer_norm, motor_norm) the car receives now
+RESET_AHEAD_M = 0.5  # an intervention puts the car back on the centreline this far ahead (as sim drive does)
 
 
-def actuator_from_link(link, calibration: PulseCalibration | None = None) -> Actuator:
-    """The servo/ESC commands the MCU reports (``out_*_us`` of its latest STATE) as normalised values."""
-    cal = calibration or PulseCalibration()
+def actuator_from_link(link) -> Actuator:
+    """The servo/ESC commands the MCU reports (``out_*_us`` of its latest STATE) as normalised values,
+    converted with the link's calibration (read when called: it is known once the link is open)."""
 
     def read() -> tuple[float, float]:
         state = link.latest_state
         if state is None:
             return 0.0, 0.0
-        return cal.to_norm(state.out_steer_us), cal.to_norm(state.out_thr_us)
+        cal = link.calibration
+        return cal.steer.us_to_norm(state.out_steer_us), cal.throttle.us_to_norm(state.out_thr_us)
 
     return read
+
+
+@dataclass(frozen=True)
+class SimDriving:
+    """How well the simulated car drove: PilotNet autonomy over the session, cross-track error, distance."""
+
+    seconds: float
+    distance_m: float
+    interventions: int
+    autonomy_pct: float
+    mean_abs_cte_m: float
+    max_abs_cte_m: float
+    track_seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"sim track {self.track_seed}: autonomy {self.autonomy_pct:.1f}% ({self.interventions} "
+                f"interventions in {self.seconds:.1f} s, {self.distance_m:.1f} m), cross-track |e| mean "
+                f"{self.mean_abs_cte_m:.3f} m, max {self.max_abs_cte_m:.3f} m")
 
 
 class SimCamera(CameraSource):
@@ -67,16 +95,46 @@ class SimCamera(CameraSource):
         self.car = Car()
         self.car.reset(*self.track.point_at(0.0))
         self._started = False
+        self._cte: list[float] = []
+        self._interventions = 0
+        self._distance = 0.0
 
     def read(self) -> tuple[np.ndarray, np.ndarray | None]:
         if self._started:
             steer, motor = self.actuator()
-            self.car.step(steer, motor, 1.0 / self.config.fps)
+            self._step(steer, motor)
         self._started = True
         self._pacer.wait()
         st = self.car.state
         self.pose_log.append((st.x, st.y, st.yaw, st.speed))
         return self.renderer.render(st.x, st.y, st.yaw)
+
+    def _step(self, steer: float, motor: float) -> None:
+        from driver.sim.closed_loop import WRONG_WAY_RAD
+
+        st = self.car.state
+        x0, y0 = st.x, st.y
+        self.car.step(steer, motor, 1.0 / self.config.fps)
+        st = self.car.state
+        self._distance += math.hypot(st.x - x0, st.y - y0)
+        loc = self.track.locate(st.x, st.y)
+        self._cte.append(loc.lateral)
+        heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
+        if abs(loc.lateral) > self.track.lane_width / 2 or abs(heading_err) > WRONG_WAY_RAD:
+            self._interventions += 1
+            self.car.reset(*self.track.point_at(loc.progress + RESET_AHEAD_M), speed=max(st.speed, 0.0))
+
+    def driving(self) -> SimDriving | None:
+        """The drive so far, scored as ``driver sim drive`` scores it; None before the car first moved."""
+        from driver.sim.closed_loop import autonomy_percent
+
+        if not getattr(self, "_cte", None):
+            return None
+        seconds = len(self._cte) / self.config.fps
+        cte = np.abs(np.asarray(self._cte))
+        return SimDriving(seconds, self._distance, self._interventions,
+                          autonomy_percent(self._interventions, seconds), float(cte.mean()), float(cte.max()),
+                          self.seed)
 
 
 @dataclass
@@ -93,9 +151,10 @@ class SimLink:
     AUTO_REQUEST is set; ESTOP latches FAILSAFE with neutral throttle and held steering.
     """
 
-    def __init__(self, calibration: PulseCalibration | None = None, watchdog_ms: int = 150) -> None:
+    def __init__(self, calibration: Calibration | None = None, watchdog_ms: int = 150) -> None:
         self.port = "sim"
-        self.cal = calibration or PulseCalibration()
+        self.calibration = calibration or Calibration(source="sim")
+        self.watch = McuWatch(watchdog_ms)
         self.info: Info | None = None
         self._watchdog_ms = watchdog_ms
         self._lock = threading.Lock()
@@ -120,20 +179,21 @@ class SimLink:
         pass
 
     def _publish(self, cmd: _Cmd, ack: int) -> State:
+        steer, thr = self.calibration.steer, self.calibration.throttle
         if self._failsafe:
             mode = Mode.FAILSAFE
-            steer_us = self._latest.out_steer_us if self._latest else self.cal.neutral_us
-            thr_us = self.cal.neutral_us
+            steer_us = self._latest.out_steer_us if self._latest else steer.neutral_us
+            thr_us = thr.neutral_us
         elif cmd.auto:
             mode = Mode.AUTO
-            steer_us = self.cal.from_norm(cmd.steer_permille / 1000)
-            thr_us = self.cal.from_norm(cmd.thr_permille / 1000)
+            steer_us, thr_us = steer.permille_to_us(cmd.steer_permille), thr.permille_to_us(cmd.thr_permille)
         else:
-            mode, steer_us, thr_us = Mode.MANUAL, self.cal.neutral_us, self.cal.neutral_us
+            mode, steer_us, thr_us = Mode.MANUAL, steer.neutral_us, thr.neutral_us
         self._state_seq = (self._state_seq + 1) & 0xFF
-        n = self.cal.neutral_us
         self._latest = State(self._state_seq, ack, int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF,
-                             n, n, 2000 if cmd.auto else 1000, steer_us, thr_us, mode, StateFlags.NONE, 0)
+                             steer.neutral_us, thr.neutral_us, 2000 if cmd.auto else 1000, steer_us, thr_us, mode,
+                             StateFlags.NONE, 0)
+        self.watch.observe(self._latest)
         self._counters.states += 1
         return self._latest
 
@@ -144,6 +204,7 @@ class SimLink:
         with self._lock:
             self._seq = (self._seq + 1) & 0xFF
             if estop:
+                self.watch.estop()
                 self._failsafe = True
             state = self._publish(_Cmd(norm_to_permille(steer_norm), norm_to_permille(throttle_norm), auto),
                                   self._seq)

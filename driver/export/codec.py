@@ -31,11 +31,16 @@ import numpy as np
 import torch
 
 from driver.export import huffman
-from driver.export.common import ExportError
+from driver.export.loading import DCZ_MAGIC as MAGIC
+from driver.export.meta import ExportError, check_metadata
+from driver.file_checks import MiB, inflate_bounded, read_bounded, require, require_int
 
-MAGIC = b"DRVDCZ01"
 FORMAT = "driver-compressed"
 VERSION = 1
+MAX_DCZ_BYTES = 256 * MiB  # a compressed car model is well under 1 MB
+MAX_HEADER_BYTES = 16 * MiB  # inflated JSON header
+MAX_ELEMENTS = 1 << 26  # decoded weights of every tensor together (256 MiB of float32; AlexNet is 24 M)
+MAX_TENSORS = 4096
 
 
 class CompressedFileError(ExportError):
@@ -118,6 +123,7 @@ def encode_shared(t: SharedTensor, gap_bits: int) -> tuple[bytes, dict]:
 
 
 def decode_shared(body: memoryview, entry: dict, where: str) -> SharedTensor:
+    """A shared tensor from its section; ``entry`` was checked by :func:`check_entry`."""
     k, gap_bits, nnz = entry["k"], entry["gap_bits"], entry["nnz"]
     alphabet = 1 << gap_bits
     pos = 0
@@ -141,6 +147,45 @@ def decode_shared(body: memoryview, entry: dict, where: str) -> SharedTensor:
     flat = np.full(size, -1, dtype=np.int64)
     flat[positions] = values
     return SharedTensor(codebook, flat.reshape(entry["shape"]))
+
+
+def check_entry(entry, where: str, budget: int) -> int:
+    """Check one header entry against the format (types, ranges, section sizes); returns its element count.
+
+    ``budget`` is how many decoded elements the file may still declare (:data:`MAX_ELEMENTS` in all).
+    """
+    err = CompressedFileError
+    require(entry, "name", str, where, err)
+    where = f"{where}: tensor {entry['name'][:80]!r}"
+    kind = require(entry, "kind", str, where, err)
+    shape = require(entry, "shape", list, where, err)
+    if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= budget for d in shape):
+        raise err(f"{where}: shape {str(shape)[:80]} must be at most 8 sizes in 0..{budget}")
+    numel = int(np.prod(shape, dtype=np.float64))
+    if numel > budget:
+        raise err(f"{where}: {numel} elements is more than the {MAX_ELEMENTS} a compressed model may hold")
+    nbytes = require_int(entry, "bytes", 0, MAX_DCZ_BYTES, where, err)
+    if kind == "raw":
+        if nbytes != 4 * numel:
+            raise err(f"{where}: {nbytes} bytes do not hold {numel} float32 values")
+        return numel
+    if kind != "shared":
+        raise err(f"{where}: kind {kind[:20]!r} must be 'raw' or 'shared'")
+    k = require_int(entry, "k", 0, 256, where, err)
+    gap_bits = require_int(entry, "gap_bits", 1, 8, where, err)
+    nnz = require_int(entry, "nnz", 0, numel, where, err)
+    escape = (1 << gap_bits) - 1
+    symbols = require_int(entry, "gap_symbols", 0, nnz + numel // escape + 1, where, err)
+    index_bits = require_int(entry, "index_bits", 0, huffman.MAX_LEN * nnz, where, err)
+    gap_bits_used = require_int(entry, "gap_bits_used", 0, huffman.MAX_LEN * symbols, where, err)
+    sections = {"table_bytes": (k + (1 << gap_bits) + 1) // 2, "index_bytes": (index_bits + 7) // 8,
+                "gap_bytes": (gap_bits_used + 7) // 8}
+    for name, want in sections.items():
+        if require(entry, name, int, where, err) != want:
+            raise err(f"{where}: {name}={entry[name]} does not match its content ({want})")
+    if nbytes != 4 * k + sum(sections.values()):
+        raise err(f"{where}: {nbytes} bytes do not match its sections ({4 * k + sum(sections.values())})")
+    return numel
 
 
 def write_compressed(path: str | os.PathLike, meta: dict, tensors: dict[str, torch.Tensor | SharedTensor],
@@ -170,11 +215,14 @@ def write_compressed(path: str | os.PathLike, meta: dict, tensors: dict[str, tor
 
 
 def read_compressed(path: str | os.PathLike) -> CompressedModel:
-    """Read and verify a ``.dcz`` file; every failure raises :class:`CompressedFileError` naming it."""
+    """Read and verify a ``.dcz`` file; every failure raises :class:`CompressedFileError` naming it.
+
+    Bounded throughout: the file (:data:`MAX_DCZ_BYTES`), the inflated header (:data:`MAX_HEADER_BYTES`) and the
+    decoded tensors (:data:`MAX_ELEMENTS`); every header field is checked before it is used, so a crafted file
+    with a valid checksum fails with one line, never a traceback or an exhausted memory.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CompressedFileError(f"{path}: compressed model not found")
-    data = path.read_bytes()
+    data = read_bounded(path, MAX_DCZ_BYTES, "compressed model", CompressedFileError)
     if len(data) < len(MAGIC) + 8 or data[: len(MAGIC)] != MAGIC:
         raise CompressedFileError(f"{path}: not a driver compressed model (bad magic or too short)")
     (crc,) = struct.unpack("<I", data[-4:])
@@ -182,39 +230,50 @@ def read_compressed(path: str | os.PathLike) -> CompressedModel:
         raise CompressedFileError(f"{path}: checksum mismatch, the file is truncated or corrupt")
     (hlen,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
+    if hlen > len(data) - start - 4:
+        raise CompressedFileError(f"{path}: header length {hlen} runs past the end of the file")
+    text = inflate_bounded(data[start : start + hlen], MAX_HEADER_BYTES, f"{path}: header", CompressedFileError)
     try:
-        header = json.loads(zlib.decompress(data[start : start + hlen]))
-    except (zlib.error, json.JSONDecodeError) as e:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CompressedFileError(f"{path}: unreadable header ({e})") from e
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise CompressedFileError(f"{path}: format {header.get('format')!r} v{header.get('version')} is not "
-                                  f"{FORMAT!r} v{VERSION}")
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
+        raise CompressedFileError(f"{path}: format {found[0]!r} v{found[1]!r} is not {FORMAT!r} v{VERSION}")
+    meta = require(header, "meta", dict, str(path), CompressedFileError)
+    entries = require(header, "tensors", list, str(path), CompressedFileError)
+    if len(entries) > MAX_TENSORS:
+        raise CompressedFileError(f"{path}: {len(entries)} tensors; a compressed model holds at most {MAX_TENSORS}")
+    budget = MAX_ELEMENTS
+    for entry in entries:
+        budget -= check_entry(entry, str(path), budget)
+    names = [e["name"] for e in entries]
+    if len(set(names)) != len(names):
+        raise CompressedFileError(f"{path}: tensor names repeat")
     body = memoryview(data)[start + hlen : -4]
+    if sum(e["bytes"] for e in entries) != len(body):
+        raise CompressedFileError(f"{path}: the tensors' sections ({sum(e['bytes'] for e in entries)} bytes) do not "
+                                  f"fill the payload ({len(body)} bytes)")
     tensors: dict[str, torch.Tensor | SharedTensor] = {}
     pos = 0
-    for entry in header["tensors"]:
+    for entry in entries:
         chunk = body[pos : pos + entry["bytes"]]
-        if len(chunk) != entry["bytes"]:
-            raise CompressedFileError(f"{path}: tensor {entry['name']!r} is cut short")
         if entry["kind"] == "shared":
             tensors[entry["name"]] = decode_shared(chunk, entry, str(path))
         else:
             arr = np.frombuffer(chunk, dtype="<f4").astype(np.float32)
             tensors[entry["name"]] = torch.from_numpy(arr.reshape(entry["shape"]))
         pos += entry["bytes"]
-    return CompressedModel(header["meta"], tensors, len(data), {e["name"]: e for e in header["tensors"]})
+    return CompressedModel(meta, tensors, len(data), {e["name"]: e for e in entries})
 
 
 def load_compressed_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """(dense eval-mode torch model, checkpoint-like dict for ``Policy``) decoded from a ``.dcz`` file."""
-    from driver.models import InputSpec, create_model
+    from driver.training.checkpoint import build_model
 
     cm = read_compressed(path)
-    meta = cm.meta
-    model = create_model(meta["arch"], InputSpec(**meta["spec"]), **meta.get("arch_kwargs", {}))
-    try:
-        model.load_state_dict(cm.state_dict())
-    except RuntimeError as e:
-        raise CompressedFileError(f"{path}: weights do not fit {meta['arch']}: {str(e)[:300]}") from e
+    meta = check_metadata(cm.meta, str(path), CompressedFileError)
+    model = build_model(meta["arch"], meta["spec"], meta["arch_kwargs"], cm.state_dict(), str(path),
+                        CompressedFileError)
     ckpt = {**meta, "config": meta.get("source_config", {}), "path": str(path)}
     return model.eval(), ckpt

@@ -22,18 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from driver.errors import DriverError
+from driver.export.meta import META_FORMAT, META_VERSION, ExportError
 from driver.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
-META_FORMAT = "driver-model-meta"
-META_VERSION = 1
 META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "precision")
-
-
-class ExportError(DriverError, ValueError):
-    """An export, a parity check or a model file that failed; the message names the file."""
 
 
 class StepModule(nn.Module):

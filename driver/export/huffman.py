@@ -81,43 +81,63 @@ def encode(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, bytes, int]:
 
 
 def decode(lengths: np.ndarray, data: bytes, n_bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`encode`: ``count`` symbols from the first ``n_bits`` of ``data``."""
+    """Inverse of :func:`encode`: ``count`` symbols from the first ``n_bits`` of ``data``.
+
+    Works through the stream in blocks of :data:`BLOCK_BITS`, so memory stays bounded whatever the stream says.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if lengths.max(initial=0) > MAX_LEN or not lengths.any():
+    if lengths.max(initial=0) > MAX_LEN or lengths.min(initial=0) < 0 or not lengths.any():
         raise HuffmanError("invalid code lengths")
     if sum(2.0 ** -float(n) for n in lengths if n) > 1.0 + 1e-9:
         raise HuffmanError("code lengths violate the Kraft inequality")
     if n_bits > len(data) * 8:
         raise HuffmanError(f"bit stream is truncated: {len(data) * 8} bits, {n_bits} expected")
     codes = canonical_codes(lengths)
-    table_sym = np.full(1 << MAX_LEN, -1, dtype=np.int64)
-    table_len = np.zeros(1 << MAX_LEN, dtype=np.int64)
+    table_sym = np.full(1 << MAX_LEN, -1, dtype=np.int32)
+    table_len = np.zeros(1 << MAX_LEN, dtype=np.int32)
     for sym in np.flatnonzero(lengths):
         shift = MAX_LEN - int(lengths[sym])
         lo = int(codes[sym]) << shift
         table_sym[lo : lo + (1 << shift)] = sym
         table_len[lo : lo + (1 << shift)] = lengths[sym]
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n_bits].astype(np.int64)
-    bits = np.concatenate([bits, np.zeros(MAX_LEN, dtype=np.int64)])
-    window = np.zeros(n_bits, dtype=np.int64)  # the MAX_LEN bits starting at every bit position
-    for j in range(MAX_LEN):
-        window = (window << 1) | bits[j : j + n_bits]
-    syms, lens = table_sym[window].tolist(), table_len[window].tolist()
-    out = [0] * count
+    packed = np.frombuffer(data, dtype=np.uint8)
+    out: list[int] = []
     pos = 0
-    for i in range(count):
+    while len(out) < count:
         if pos >= n_bits:
-            raise HuffmanError(f"bit stream ended after {i} of {count} symbols")
-        sym = syms[pos]
-        if sym < 0:
-            raise HuffmanError(f"invalid code at bit {pos}")
-        out[i] = sym
-        pos += lens[pos]
+            raise HuffmanError(f"bit stream ended after {len(out)} of {count} symbols")
+        syms, lens = _block_lookup(packed, pos, min(n_bits, pos + BLOCK_BITS), n_bits, table_sym, table_len)
+        local, end = 0, len(syms)
+        while local < end and len(out) < count:
+            sym = syms[local]
+            if sym < 0:
+                raise HuffmanError(f"invalid code at bit {pos + local}")
+            out.append(sym)
+            local += lens[local]
+        pos += local
     if pos != n_bits:
         raise HuffmanError(f"decoded {count} symbols in {pos} bits, the stream holds {n_bits}")
     return np.asarray(out, dtype=np.int64)
+
+
+BLOCK_BITS = 1 << 20
+
+
+def _block_lookup(packed: np.ndarray, start: int, end: int, n_bits: int, table_sym: np.ndarray,
+                  table_len: np.ndarray) -> tuple[list[int], list[int]]:
+    """(symbol, code length) of the code starting at each bit in ``start..end``, zeros past ``n_bits``."""
+    first = start // 8
+    bits = np.unpackbits(packed[first : (end + MAX_LEN + 7) // 8]).astype(np.int32)
+    bits[max(0, n_bits - 8 * first) :] = 0
+    bits = bits[start - 8 * first :]
+    span = end - start
+    bits = np.concatenate([bits, np.zeros(max(0, span + MAX_LEN - len(bits)), np.int32)])
+    window = np.zeros(span, dtype=np.int32)  # the MAX_LEN bits starting at every bit position
+    for j in range(MAX_LEN):
+        window = (window << 1) | bits[j : j + span]
+    return table_sym[window].tolist(), table_len[window].tolist()
 
 
 def entropy_bits(symbols: np.ndarray, alphabet: int) -> float:

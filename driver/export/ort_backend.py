@@ -1,14 +1,20 @@
 """ONNX Runtime backend: an exported ``.onnx`` step model that drops in for the torch model inside ``Policy``.
 
     model, meta = load_onnx_model("sq.onnx", threads=1)
-    policy = Policy(model, meta)           # Policy calls model.to(...).eval(), model.step(x, modes, state)
+    policy = Policy(model, meta)           # numpy in, numpy out: no torch on the car computer
 
-:class:`OrtStepModel` has the torch model's step contract (torch tensors in and out, state ``(h, c)``/``h``
-or None), plus ``is_recurrent``, ``spec``, ``initial_state``, ``eval`` and ``to`` (CPU only).
+:class:`OrtStepModel` has the torch model's step contract (``step(frame, modes, state) -> (out, state)``,
+state ``(h, c)``/``h`` or None) on numpy arrays, and on torch tensors when given tensors (the export parity
+checks and quantization call it that way), plus ``is_recurrent``, ``initial_state``, ``eval`` and ``to``
+(CPU only). Loading needs only numpy and onnxruntime: the file is read with a size bound, handed to ONNX
+Runtime as bytes (so it cannot pull external data from elsewhere on disk), and its metadata is read from the
+session and checked field by field. :func:`read_onnx` (the ``onnx`` package) is for quantization.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -16,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from driver.export.common import META_FORMAT, ExportError
-from driver.models.spec import InputSpec
+from driver.export.meta import ExportError, check_metadata
+from driver.file_checks import GiB, MiB, read_bounded
 
 log = logging.getLogger(__name__)
 
 META_KEY = "driver"  # metadata_props key holding the JSON metadata
+MAX_ONNX_BYTES = 1 * GiB  # protobuf's own limit is 2 GiB; a car model is a few MB
+MAX_META_BYTES = 4 * MiB
 
 
 def session_options(threads: int | None = None, optimize: bool = True):
@@ -41,94 +47,128 @@ def session_options(threads: int | None = None, optimize: bool = True):
     return options
 
 
+def parse_metadata(text: str | None, where: str) -> dict:
+    """The driver metadata JSON of a model file, checked (:func:`driver.export.meta.check_metadata`)."""
+    if text is None:
+        raise ExportError(f"{where}: the model carries no driver metadata; export it with `driver export`")
+    if len(text) > MAX_META_BYTES:
+        raise ExportError(f"{where}: driver metadata is {len(text) / MiB:.1f} MiB, more than {MAX_META_BYTES // MiB}")
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ExportError(f"{where}: driver metadata is not valid JSON ({e})") from e
+    return check_metadata(meta, where)
+
+
 def read_onnx(path: str | os.PathLike) -> tuple[Any, dict]:
-    """Load and check an exported file: (onnx.ModelProto, metadata dict). Errors name the file."""
+    """Load and check an exported file with the ``onnx`` package: (onnx.ModelProto, metadata dict)."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: ONNX model not found")
+    data = read_bounded(path, MAX_ONNX_BYTES, "ONNX model", ExportError)
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as e:  # protobuf DecodeError, ValidationError, truncated files
         raise ExportError(f"{path}: not a valid ONNX model, it may be truncated or corrupt "
-                          f"({type(e).__name__}: {str(e)[:200]})") from e
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     props = {p.key: p.value for p in proto.metadata_props}
-    if META_KEY not in props:
-        raise ExportError(f"{path}: ONNX model carries no driver metadata; export it with `driver export`")
-    try:
-        meta = json.loads(props[META_KEY])
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path}: driver metadata is not valid JSON ({e})") from e
-    if meta.get("format") != META_FORMAT:
-        raise ExportError(f"{path}: metadata format {meta.get('format')!r} is not {META_FORMAT!r}")
-    return proto, meta
+    return proto, parse_metadata(props.get(META_KEY), str(path))
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """A C-contiguous float32 array from a numpy array or a (CPU) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class OrtStepModel:
-    """An ONNX Runtime session behind the torch step interface (see module docstring)."""
+    """An ONNX Runtime session behind the step interface (see module docstring)."""
 
-    def __init__(self, model: bytes | str | os.PathLike, meta: dict, threads: int | None = None,
+    numpy_io = True  # Policy feeds numpy arrays and gets numpy arrays back
+
+    def __init__(self, model: bytes, meta: dict | None = None, threads: int | None = None,
                  name: str = "model.onnx") -> None:
+        """``meta`` None: read from the model's own ``metadata_props`` (an exported file)."""
         import onnxruntime as ort
 
-        self.meta = meta
         self.name = str(name)
-        self.spec = InputSpec(**meta["spec"])
+        try:  # ORT prints an "EP Error ... Falling back" banner before re-raising some failures: keep it quiet
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(model, session_options(threads),
+                                                    providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+            raise ExportError(f"{self.name}: not a model ONNX Runtime can load, it may be truncated or corrupt "
+                              f"({' '.join(str(e).split())[:300]})") from e
+        if meta is None:
+            try:
+                text = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+            except UnicodeDecodeError as e:
+                raise ExportError(f"{self.name}: the model's metadata is not UTF-8 text ({e.reason})") from None
+            meta = parse_metadata(text, self.name)
+        self.meta = meta = check_metadata(meta, self.name)
         self.arch = meta["arch"]
+        self.n_modes = int(meta["spec"]["n_modes"])
         self.state_names: list[str] = list(meta["state"]["names"])
         self.is_recurrent = bool(self.state_names)
         self.num_layers = int(meta["state"]["layers"])
         self.hidden_size = int(meta["state"]["hidden"])
-        source = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise ExportError(f"{self.name}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        if self.input_names != list(meta["inputs"]):
-            raise ExportError(f"{self.name}: model inputs {self.input_names} do not match its metadata "
-                              f"{meta['inputs']}")
+        if self.input_names != list(meta["inputs"]) or len(self.output_names) != 1 + len(self.state_names):
+            raise ExportError(f"{self.name}: model inputs {self.input_names} / outputs {self.output_names} do not "
+                              f"match its metadata ({meta['inputs']}, state {self.state_names})")
 
-    def initial_state(self, batch_size: int, device: Any = None) -> Any:
-        """Zero state like the torch model's: ``(h, c)``, ``h`` or None."""
+    @property
+    def spec(self):
+        """The model's :class:`~driver.models.spec.InputSpec` (imports the model zoo: not on the car path)."""
+        from driver.models.spec import InputSpec
+
+        return InputSpec(**self.meta["spec"])
+
+    def initial_state(self, batch_size: int, device: Any = None, torch_tensors: bool = False) -> Any:
+        """Zero state like the torch model's: ``(h, c)``, ``h`` or None (numpy unless ``torch_tensors``)."""
         if not self.is_recurrent:
             return None
-        zeros = [torch.zeros(self.num_layers, batch_size, self.hidden_size) for _ in self.state_names]
+        zeros = [np.zeros((self.num_layers, batch_size, self.hidden_size), np.float32) for _ in self.state_names]
+        if torch_tensors:
+            import torch
+
+            zeros = [torch.from_numpy(z) for z in zeros]
         return zeros[0] if len(zeros) == 1 else tuple(zeros)
 
-    def feeds(self, frame: Tensor, modes: Tensor | None, state: Any) -> dict[str, np.ndarray]:
+    def feeds(self, frame: Any, modes: Any, state: Any) -> dict[str, np.ndarray]:
         """The session's input dict; a None state becomes zeros, missing modes become zeros."""
-        batch = frame.shape[0]
-        feed = {"frame": np.ascontiguousarray(frame.detach().float().cpu().numpy())}
-        if self.spec.n_modes:
-            m = torch.zeros(batch, self.spec.n_modes) if modes is None else modes
-            feed["modes"] = np.ascontiguousarray(m.detach().float().cpu().numpy())
+        x = _numpy(frame)
+        batch = x.shape[0]
+        feed = {"frame": x}
+        if self.n_modes:
+            feed["modes"] = np.zeros((batch, self.n_modes), np.float32) if modes is None else _numpy(modes)
         if self.is_recurrent:
             state = self.initial_state(batch) if state is None else state
-            parts = [state] if isinstance(state, Tensor) else list(state)
+            parts = [state] if not isinstance(state, tuple | list) else list(state)
             for name, part in zip(self.state_names, parts, strict=True):
-                feed[name] = np.ascontiguousarray(torch.as_tensor(part).detach().float().cpu().numpy())
+                feed[name] = _numpy(part)
         return feed
 
-    def step(self, frame: Tensor, modes: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
-        """frame (B, C, H, W) -> (out (B, horizon, 2), new state), torch tensors as the torch model returns."""
+    def step(self, frame: Any, modes: Any = None, state: Any = None) -> tuple[Any, Any]:
+        """frame (B, C, H, W) -> (out (B, horizon, 2), new state); torch tensors out when a tensor came in."""
         outs = self.session.run(None, self.feeds(frame, modes, state))
-        out = torch.from_numpy(outs[0])
+        if hasattr(frame, "detach"):  # called the torch way (parity checks, quantization, evaluation)
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
         if not self.is_recurrent:
-            return out, None
-        new = [torch.from_numpy(o) for o in outs[1:]]
-        return out, (new[0] if len(new) == 1 else tuple(new))
+            return outs[0], None
+        return outs[0], (outs[1] if len(outs) == 2 else tuple(outs[1:]))
 
     def eval(self) -> OrtStepModel:
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> OrtStepModel:
         """Accepts ``.to("cpu")`` and ``.to(memory_format=...)`` as Policy calls them; other devices raise."""
-        device = kwargs.get("device", args[0] if args and not isinstance(args[0], torch.dtype) else None)
-        if device is not None and torch.device(device).type != "cpu":
+        device = kwargs.get("device", args[0] if args and isinstance(args[0], str) else None)
+        if device is not None and str(device).split(":")[0] != "cpu":
             raise ExportError(f"{self.name}: the ONNX Runtime backend runs on CPU only, not {device}")
         return self
 
@@ -137,7 +177,7 @@ class OrtStepModel:
 
 
 def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> tuple[OrtStepModel, dict]:
-    """(backend, checkpoint-like metadata dict for ``Policy``) from an exported ``.onnx`` file."""
-    proto, meta = read_onnx(path)
-    model = OrtStepModel(proto.SerializeToString(), meta, threads=threads, name=str(path))
-    return model, {**meta, "path": str(path)}
+    """(backend, checkpoint-like metadata dict for ``Policy``) from an exported ``.onnx`` file (torch-free)."""
+    data = read_bounded(path, MAX_ONNX_BYTES, "ONNX model", ExportError)
+    model = OrtStepModel(data, None, threads=threads, name=str(Path(path)))
+    return model, {**model.meta, "path": str(path)}

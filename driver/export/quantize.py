@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from driver.export.common import ExportError, heldout_metrics, parity_inputs
-from driver.export.onnx_export import set_metadata, write_atomic
+from driver.export.loading import model_kind
+from driver.export.meta import ExportError
 from driver.export.ort_backend import OrtStepModel, read_onnx
 
 log = logging.getLogger(__name__)
@@ -31,13 +30,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QuantizeConfig:
-    out: str = ""
-    calibration_frames: int = 256
-    calibration_method: str = "minmax"  # minmax | entropy | percentile
-    per_channel: bool = True
-    bench_iters: int = 200
-    threads: int = 1
-    seed: int = 0
+    """``driver quantize``: each field's trailing comment is its flag's help."""
+
+    out: str = ""  # the int8 .onnx to write (empty: beside the model, NAME.int8.onnx)
+    calibration_frames: int = 256  # frames from the model's training runs the activation ranges are calibrated on
+    calibration_method: str = "minmax"  # minmax, entropy or percentile
+    per_channel: bool = True  # per-channel weight scales (--no-per-channel: one per tensor)
+    bench_iters: int = 200  # batch-1 steps timed for the fp32 vs int8 report (0: skip)
+    threads: int = 1  # ONNX Runtime intra-op threads
+    seed: int = 0  # calibration frame order
 
     def __post_init__(self) -> None:
         if not 8 <= self.calibration_frames <= 100_000:
@@ -82,6 +83,7 @@ class _Reader:
 
 def calibration_feeds(fp32: OrtStepModel, meta: dict, frames: int, seed: int) -> tuple[list[dict], str]:
     """Input dicts for calibration: sequences of store frames with the fp32 model's own carried state."""
+    from driver.export.common import parity_inputs
     from driver.models import create_model
 
     model = create_model(meta["arch"], fp32.spec, **meta.get("arch_kwargs", {}))
@@ -99,7 +101,8 @@ def calibration_feeds(fp32: OrtStepModel, meta: dict, frames: int, seed: int) ->
 
 def step_latency_ms(model: OrtStepModel, iters: int, warmup: int = 20) -> float:
     """Median batch-1 step latency in ms on zero inputs."""
-    frame = torch.zeros(1, model.spec.channels, model.spec.height, model.spec.width)
+    spec = model.spec
+    frame = np.zeros((1, spec.channels, spec.height, spec.width), np.float32)
     feed = model.feeds(frame, None, None)
     for _ in range(warmup):
         model.session.run(None, feed)
@@ -114,11 +117,20 @@ def step_latency_ms(model: OrtStepModel, iters: int, warmup: int = 20) -> float:
 def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> QuantizeReport:
     """Statically quantize an exported fp32 ``.onnx`` to ``config.out`` and report accuracy and speed."""
     import onnx
+    import torch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from driver.export.common import heldout_metrics
+    from driver.export.onnx_export import set_metadata, write_atomic
+
     if not config.out:
         raise ValueError("out is empty: name the int8 .onnx file to write")
+    kind = model_kind(source)
+    if kind != "onnx":
+        stem = Path(source).with_suffix("")
+        raise ExportError(f"{source}: quantize takes an exported .onnx model, not a {kind}; export it first: "
+                          f"`driver export {source} --out {stem}.onnx`, then `driver quantize {stem}.onnx`")
     proto, meta = read_onnx(source)
     fp32 = OrtStepModel(proto.SerializeToString(), meta, threads=config.threads, name=str(source))
     feeds, calib_source = calibration_feeds(fp32, meta, config.calibration_frames, config.seed)

@@ -13,7 +13,10 @@ import io
 import json
 import logging
 import os
+import pickletools
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,16 @@ from driver.export.common import (
     resolve_checkpoint,
     validate_parity,
 )
+from driver.export.meta import check_metadata
 from driver.export.onnx_export import ExportReport, example_args, write_atomic
+from driver.export.ort_backend import parse_metadata
+from driver.file_checks import GiB, check_size, check_zip
 from driver.models.spec import InputSpec
 
 log = logging.getLogger(__name__)
 
 EXTRA_FILE = "driver.json"
+MAX_TORCHSCRIPT_BYTES = 2 * GiB
 
 
 @dataclass
@@ -55,7 +62,7 @@ class ScriptStepModel:
     """A TorchScript step module behind the torch step interface (``step``, ``is_recurrent``, ``eval``, ``to``)."""
 
     def __init__(self, module: torch.jit.ScriptModule, meta: dict) -> None:
-        self.module, self.meta = module, meta
+        self.module, self.meta = module, check_metadata(meta, "TorchScript model")
         self.spec = InputSpec(**meta["spec"])
         self.state_names = list(meta["state"]["names"])
         self.is_recurrent = bool(self.state_names)
@@ -111,17 +118,62 @@ def export_torchscript(source: str | os.PathLike | dict, config: TorchScriptConf
                         config.parity_steps * config.parity_sequences, frames)
 
 
+_PUSH_INT = {"BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4"}
+_PUSH_STR = {"BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"}
+
+
+def check_archive(path: Path, entries: list[zipfile.ZipInfo]) -> None:
+    """What torch's C++ reader trusts, checked first: every entry's CRC-32, every pickle well formed, and every
+    tensor storage a pickle declares no larger than the record that holds it (a damaged pickle declaring a
+    huge storage or string would otherwise be allocated before the read fails)."""
+    sizes = {e.filename: e.file_size for e in entries}
+    try:
+        with zipfile.ZipFile(path) as z, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools decodes protocol-0 strings with Python's escape rules
+            for e in entries:
+                data = z.read(e.filename)  # verifies the entry's CRC-32
+                if e.filename.endswith((".pkl", "data.pkl")) and not e.filename.endswith(".debug_pkl"):
+                    _check_pickle(data, e.filename, sizes, path)
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+        raise ExportError(f"{path}: not a loadable TorchScript model ({' '.join(str(e).split())[:200]})") from None
+
+
+def _check_pickle(data: bytes, name: str, sizes: dict[str, int], path: Path) -> None:
+    folder = name.rsplit("/", 1)[0] + "/" + ("constants" if name.endswith("constants.pkl") else "data")
+    recent: list[tuple[str, object]] = []
+    for op, arg, _ in pickletools.genops(data):  # ValueError when an argument runs past the end
+        if op.name in _PUSH_INT or op.name in _PUSH_STR:
+            recent = [*recent[-5:], (op.name, arg)]
+        elif op.name == "BINPERSID":
+            keys = [a for kind, a in recent if kind in _PUSH_STR and a not in ("storage", "cpu")]
+            numels = [a for kind, a in recent if kind in _PUSH_INT]
+            record = f"{folder}/{keys[-1]}" if keys else ""
+            if not keys or not numels or record not in sizes or not 0 <= numels[-1] <= sizes[record]:
+                raise ValueError(f"entry {name!r} declares a storage its archive does not hold ({record!r}, "
+                                 f"{numels[-1] if numels else '?'} elements)")
+            recent = []
+
+
 def load_torchscript_model(path: str | os.PathLike) -> tuple[ScriptStepModel, dict]:
-    """(backend, metadata) from a file written by :func:`export_torchscript`; errors name the file."""
+    """(backend, metadata) from a file written by :func:`export_torchscript`; errors name the file.
+
+    Bounded like a checkpoint (size, a zip of stored entries, declared sizes) before torch reads it; the
+    metadata is checked field by field.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: TorchScript model not found")
+    check_size(path, MAX_TORCHSCRIPT_BYTES, "TorchScript model", ExportError)
+    entries = check_zip(path, MAX_TORCHSCRIPT_BYTES, "TorchScript model", ExportError)
+    if not any(e.filename.endswith(f"extra/{EXTRA_FILE}") for e in entries):
+        raise ExportError(f"{path}: TorchScript archive carries no driver metadata; export it with `driver export`")
+    check_archive(path, entries)
     extra = {EXTRA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as e:  # RuntimeError from the zip reader on truncated or corrupt archives
-        raise ExportError(f"{path}: not a loadable TorchScript model ({type(e).__name__}: {str(e)[:200]})") from e
-    if not extra[EXTRA_FILE]:
-        raise ExportError(f"{path}: TorchScript archive carries no driver metadata; export it with `driver export`")
-    meta = json.loads(extra[EXTRA_FILE])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch 2.13 deprecates torch.jit
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # RuntimeError from the zip reader or the TorchScript parser
+        reason = " ".join(str(e).split()).split(". ")[0][:200]
+        raise ExportError(f"{path}: not a loadable TorchScript model ({type(e).__name__}: {reason})") from None
+    text = extra[EXTRA_FILE]
+    meta = parse_metadata(text.decode("utf-8", "replace") if isinstance(text, bytes) else text, str(path))
     return ScriptStepModel(module.eval(), meta), {**meta, "path": str(path)}

@@ -7,6 +7,8 @@
 #define HELLO_PAYLOAD_LEN 1u
 #define STATE_PAYLOAD_LEN 19u
 #define INFO_PAYLOAD_LEN 5u
+#define CAL_REQ_PAYLOAD_LEN 1u
+#define CAL_PAYLOAD_LEN 16u
 #define MAX_BODY (1u + STATE_PAYLOAD_LEN + 2u)
 
 /* ---- codec ---- */
@@ -154,6 +156,26 @@ static void send_info(proto_t *p)
     send_body(p, b, 1 + INFO_PAYLOAD_LEN);
 }
 
+static void put_endpoints(uint8_t *b, const proto_endpoints_t *e)
+{
+    put_u16(b, e->min_us);
+    put_u16(b + 2, e->neutral_us);
+    put_u16(b + 4, e->max_us);
+}
+
+/* v1.1: the endpoints the outputs are mapped and clamped to, so the host converts pulses as this MCU does. */
+static void send_cal(proto_t *p)
+{
+    uint8_t b[MAX_BODY];
+    b[0] = MSG_CAL;
+    b[1] = CARLINK_PROTO_MINOR;
+    put_endpoints(b + 2, &p->cal.steer);
+    put_endpoints(b + 8, &p->cal.thr);
+    put_u16(b + 14, p->cal.steer_deadband_us);
+    b[16] = p->cal_flags;
+    send_body(p, b, 1 + CAL_PAYLOAD_LEN);
+}
+
 /* ---- state machine ---- */
 
 static uint16_t abs_diff(uint16_t a, uint16_t b) { return a > b ? (uint16_t)(a - b) : (uint16_t)(b - a); }
@@ -240,6 +262,8 @@ static void handle_frame(proto_t *p)
         send_state(p);  /* the ack */
     } else if (body[0] == MSG_HELLO && payload_len == HELLO_PAYLOAD_LEN) {
         send_info(p);
+    } else if (p->minor >= 1 && body[0] == MSG_CAL_REQ && payload_len == CAL_REQ_PAYLOAD_LEN) {
+        send_cal(p);  /* any requested minor >= 1 gets this MCU's v1.1 answer */
     } else {
         p->rx_bad++;  /* unknown type or wrong payload length */
     }
@@ -283,13 +307,17 @@ void proto_tick(proto_t *p, uint32_t now_ms)
         send_state(p);
 }
 
-void proto_init(proto_t *p, const proto_calibration_t *cal, uint16_t watchdog_ms, proto_tx_fn tx, void *tx_ctx)
+void proto_init(proto_t *p, const proto_calibration_t *cal, uint8_t cal_flags, uint16_t watchdog_ms, proto_tx_fn tx,
+                void *tx_ctx)
 {
     memset(p, 0, sizeof *p);
-    if (cal && proto_calibration_valid(cal))
+    if (cal && proto_calibration_valid(cal)) {
         p->cal = *cal;
-    else
+        p->cal_flags = cal_flags;
+    } else {
         proto_default_calibration(&p->cal);
+    }
+    p->minor = CARLINK_PROTO_MINOR;
     p->watchdog_ms = watchdog_ms ? watchdog_ms : CARLINK_WATCHDOG_MS_DEFAULT;
     p->tx = tx;
     p->tx_ctx = tx_ctx;

@@ -1,7 +1,7 @@
 /* carlink v1, MCU side: framing, CRC, frame parser and the mode state machine.
  *
  * Hardware-free C99. The AVR firmware (firmware_avr.c) and the host fake MCU (host_mcu.c) both drive it:
- *   proto_init()      once, with calibration, watchdog and a TX callback;
+ *   proto_init()      once, with calibration (and whether it was stored), watchdog and a TX callback;
  *   proto_tick(now)   every loop pass with a millisecond clock (updates mode/outputs, sends 50 Hz STATE);
  *   proto_rx_byte(b)  for every byte received from the host (answers HELLO, acks CMD with STATE);
  *   proto_rc_pulse()  for every RC receiver pulse measured on a channel.
@@ -14,7 +14,8 @@
 #include <stdint.h>
 
 #define CARLINK_PROTO_VERSION 1u
-#define CARLINK_FW_VERSION 1u
+#define CARLINK_PROTO_MINOR 1u         /* v1.1: CAL_REQ -> CAL (calibrated endpoints); v1.0 hosts never ask */
+#define CARLINK_FW_VERSION 2u
 #define CARLINK_MAX_FRAME 64u          /* encoded bytes without the 0x00; longer is dropped */
 #define CARLINK_WATCHDOG_MS_DEFAULT 150u
 #define CARLINK_STATE_PERIOD_MS 20u    /* unsolicited STATE at 50 Hz */
@@ -24,10 +25,14 @@
 #define CARLINK_RC_MIN_VALID_US 800u   /* pulses outside this window are glitches and ignored */
 #define CARLINK_RC_MAX_VALID_US 2200u
 
-enum carlink_msg { MSG_CMD = 0x01, MSG_HELLO = 0x02, MSG_STATE = 0x81, MSG_INFO = 0x82 };
+enum carlink_msg {
+    MSG_CMD = 0x01, MSG_HELLO = 0x02, MSG_CAL_REQ = 0x03,  /* host -> MCU */
+    MSG_STATE = 0x81, MSG_INFO = 0x82, MSG_CAL = 0x83       /* MCU -> host */
+};
 enum carlink_mode { MODE_MANUAL = 0, MODE_AUTO = 1, MODE_FAILSAFE = 2 };
 enum carlink_cmd_flag { CMD_AUTO_REQUEST = 0x01, CMD_ESTOP = 0x02 };
 enum carlink_state_flag { STATE_RC_LOST = 0x01, STATE_HOST_TIMEOUT = 0x02, STATE_OVERRIDE = 0x04 };
+enum carlink_cal_flag { CAL_STORED = 0x01 };  /* endpoints from a stored calibration, not the defaults */
 enum carlink_rc_channel { RC_STEER = 0, RC_THR = 1, RC_MODE = 2, RC_CHANNELS = 3 };
 
 /* Calibrated endpoints of one output, in microseconds. */
@@ -49,6 +54,8 @@ typedef void (*proto_tx_fn)(const uint8_t *frame, uint8_t len, void *ctx);
 typedef struct {
     /* configuration */
     proto_calibration_t cal;
+    uint8_t cal_flags;     /* CAL_STORED when cal came from a stored (EEPROM) calibration */
+    uint8_t minor;         /* protocol minor answered: CARLINK_PROTO_MINOR (host_mcu --minor 0 acts as v1.0) */
     uint16_t watchdog_ms;
     proto_tx_fn tx;
     void *tx_ctx;
@@ -85,12 +92,15 @@ typedef struct {
 void proto_default_calibration(proto_calibration_t *cal);
 /* Nonzero when endpoints are ordered (min < neutral < max) and inside the valid RC window. */
 int proto_calibration_valid(const proto_calibration_t *cal);
-void proto_init(proto_t *p, const proto_calibration_t *cal, uint16_t watchdog_ms, proto_tx_fn tx, void *tx_ctx);
+/* cal NULL or invalid: the defaults (cal_flags then cleared). cal_flags: CAL_STORED for a stored calibration. */
+void proto_init(proto_t *p, const proto_calibration_t *cal, uint8_t cal_flags, uint16_t watchdog_ms, proto_tx_fn tx,
+                void *tx_ctx);
 void proto_tick(proto_t *p, uint32_t now_ms);
 void proto_rx_byte(proto_t *p, uint8_t byte);
 void proto_rc_pulse(proto_t *p, uint8_t channel, uint16_t width_us);
 
-/* Per-mille (-1000..1000, clamped) to microseconds on calibrated endpoints (clamped). */
+/* Per-mille (-1000..1000, clamped) to microseconds on calibrated endpoints (clamped). The host ports this map
+ * (driver.vehicle.calibration.Endpoints.permille_to_us) and is tested against it. */
 uint16_t proto_permille_to_us(const proto_endpoints_t *e, int16_t permille);
 uint16_t proto_clamp_us(const proto_endpoints_t *e, uint16_t us);
 

@@ -145,15 +145,18 @@ typedef struct {
 
 static stored_calibration_t EEMEM ee_calibration;
 
-static void load_calibration(proto_calibration_t *cal)
+/* The stored calibration if there is a valid one (returns CAL_STORED), else the defaults (returns 0). */
+static uint8_t load_calibration(proto_calibration_t *cal)
 {
     stored_calibration_t s;
     eeprom_read_block(&s, &ee_calibration, sizeof s);
     if (s.magic == CAL_MAGIC && s.crc == carlink_crc16((const uint8_t *)&s.cal, sizeof s.cal)
-        && proto_calibration_valid(&s.cal))
+        && proto_calibration_valid(&s.cal)) {
         *cal = s.cal;
-    else
-        proto_default_calibration(cal);
+        return CAL_STORED;
+    }
+    proto_default_calibration(cal);
+    return 0;
 }
 
 static void save_calibration(const proto_calibration_t *cal)
@@ -260,17 +263,17 @@ static void setup_hardware(uint16_t steer_neutral_us, uint16_t thr_neutral_us)
 int main(void)
 {
     proto_calibration_t cal;
-    load_calibration(&cal);
+    uint8_t cal_flags = load_calibration(&cal);
     setup_hardware(cal.steer.neutral_us, cal.thr.neutral_us);
     sei();
     if ((PIND & _BV(PD7)) == 0) { /* before the watchdog is armed: EEPROM writes take ~3.4 ms per byte */
         calibrate();
-        load_calibration(&cal);
+        cal_flags = load_calibration(&cal);
     }
     wdt_enable(WDTO_60MS);
 
     static proto_t proto;
-    proto_init(&proto, &cal, CARLINK_WATCHDOG_MS_DEFAULT, uart_tx_frame, 0);
+    proto_init(&proto, &cal, cal_flags, CARLINK_WATCHDOG_MS_DEFAULT, uart_tx_frame, 0);
     for (;;) {
         wdt_reset();
         proto_tick(&proto, millis());
