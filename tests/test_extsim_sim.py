@@ -94,8 +94,12 @@ def test_recorded_runs_are_lab_format(tmp_path):
     with h5py.File(path, "r") as f:
         meta = json.loads(f.attrs["extsim"])
         speed = f["segments/0/encoder"][()]
+        progress = f["segments/0/progress"][()]
     assert meta["simulator"] == "highway-env" and meta["seed"] == 1_000_000 and meta["sim"]["fps"] == 15.0
     assert (speed > 0).all() and speed.max() < 16
+    # both at the frame: the car advances by the recorded speed over the next 1/15 s
+    assert progress[0] == 0
+    np.testing.assert_allclose(np.diff(progress), speed[:-1] / 15, atol=0.05)
     mtime = path.stat().st_mtime_ns
     assert record_runs(config) == [path] and path.stat().st_mtime_ns == mtime  # on disk: kept
 

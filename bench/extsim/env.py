@@ -135,7 +135,6 @@ class LaneState:
     lateral: float
     heading_error: float
     lane_heading: float
-    lane_width: float
 
 
 class Camera:
@@ -173,7 +172,6 @@ class RacetrackSim:
         self.env = gym.make(config.track, render_mode="rgb_array", config=env_config(config)).unwrapped
         self.env.reset(seed=0)
         self.camera = Camera(config)
-        self.dt = 1.0 / config.fps
 
     @property
     def vehicle(self):
@@ -226,8 +224,7 @@ class RacetrackSim:
         s, lat = lane.local_coordinates(v.position)
         heading = float(lane.heading_at(s))
         # highway-env's lateral coordinate is + to the lane's right on its y-down screen (local_coordinates)
-        return LaneState(idx, float(s), float(lat), float(wrap_angle(v.heading - heading)), heading,
-                         float(lane.width_at(s)))
+        return LaneState(idx, float(s), float(lat), float(wrap_angle(v.heading - heading)), heading)
 
     def frame(self) -> np.ndarray:
         return self.camera.capture(self.env)

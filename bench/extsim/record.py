@@ -16,10 +16,11 @@ What a run holds (one camera, ``left``): frames ``height × width`` RGB uint8 (t
 ``env.Camera``); ``steer`` = the expert's steering in run units (0..99, 49 straight, + right);
 ``motor`` = its longitudinal command in run units: highway-env commands ACCELERATION, so 49 = coasting
 (no acceleration), above 49 accelerating, below 49 braking; ``state`` = 1 (a human-equivalent driver);
-``left_timestamp`` at the simulator's rate (``fps``); extras ``encoder`` (speed, m/s), ``cte`` (m, + right
-of the lane centre), ``heading_error`` (rad, + right), ``progress`` (m along the track), ``sim_reward``
-(highway-env's reward for the step), ``executed_steer`` / ``executed_accel`` (normalised, noise
-included). Labels ``racing`` and ``sim``; the file attribute ``extsim`` holds the settings as JSON.
+``left_timestamp`` at the simulator's rate (``fps``); extras, at the frame: ``encoder`` (speed, m/s),
+``cte`` (m, + right of the lane centre), ``heading_error`` (rad, + right), ``progress`` (m along the track
+since the run's start), and for the step that follows it: ``sim_reward`` (highway-env's reward),
+``executed_steer`` / ``executed_accel`` (the command applied, normalised, noise included). Labels
+``racing`` and ``sim``; the file attribute ``extsim`` holds the settings as JSON.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class RecordConfig:
     seconds: float = 60.0
     split: str = "train"
     seed: int = 0
-    noise: float = 0.15  # DART steering noise std, normalised (0 = the clean expert)
+    noise: float = 0.15  # DART steering noise std, normalised (0 = the clean expert: no noise at all)
     accel_noise: float = 0.2  # DART acceleration noise std, normalised
     force: bool = False
     sim: SimConfig = SimConfig()
@@ -130,20 +131,19 @@ def record_run(config: RecordConfig, index: int, sim: RacetrackSim, expert: Expe
     t_start = t = 1000.0
     progress, resets = 0.0, 0
     for _ in range(n_total):
-        st = sim.lane_state()
-        v = sim.vehicle
+        st, v = sim.lane_state(), sim.vehicle
+        speed = float(v.speed)  # at the frame, before the step
         frames.append(sim.frame())
         steer, accel = expert.command(sim)
         ns, na = dart.sample()
         ex_s, ex_a = float(np.clip(steer + ns, -1, 1)), float(np.clip(accel + na, -1, 1))
         before = np.array(v.position, dtype=np.float64)
         reward, terminated = sim.step(ex_s, ex_a)
-        progress += float(np.dot(np.asarray(sim.vehicle.position) - before,
-                                 [np.cos(st.lane_heading), np.sin(st.lane_heading)]))
-        for k, x in (("steer", steer), ("accel", accel), ("encoder", v.speed), ("cte", st.lateral),
+        for k, x in (("steer", steer), ("accel", accel), ("encoder", speed), ("cte", st.lateral),
                      ("heading_error", st.heading_error), ("progress", progress), ("sim_reward", reward),
                      ("executed_steer", ex_s), ("executed_accel", ex_a)):
             series[k].append(float(x))
+        progress += float(np.dot(np.asarray(v.position) - before, [np.cos(st.lane_heading), np.sin(st.lane_heading)]))
         t += 1.0 / fps
         if on_step is not None:
             on_step()

@@ -64,11 +64,14 @@ log = logging.getLogger("extsim.bench")
 # `default` is `driver train`'s own recipe: only what these runs require is set (one camera). `pilotnet`
 # is issue 18's plain single-frame CNN baseline (one frame in). Both get the same CPU budget: through
 # `driver train --budget` when the command has it, else `--epochs/--steps-per-epoch` sized from a short
-# calibration run of the same recipe (`size_training`).
+# calibration run of the same recipe (`size_training`). `small` (not run unless asked, `--models ... small`)
+# is docs/car-to-model.md's small-input recipe, a check that these runs are learnable at all.
 # ==================================================================================================
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
+    "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
+              "--horizon", "1", "--target-stride", "1", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20"],
 }
 REQUIRED = ["--cameras", "left", "--no-progress"]  # the runs have one camera; no progress bar in logs
 INGEST_FLAGS = ["--min-motor", "0"]  # motor is an acceleration command here: coasting (49) and braking are data
@@ -340,7 +343,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
              "throttle_r2": const["overall"]["motor"], "closed_loop": closed["constant"]}]
     for m, t in trained.items():
         ol = open_loop.get(m, {}).get("overall", {})
-        rows.append({"model": f"{m} ({t.arch})" if t.arch != "default" else "default recipe",
+        name = "default recipe" if m == "default" else m if m == t.arch else f"{m} ({t.arch})"
+        rows.append({"model": name,
                      "steer_r2": ol.get("steer"), "throttle_r2": ol.get("motor"), "closed_loop": closed.get(m),
                      "steps": t.steps, "train_s": t.seconds, "error": t.error})
     text = table(rows)
