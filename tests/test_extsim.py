@@ -248,7 +248,7 @@ def test_table_and_budget_flags():
     assert "| expert (labels) | 1.000 | 1.000 | 1.000 | 100.0% |" in text
     assert text.splitlines()[-1].endswith("not in this build")
     assert train_budget_args(600, None) == ["--budget", "10m"]
-    assert train_budget_args(600, {"steps_per_epoch": 25}) == ["--epochs", "4", "--steps-per-epoch", "25"]
+    assert train_budget_args(600, {"steps_per_epoch": 25}) == ["--epochs", "2", "--steps-per-epoch", "25"]
     assert {"default", "pilotnet"} <= set(RECIPES) and RECIPES["default"] == []
 
 

@@ -75,7 +75,7 @@ RECIPES: dict[str, list[str]] = {
 }
 REQUIRED = ["--cameras", "left", "--no-progress"]  # the runs have one camera; no progress bar in logs
 INGEST_FLAGS = ["--min-motor", "0"]  # motor is an acceleration command here: coasting (49) and braking are data
-BUDGET_EPOCHS = 4  # validations (and best.pt candidates) per budgeted training run
+BUDGET_EPOCHS = 2  # validations (and best.pt candidates) per budgeted training run: each costs minutes on a CPU
 CALIBRATION_STEPS = 20
 
 
@@ -282,7 +282,8 @@ def stage_closed_loop(cfg: BenchConfig, controllers: dict[str, object]) -> dict[
         for name, controller in controllers.items():
             t = time.perf_counter()
             results[name] = summarize(evaluate(controller, loop, sim), expert, cfg.sim.fps)
-            results[name].extra["seconds"] = round(time.perf_counter() - t, 1)
+            results[name].extra.update(seconds=round(time.perf_counter() - t, 1),
+                                       mode=getattr(controller, "mode", None))
             print(f"closed loop {name}: score {fmt(results[name].score)} ({results[name].extra['seconds']} s)",
                   flush=True)
         return results
