@@ -238,11 +238,11 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     return out
 
 
-def valid_labels(store_path: Path, runs: list[str] | None = None) -> dict[str, np.ndarray]:
+def valid_labels(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
     """The steer and motor labels (run units) of the valid frames, per run and pooled (key ``ALL``)."""
     store = Store(store_path)
     out: dict[str, dict[str, np.ndarray]] = {}
-    for run in runs or store.runs:
+    for run in store.runs:
         v = store.series(run, "valid").astype(bool)
         out[run] = {"steer": store.series(run, "steer")[v].astype(np.float64),
                     "motor": store.series(run, "motor")[v].astype(np.float64)}
