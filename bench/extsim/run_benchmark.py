@@ -1,0 +1,394 @@
+"""Issue 18's external-simulator benchmark, end to end, on highway-env's racetrack.
+
+    pip install -e '.[extsim]'
+    python bench/extsim/run_benchmark.py --work /tmp/extsim_bench --budget-minutes 10
+
+1. record: the scripted expert with DART noise, ``--train-runs`` training drives and ``--test-runs``
+   held-out drives (disjoint seeds) as lab-format HDF5 runs (``record.py``);
+2. ingest: ``driver ingest`` into ``train.zarr`` and ``test.zarr`` (two stores: training never sees a
+   held-out run, not even for choosing ``best.pt``);
+3. train: ``driver train`` with the default recipe and with the PilotNet baseline, the same CPU budget
+   each (see TRAINING INVOCATIONS below);
+4. open loop: ``driver replay`` of each checkpoint on the held-out runs → R² per target (run units);
+   the constant predictor (the mean of the training labels) is scored from the labels directly;
+5. closed loop: every controller drives the same held-out starts (``closed_loop.py``): score vs the
+   expert, PilotNet autonomy, pace.
+
+Prints one table and writes ``WORK/results.json`` and ``WORK/results.md``. Every stage skips work already
+on disk (recorded runs, ingested runs, finished training; an interrupted training resumes), so running the
+same command again after a kill continues where it stopped. Each subprocess's output goes to
+``WORK/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from driver.datasets.store import Store
+
+from bench.extsim.closed_loop import (
+    ClosedLoopConfig,
+    ConstantController,
+    ExpertController,
+    PolicyController,
+    Summary,
+    evaluate,
+    summarize,
+)
+from bench.extsim.env import RacetrackSim, SimConfig, sim_version
+from bench.extsim.record import RecordConfig, record_runs
+from bench.extsim.scores import constant_r_squared, fmt, r_squared_from_mse
+from driver.errors import DriverError
+from driver.units import run_to_norm
+
+log = logging.getLogger("extsim.bench")
+
+# ==================================================================================================
+# TRAINING INVOCATIONS: the one place to edit when `driver train`'s recipe flags change.
+# `default` is `driver train`'s own recipe: only what these runs require is set (one camera). `pilotnet`
+# is issue 18's plain single-frame CNN baseline (one frame in). Both get the same CPU budget: through
+# `driver train --budget` when the command has it, else `--epochs/--steps-per-epoch` sized from a short
+# calibration run of the same recipe (`size_training`). `small` (not run unless asked, `--models ... small`)
+# is docs/car-to-model.md's small-input recipe, a check that these runs are learnable at all.
+# ==================================================================================================
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
+    "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
+              "--horizon", "1", "--target-stride", "1", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20"],
+}
+REQUIRED = ["--cameras", "left", "--no-progress"]  # the runs have one camera; no progress bar in logs
+INGEST_FLAGS = ["--min-motor", "0"]  # motor is an acceleration command here: coasting (49) and braking are data
+BUDGET_EPOCHS = 2  # validations (and best.pt candidates) per budgeted training run: each costs minutes on a CPU
+CALIBRATION_STEPS = 20
+
+
+def recipe_arch(model: str) -> str:
+    args = RECIPES[model]
+    return args[args.index("--arch") + 1] if "--arch" in args else "default"
+
+
+def train_budget_args(budget_s: float, calibration: dict | None) -> list[str]:
+    """Flags that hold training to ``budget_s``: `--budget` if `driver train` has it, else sized steps."""
+    if calibration is None:
+        return ["--budget", f"{budget_s / 60:g}m"]
+    return ["--epochs", str(BUDGET_EPOCHS), "--steps-per-epoch", str(calibration["steps_per_epoch"])]
+
+
+# ==================================================================================================
+
+
+def driver_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "driver.cli", *args]
+
+
+def run_logged(cmd: list[str], log_path: Path) -> float:
+    """Run ``cmd`` with its output in ``log_path``; return seconds; raise with the log's tail on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print("$ " + shlex.join(cmd), flush=True)
+    t = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise DriverError(f"{shlex.join(cmd[:4])} ... exited {rc} (log {log_path}): {' | '.join(tail)}")
+    return time.perf_counter() - t
+
+
+def train_has_budget_flag() -> bool:
+    out = subprocess.run(driver_cmd("train", "--help"), capture_output=True, text=True, check=False).stdout
+    return "--budget" in out
+
+
+def registered_archs() -> set[str]:
+    from driver.models import list_models
+
+    return set(list_models())
+
+
+@dataclass
+class BenchConfig:
+    work: str
+    train_runs: int = 24
+    test_runs: int = 6
+    seconds: float = 60.0
+    budget_minutes: float = 10.0
+    models: list[str] = field(default_factory=lambda: ["default", "pilotnet"])
+    eval_episodes: int = 6
+    eval_seconds: float = 45.0
+    seed: int = 0
+    sim: SimConfig = SimConfig()
+
+    def __post_init__(self):
+        if not 2 <= self.train_runs <= 1000:
+            raise ValueError(f"train_runs={self.train_runs} must be in 2..1000 (training holds one out)")
+        if not 1 <= self.test_runs <= 1000:
+            raise ValueError(f"test_runs={self.test_runs} must be in 1..1000")
+        if not 0.5 <= self.budget_minutes <= 600:
+            raise ValueError(f"budget_minutes={self.budget_minutes} must be in 0.5..600")
+        unknown = [m for m in self.models if m not in RECIPES]
+        if unknown:
+            raise ValueError(f"models {unknown} are not recipes here ({', '.join(RECIPES)})")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.work)
+
+
+# ---- stages --------------------------------------------------------------------------------------
+
+
+def stage_record(cfg: BenchConfig) -> None:
+    for split, n in (("train", cfg.train_runs), ("test", cfg.test_runs)):
+        record_runs(RecordConfig(out=str(cfg.root / "runs" / split), runs=n, seconds=cfg.seconds, split=split,
+                                 seed=cfg.seed, sim=cfg.sim), progress=True)
+
+
+def stage_ingest(cfg: BenchConfig) -> None:
+    for split in ("train", "test"):
+        run_logged(driver_cmd("ingest", str(cfg.root / "runs" / split), "--out", str(cfg.root / f"{split}.zarr"),
+                              *INGEST_FLAGS), cfg.root / "logs" / f"ingest_{split}.log")
+
+
+def _last_train_rate(run_dir: Path) -> float:
+    with open(run_dir / "metrics.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    if not rows:
+        raise DriverError(f"{run_dir}/metrics.csv has no training rows to size the budget from")
+    return float(rows[-1]["samples_per_s"])
+
+
+def size_training(cfg: BenchConfig, model: str, base: list[str]) -> dict:
+    """Run the recipe for CALIBRATION_STEPS steps; size steps so that training (with its start-up and one
+    validation per epoch) fits the budget on this machine now."""
+    calib_dir = cfg.root / "train" / f"_calibrate_{model}"
+    shutil.rmtree(calib_dir, ignore_errors=True)
+    wall = run_logged(driver_cmd("train", *base, "--epochs", "1", "--steps-per-epoch", str(CALIBRATION_STEPS),
+                                 "--out", str(calib_dir.parent), "--name", calib_dir.name),
+                      cfg.root / "logs" / f"calibrate_{model}.log")
+    resolved = json.loads((calib_dir / "config.json").read_text(encoding="utf-8"))
+    frames_per_step = int(resolved["batch_size"]) * int(resolved["clip_length"])
+    step_s = frames_per_step / _last_train_rate(calib_dir)
+    overhead_s = max(0.0, wall - CALIBRATION_STEPS * step_s)  # start-up + one validation + checkpoints
+    budget_s = cfg.budget_minutes * 60
+    steps = max(BUDGET_EPOCHS, int((budget_s - BUDGET_EPOCHS * overhead_s) / step_s))
+    shutil.rmtree(calib_dir, ignore_errors=True)
+    return {"step_s": round(step_s, 4), "overhead_s": round(overhead_s, 1), "calibration_wall_s": round(wall, 1),
+            "steps_per_epoch": max(1, steps // BUDGET_EPOCHS)}
+
+
+@dataclass
+class TrainOutcome:
+    model: str
+    arch: str
+    checkpoint: str | None = None
+    seconds: float = 0.0
+    steps: int = 0
+    command: str = ""
+    calibration: dict | None = None
+    error: str | None = None
+
+
+def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOutcome:
+    arch = recipe_arch(model)
+    out = TrainOutcome(model, arch)
+    if arch != "default" and arch not in registered_archs():
+        out.error = f"arch {arch!r} is not in this build of driver (driver models)"
+        return out
+    run_dir = cfg.root / "train" / model
+    done = run_dir / "benchmark_done.json"
+    if done.is_file():
+        return TrainOutcome(**json.loads(done.read_text(encoding="utf-8")))
+    base = ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed)]
+    try:
+        if (run_dir / "last.pt").is_file():  # an interrupted run: continue it
+            cmd = driver_cmd("train", "--resume", str(run_dir))
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            out.calibration = None if use_budget_flag else size_training(cfg, model, base)
+            cmd = driver_cmd("train", *base, *train_budget_args(cfg.budget_minutes * 60, out.calibration),
+                             "--out", str(run_dir.parent), "--name", model)
+        out.command = shlex.join(["driver", *cmd[3:]])
+        out.seconds = run_logged(cmd, cfg.root / "logs" / f"train_{model}.log")
+    except DriverError as e:
+        out.error = str(e)
+        return out
+    best = run_dir / "best.pt"
+    out.checkpoint = str(best if best.is_file() else run_dir / "last.pt")
+    with open(run_dir / "metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out.steps = max((int(r["step"]) for r in rows), default=0)
+    done.write_text(json.dumps(asdict(out), indent=2), encoding="utf-8")
+    return out
+
+
+def valid_labels(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The steer and motor labels (run units) of the valid frames, per run and pooled (key ``ALL``)."""
+    store = Store(store_path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for run in store.runs:
+        v = store.series(run, "valid").astype(bool)
+        out[run] = {"steer": store.series(run, "steer")[v].astype(np.float64),
+                    "motor": store.series(run, "motor")[v].astype(np.float64)}
+    out["ALL"] = {k: np.concatenate([d[k] for d in out.values()]) for k in ("steer", "motor")}
+    return out
+
+
+def stage_replay(cfg: BenchConfig, model: str, checkpoint: str, test: dict) -> dict:
+    out_dir = cfg.root / "replay" / model
+    run_logged(driver_cmd("replay", "--model", checkpoint, "--data", str(cfg.root / "test.zarr"), "--out",
+                          str(out_dir), "--no-video"), cfg.root / "logs" / f"replay_{model}.log")
+    report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
+
+    def r2(m: dict, labels: dict) -> dict:
+        return {"steer": r_squared_from_mse(m["steer"]["mse"], labels["steer"]),
+                "motor": r_squared_from_mse(m["throttle"]["mse"], labels["motor"])}
+
+    return {"overall": r2(report["overall"], test["ALL"]),
+            "per_run": {run: r2(m, test[run]) for run, m in report["per_run"].items()},
+            "steer_mae": report["overall"]["steer"]["mae"], "throttle_mae": report["overall"]["throttle"]["mae"]}
+
+
+def constant_scores(train: dict, test: dict) -> dict:
+    mean = {k: float(np.mean(train["ALL"][k])) for k in ("steer", "motor")}
+    r2 = {k: constant_r_squared(mean[k], test["ALL"][k]) for k in ("steer", "motor")}
+    per_run = {run: {k: constant_r_squared(mean[k], d[k]) for k in ("steer", "motor")}
+               for run, d in test.items() if run != "ALL"}
+    return {"mean_run_units": mean, "overall": r2, "per_run": per_run}
+
+
+def stage_closed_loop(cfg: BenchConfig, controllers: dict[str, object]) -> dict[str, Summary]:
+    loop = ClosedLoopConfig(episodes=cfg.eval_episodes, seconds=cfg.eval_seconds, seed=cfg.seed, sim=cfg.sim)
+    sim = RacetrackSim(cfg.sim)
+    try:
+        expert = evaluate(ExpertController(), loop, sim)
+        results = {"expert": summarize(expert, expert, cfg.sim.fps)}
+        for name, controller in controllers.items():
+            t = time.perf_counter()
+            results[name] = summarize(evaluate(controller, loop, sim), expert, cfg.sim.fps)
+            results[name].extra.update(seconds=round(time.perf_counter() - t, 1),
+                                       mode=getattr(controller, "mode", None))
+            print(f"closed loop {name}: score {fmt(results[name].score)} ({results[name].extra['seconds']} s)",
+                  flush=True)
+        return results
+    finally:
+        sim.close()
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | steer R² | throttle R² | closed-loop score | autonomy | pace | completed | train steps "
+            "| train s |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cl = r.get("closed_loop")
+        lines.append("| " + " | ".join([
+            r["model"], fmt(r.get("steer_r2")), fmt(r.get("throttle_r2")),
+            fmt(cl.score) if cl else "-", f"{cl.autonomy_pct:.1f}%" if cl else "-",
+            fmt(cl.pace, 2) if cl else "-", f"{100 * cl.completed:.0f}%" if cl else "-",
+            str(r.get("steps", "-")), fmt(r.get("train_s"), 0)]) + " |")
+        if r.get("error"):
+            lines[-1] += f" {r['error']}"
+    return "\n".join(lines)
+
+
+def run_benchmark(cfg: BenchConfig) -> dict:
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t, 1)
+        return result
+
+    timed("record", stage_record, cfg)
+    timed("ingest", stage_ingest, cfg)
+    train_labels, test_labels = valid_labels(cfg.root / "train.zarr"), valid_labels(cfg.root / "test.zarr")
+    use_budget = train_has_budget_flag()
+    trained = {m: timed(f"train {m}", stage_train, cfg, m, use_budget) for m in cfg.models}
+    open_loop = {m: timed(f"replay {m}", stage_replay, cfg, m, t.checkpoint, test_labels)
+                 for m, t in trained.items() if t.checkpoint}
+    const = constant_scores(train_labels, test_labels)
+
+    from driver.policy import load_policy
+
+    controllers: dict[str, object] = {
+        "constant": ConstantController(run_to_norm(const["mean_run_units"]["steer"]),
+                                       run_to_norm(const["mean_run_units"]["motor"]))}
+    for m, t in trained.items():
+        if t.checkpoint:
+            controllers[m] = PolicyController(load_policy(t.checkpoint, threads=1))
+    closed = timed("closed loop", stage_closed_loop, cfg, controllers)
+
+    rows = [{"model": "expert (labels)", "steer_r2": 1.0, "throttle_r2": 1.0, "closed_loop": closed["expert"]},
+            {"model": "constant (train mean)", "steer_r2": const["overall"]["steer"],
+             "throttle_r2": const["overall"]["motor"], "closed_loop": closed["constant"]}]
+    for m, t in trained.items():
+        ol = open_loop.get(m, {}).get("overall", {})
+        name = "default recipe" if m == "default" else m if m == t.arch else f"{m} ({t.arch})"
+        rows.append({"model": name,
+                     "steer_r2": ol.get("steer"), "throttle_r2": ol.get("motor"), "closed_loop": closed.get(m),
+                     "steps": t.steps, "train_s": t.seconds, "error": t.error})
+    text = table(rows)
+    n_train = sum(len(d["steer"]) for k, d in train_labels.items() if k != "ALL")
+    n_test = len(test_labels["ALL"]["steer"])
+    header = (f"highway-env {sim_version()} {cfg.sim.track}, {cfg.sim.height}x{cfg.sim.width} heading-up camera at "
+              f"{cfg.sim.fps:g} Hz; {cfg.train_runs} training runs ({n_train:,} valid frames), {cfg.test_runs} "
+              f"held-out runs ({n_test:,} frames); budget {cfg.budget_minutes:g} min per model; closed loop "
+              f"{cfg.eval_episodes} held-out starts x {cfg.eval_seconds:g} s")
+    results = {
+        "config": {**asdict(cfg)}, "simulator": f"highway-env {sim_version()}", "timings_s": timings,
+        "constant": const, "open_loop": open_loop, "train": {m: asdict(t) for m, t in trained.items()},
+        "closed_loop": {k: v.to_dict() for k, v in closed.items()}, "table": text, "header": header}
+    (cfg.root / "results.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+    (cfg.root / "results.md").write_text(f"{header}\n\n{text}\n", encoding="utf-8")
+    print(f"\n{header}\n\n{text}\n\nstage seconds: {timings}\nresults: {cfg.root / 'results.json'}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, help="working folder (runs, stores, checkpoints, results)")
+    ap.add_argument("--train-runs", type=int, default=24)
+    ap.add_argument("--test-runs", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds per recorded run")
+    ap.add_argument("--budget-minutes", type=float, default=10.0, help="training budget per model")
+    ap.add_argument("--models", nargs="+", default=["default", "pilotnet"], choices=sorted(RECIPES))
+    ap.add_argument("--eval-episodes", type=int, default=6)
+    ap.add_argument("--eval-seconds", type=float, default=45.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        cfg = BenchConfig(work=a.work, train_runs=a.train_runs, test_runs=a.test_runs, seconds=a.seconds,
+                          budget_minutes=a.budget_minutes, models=a.models, eval_episodes=a.eval_episodes,
+                          eval_seconds=a.eval_seconds, seed=a.seed)
+        run_benchmark(cfg)
+    except (DriverError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
