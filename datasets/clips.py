@@ -4,7 +4,7 @@ One item (torch tensors, ready for the default collate)::
 
     frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major [cam0 t-1, cam1 t-1, cam0 t, ...]
     target  float32 (T, N, 2)        steer, motor at frames t, t+s, ..., normalised to [-1, 1] (driver.units)
-    modes   float32 (M,)             the run's behavioral-mode labels over ``ClipConfig.modes``
+    modes   float32 (M,)             the run's labels over ``ClipConfig.modes`` (``datasets.modes.mode_vector``)
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
     flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged)
@@ -24,11 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .modes import MODES, active_labels, mode_vector
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
 
-# The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
-MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
 DEFAULT_EXCLUDE = ("reject_run",)
 
 _NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
@@ -127,7 +126,7 @@ class ClipDataset(Dataset):
         before, after = config.span()
         for name in names:
             meta = self.store.run_meta(name)
-            labels = {k for k, v in meta["labels"].items() if v}
+            labels = active_labels(meta["labels"])
             if config.include_labels and not labels & set(config.include_labels):
                 continue
             if labels & set(config.exclude_labels):
@@ -143,7 +142,7 @@ class ClipDataset(Dataset):
             else:
                 valid = validity_mask(self.store.series(name, "state"), steer, motor,
                                       self.store.series(name, "timestamp"), segment, config.validity)
-            modes = np.array([float(m in labels) for m in config.modes], dtype=np.float32)
+            modes = mode_vector(labels, config.modes)
             arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
                                 eligible_starts(valid, segment, before, after))
             self._runs.append(arrays)

@@ -6,6 +6,7 @@
     policy = load_policy("runs/train/x/best.pt")
     policy.reset()
     action = policy.act(frame_rgb_uint8, right=None, mode="direct")
+    action = policy.act(frame, mode=store.labels(run))  # a run's labels: the model's input in training
     action.steer, action.motor            # run units, 0..99 with 49 neutral
     action.steer_norm, action.motor_norm  # [-1, 1]
     action.steer_permille                 # carlink wire values
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from driver.datasets.modes import Labels, active_labels, mode_vector
 from driver.errors import DriverError
 from driver.preprocess import frames_to_input, prepare_frame
 from driver.units import norm_to_permille, norm_to_run
@@ -76,15 +78,15 @@ class Policy:
         self._state = None
         self._previous: np.ndarray | None = None
 
-    def mode_vector(self, mode: str | None) -> torch.Tensor | None:
+    def mode_vector(self, mode: Labels) -> torch.Tensor | None:
+        """(1, n_modes) model input for ``mode``: one mode name, a set of labels or a run's ``{label: 0|1}``
+        labels, built by the same :func:`driver.datasets.modes.mode_vector` as training. Labels the model has
+        no mode for (``sim``, ``reject_run``) are ignored; a single name must be one of ``self.modes``."""
         if not self.modes:
             return None
-        vec = torch.zeros(1, len(self.modes))
-        if mode is not None:
-            if mode not in self.modes:
-                raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
-            vec[0, self.modes.index(mode)] = 1.0
-        return vec.to(self.device)
+        if isinstance(mode, str) and mode not in self.modes:
+            raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
+        return torch.from_numpy(mode_vector(active_labels(mode), self.modes))[None].to(self.device)
 
     def views(self, frame: np.ndarray, right: np.ndarray | None) -> np.ndarray:
         """Current camera views (cams, H, W, 3) at the model's size, validated and resized."""
@@ -98,8 +100,11 @@ class Policy:
         return np.stack(cams)
 
     @torch.no_grad()
-    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: str | None = None) -> Action:
-        """One frame in, one action out; carries recurrent state and the stacked frame between calls."""
+    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: Labels = None) -> Action:
+        """One frame in, one action out; carries recurrent state and the stacked frame between calls.
+
+        ``mode``: a mode name (``"direct"``), a set of labels, or a run's labels dict (see :meth:`mode_vector`).
+        """
         t0 = time.perf_counter()
         current = self.views(frame, right)
         if self.stack == 2:

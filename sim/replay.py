@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from driver.datasets.modes import active_labels
 from driver.datasets.store import Store
 
 from driver.policy import Policy, load_policy
@@ -77,7 +78,7 @@ class RunTrace:
     valid: np.ndarray
     chunk: np.ndarray  # frames between two policy resets share an id
     resets: int
-    mode: str | None
+    mode: tuple[str, ...] | None  # the labels the model was conditioned on
 
     @property
     def fps(self) -> float:
@@ -102,16 +103,18 @@ class ReplayReport:
                 "config": self.config}
 
 
-def resolve_mode(policy: Policy, labels: dict, mode: str | None) -> str | None:
-    """The mode to condition on: ``mode`` if given, else the first of the model's modes the run is labelled
-    with, else None (an all-zero mode vector). Models without modes get None."""
+def resolve_mode(policy: Policy, labels: dict, mode: str | None) -> tuple[str, ...] | None:
+    """The modes to condition on: ``(mode,)`` if given, else every one of the model's modes the run is
+    labelled with, exactly the input training gave this run (``driver.datasets.modes``); None for models
+    without modes. An empty tuple is the all-zero mode vector."""
     if not policy.modes:
         return None
     if mode is not None:
         if mode not in policy.modes:
             raise ValueError(f"mode={mode!r} is not one of this model's modes {list(policy.modes)}")
-        return mode
-    return next((m for m in policy.modes if int(labels.get(m, 0)) == 1), None)
+        return (mode,)
+    on = active_labels(labels)
+    return tuple(m for m in policy.modes if m in on)
 
 
 def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, max_gap_s: float = 0.1) -> RunTrace:
