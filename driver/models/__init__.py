@@ -1,4 +1,4 @@
-"""Model zoo: Z2Color, SqueezeNet, AlexNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
+"""Model zoo: Z2Color, SqueezeNet, AlexNet, PilotNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
 
 Every model follows the interface in :mod:`driver.models.base`; build them by name with
 :func:`create_model` and list them with :func:`list_models`. The family modules are imported here
@@ -8,6 +8,7 @@ explicitly, which registers their builders.
 from driver.models.alexnet import AlexNet, build_alexnet
 from driver.models.base import DrivingModel, RecurrentState, detach_state
 from driver.models.fire import Fire
+from driver.models.pilotnet import PilotNet, build_pilotnet
 from driver.models.recurrent import (
     RecurrentDriver,
     build_squeezenet_gru,
@@ -27,11 +28,13 @@ __all__ = [
     "DrivingModel",
     "Fire",
     "InputSpec",
+    "PilotNet",
     "RecurrentDriver",
     "RecurrentState",
     "SqueezeNet",
     "Z2Color",
     "build_alexnet",
+    "build_pilotnet",
     "build_squeezenet",
     "build_squeezenet_gru",
     "build_squeezenet_lstm",
