@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .modes import MODES, active_labels, mode_vector
+from .series import speed_series_name
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
 
@@ -140,8 +141,10 @@ class ClipDataset(Dataset):
             if config.validity is None:
                 valid = self.store.series(name, "valid")
             else:
+                speed_name = speed_series_name([e["name"] for e in meta.get("extras", []) if not e["shape"]])
                 valid = validity_mask(self.store.series(name, "state"), steer, motor,
-                                      self.store.series(name, "timestamp"), segment, config.validity)
+                                      self.store.series(name, "timestamp"), segment, config.validity,
+                                      self.store.series(name, speed_name) if speed_name else None)
             modes = mode_vector(labels, config.modes)
             arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
                                 eligible_starts(valid, segment, before, after))

@@ -15,6 +15,7 @@ import zarr
 
 from .layout import STAGING, create_frames_array, shard_frames_for
 from .run_format import RunInfo, inspect_run, open_run_file
+from .series import speed_series_name
 from .store import fsync_tree
 from .validity import ValidityRules, validity_mask
 
@@ -80,7 +81,10 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta: dict) ->
             _copy_frames(h5, info, cam, arr, shard)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
-        valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules)
+        speed_name = speed_series_name([e.name for e in info.extras if not e.shape])
+        speed = np.concatenate([h5["segments"][seg.name][speed_name][()] for seg in info.segments]) \
+            if speed_name else None
+        valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules, speed)
         series = {
             "steer": s["steer"].astype(np.float32),
             "motor": s["motor"].astype(np.float32),

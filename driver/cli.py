@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-frames", type=int, default=None, help="frames per shard file (default: ~24 MiB)")
     s.add_argument("--accepted-states", type=int, nargs="+", default=[1, 3, 5, 6, 7], metavar="S",
                    help="state codes whose frames are valid (default 1 3 5 6 7)")
-    s.add_argument("--min-motor", type=float, default=53.0, help="valid frames need motor >= this (default 53)")
+    s.add_argument("--min-motor", type=float, default=0.0,
+                   help="the lab's rule: valid frames need motor >= this; 53 drops every braking and coasting "
+                        "frame (default 0: off; parked-car frames are dropped by speed or long neutral stretches)")
     s.add_argument("--max-gap", type=float, default=0.1, help="max seconds to the next frame (default 0.1)")
     s.add_argument("--keep-pinned-steer", action="store_true",
                    help="do not reject autonomous frames with steering pinned at 0 or 99")
