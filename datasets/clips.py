@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .lint import LintRules, lint_run
 from .modes import MODES, active_labels, mode_vector
 from .series import speed_series_name
 from .store import Store, StoreError
@@ -56,6 +57,7 @@ class ClipConfig:
     include_labels: tuple[str, ...] = ()
     exclude_labels: tuple[str, ...] = DEFAULT_EXCLUDE
     validity: ValidityRules | None = None
+    exclude_flagged: LintRules | None = None  # drop windows where the driver lost control (datasets.lint)
     seed: int = 0
 
     def __post_init__(self):
@@ -145,6 +147,8 @@ class ClipDataset(Dataset):
                 valid = validity_mask(self.store.series(name, "state"), steer, motor,
                                       self.store.series(name, "timestamp"), segment, config.validity,
                                       self.store.series(name, speed_name) if speed_name else None)
+            if config.exclude_flagged is not None:
+                valid = valid & ~lint_run(self.store, name, config.exclude_flagged)[1]
             modes = mode_vector(labels, config.modes)
             arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
                                 eligible_starts(valid, segment, before, after))

@@ -70,6 +70,18 @@ def _info(args: argparse.Namespace) -> int:
     console = Console()
     for table in info_tables(describe_store(args.store)):
         console.print(table)
+    if args.lint or args.lint_json:
+        from driver.datasets.lint import lint_store, lint_summary, lint_table
+
+        report = lint_store(args.store)
+        if report.flags:
+            console.print(lint_table(report, args.store))
+        for line in lint_summary(report):
+            console.print(line, highlight=False, soft_wrap=True)
+        if args.lint_json:
+            from pathlib import Path
+
+            Path(args.lint_json).write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
     return 0
 
 
@@ -255,8 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="re-ingest runs even if unchanged")
     s.set_defaults(func=_ingest)
 
-    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
+    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size, and the "
+                       "frames each validity rule removes; --lint flags where the driver lost control.")
     s.add_argument("store", help="store path")
+    s.add_argument("--lint", action="store_true", help="flag windows of saturated steering and of throttle "
+                   "without progress (the driver lost control); driver train drops them by default")
+    s.add_argument("--lint-json", default=None, metavar="FILE", help="also write the lint report as JSON")
     s.set_defaults(func=_info)
 
     s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame")
