@@ -137,7 +137,7 @@ class ClipDataset(Dataset):
             missing = [c for c in config.cameras if c not in meta["cameras"]]
             if missing:
                 raise StoreError(f"{self.store.path}: run {name!r} has no {missing[0]!r} camera "
-                                 f"(has {meta['cameras']}); use cameras=('left',)")
+                                 f"(has {meta['cameras']}); train with --cameras left (or auto)")
             steer, motor = self.store.series(name, "steer"), self.store.series(name, "motor")
             segment = self.store.series(name, "segment")
             if config.validity is None:
@@ -185,6 +185,12 @@ class ClipDataset(Dataset):
 
     def clip_run_and_start(self, index: int) -> tuple[str, int]:
         return self.runs[self._run_index[index]], int(self._starts[index])
+
+    def labels_at_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steer, motor), normalised to [-1, 1], at every clip's first frame (the labels training sees)."""
+        steer = np.concatenate([r.steer[r.starts] for r in self._runs])
+        motor = np.concatenate([r.motor[r.starts] for r in self._runs])
+        return steer, motor
 
     def high_steer(self) -> np.ndarray:
         """Per clip: is the lab-smoothed steering at its start outside 43..55 (for SteerBalancedSampler)."""

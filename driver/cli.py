@@ -98,19 +98,23 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from driver.training import resolve_config, train
     from driver.training.config import TrainConfig
-    from driver.training.metrics import summary_table
+    from driver.training.metrics import runs_table, summary_table
 
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if isinstance(overrides.get("arch_kwargs"), str):
+        try:
+            overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
     if args.resume:
-        result = train(resume=args.resume)
+        result = train(resume=args.resume, overrides=overrides)
     else:
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        if isinstance(overrides.get("arch_kwargs"), str):
-            try:
-                overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
         result = train(resolve_config(args.config, overrides))
-    Console().print(summary_table(result))
+    console = Console()
+    if result.best_val.get("runs"):
+        console.print(runs_table(result.best_val, f"best validation (step {result.best_val['step']:,}) per held-out "
+                                                  "run, run units, first predicted step"))
+    console.print(summary_table(result))
     return 0
 
 

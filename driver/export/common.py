@@ -201,21 +201,18 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
     """
     from torch.utils.data import Subset
 
-    from driver.datasets.clips import ClipConfig, ClipDataset
+    from driver.datasets.clips import ClipDataset
     from driver.training import evaluate as ev
     from driver.training.config import TrainConfig
     from driver.training.distributed import DistInfo
+    from driver.training.recipe import clip_config
 
     dataset = ckpt.get("dataset", {})
     val_runs = list(dataset.get("val_runs") or [])
     if not val_runs or not dataset.get("store") or not Path(dataset["store"]).exists():
         return {}
     config = TrainConfig.from_dict({**ckpt["config"], "channels_last": False})
-    clip = ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride, cameras=config.camera_names,
-                      stack=config.stack, horizon=config.horizon, target_stride=config.target_stride,
-                      include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
-                      seed=config.seed)
-    ds = ClipDataset(dataset["store"], clip, runs=val_runs)
+    ds = ClipDataset(dataset["store"], clip_config(config, train=False), runs=val_runs)
     if len(ds) > max_clips:
         ds = Subset(ds, np.linspace(0, len(ds) - 1, max_clips).astype(int).tolist())
     if not isinstance(net, nn.Module):
