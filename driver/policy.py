@@ -57,6 +57,7 @@ class Policy:
         self.stack = int(pre["stack"])
         self.height, self.width = int(pre["height"]), int(pre["width"])
         self.modes: tuple[str, ...] = tuple(pre["modes"])
+        self.label_stats: dict | None = checkpoint.get("label_stats")  # training labels: the constant predictor
         self.channels_last = bool(checkpoint.get("config", {}).get("channels_last", True))
         self.path = checkpoint.get("path", "")
         if threads:

@@ -207,11 +207,12 @@ def read_compressed(path: str | os.PathLike) -> CompressedModel:
 
 def load_compressed_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """(dense eval-mode torch model, checkpoint-like dict for ``Policy``) decoded from a ``.dcz`` file."""
-    from driver.models import InputSpec, create_model
+    from driver.models import InputSpec, create_model, legacy_kwargs
 
     cm = read_compressed(path)
     meta = cm.meta
-    model = create_model(meta["arch"], InputSpec(**meta["spec"]), **meta.get("arch_kwargs", {}))
+    kwargs = legacy_kwargs(meta["arch"], meta.get("arch_kwargs", {}))  # files from before a knob existed
+    model = create_model(meta["arch"], InputSpec(**meta["spec"]), **kwargs)
     try:
         model.load_state_dict(cm.state_dict())
     except RuntimeError as e:

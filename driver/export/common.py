@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 META_FORMAT = "driver-model-meta"
 META_VERSION = 1
-META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "precision")
+META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "precision", "label_stats")
 
 
 class ExportError(DriverError, ValueError):

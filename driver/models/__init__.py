@@ -15,6 +15,7 @@ from driver.models.recurrent import (
     build_squeezenet_lstm,
     build_z2color_gru,
     build_z2color_lstm,
+    legacy_kwargs,
 )
 from driver.models.registry import create_model, list_models, register_model
 from driver.models.spec import LAB_MODES, InputSpec
@@ -46,6 +47,7 @@ __all__ = [
     "detach_state",
     "flops_per_frame",
     "format_model_table",
+    "legacy_kwargs",
     "list_models",
     "model_rows",
     "register_model",

@@ -4,8 +4,14 @@ Unlike the lab's SqueezeNetLSTM/GRU (whose recurrence unrolled over the 10 *futu
 here is over input time: each frame is encoded on its own, the RNN carries state from frame to frame, and
 a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame::
 
-    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --LayerNorm, LSTM/GRU--> (B, T, hidden)
+    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --norm, LSTM/GRU--> (B, T, hidden)
                          --linear head--> (B, T, horizon, 2)
+
+The norm before the RNN (``feature_norm``) is per channel by default (``"batch"``: BatchNorm1d over the
+frames of the batch, running statistics on the car): pooled ReLU features are unbounded, and a few channels
+can grow by orders of magnitude during training. ``"layer"`` (LayerNorm across channels, the default before
+issue 18 and what older checkpoints hold) divides every channel by a spread those few channels dominate,
+which turned the RNN's input into a near-constant vector; ``"none"`` feeds the features as they are.
 
 State is explicit: ``(h, c)`` for LSTM and ``h`` for GRU, each (num_layers, B, hidden), float32. The RNN
 always runs in float32 (autocast is disabled around it) so a state carried for thousands of frames on the
@@ -32,6 +38,23 @@ from driver.models.squeezenet import SqueezeNetTrunk, init_squeezenet_weights, s
 from driver.models.z2color import Z2ColorTrunk, z2color_mode_planes
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+FEATURE_NORMS = ("batch", "layer", "none")
+# Knob values that models saved before the knob existed were built with (read by legacy_kwargs).
+_LEGACY = {"feature_norm": "layer"}
+
+
+def legacy_kwargs(arch: str, arch_kwargs: dict) -> dict:
+    """The kwargs that rebuild a model saved before a knob existed: recurrent models saved without
+    ``feature_norm`` used LayerNorm. New models always record their knobs (``create_model``)."""
+    if arch.endswith(("_lstm", "_gru")):
+        return {**_LEGACY, **arch_kwargs}
+    return dict(arch_kwargs)
+
+
+def _feature_norm(kind: str, features: int) -> nn.Module:
+    if kind not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm={kind!r} is not one of {FEATURE_NORMS}")
+    return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(features)
 
 
 class SqueezeNetEncoder(nn.Module):
@@ -61,6 +84,7 @@ class RecurrentDriver(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 1,
         output_activation: str = "none",
+        feature_norm: str = "batch",
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
@@ -74,8 +98,10 @@ class RecurrentDriver(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.encoder = encoder
-        # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise them.
-        self.norm = nn.LayerNorm(encoder.out_features)
+        # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise each channel.
+        self.feature_norm = feature_norm
+        self.norm = _feature_norm(feature_norm, encoder.out_features)
+        self.recorded_kwargs = {"feature_norm": feature_norm}  # create_model records it in arch_kwargs
         self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.output_activation = make_output_activation(output_activation)
@@ -96,7 +122,8 @@ class RecurrentDriver(nn.Module):
         frames, frame_modes = fold_time(clip, modes)
         features = self.encoder(frames, frame_modes).reshape(batch, steps, -1)  # (B, T, F)
         with torch.autocast(device_type=clip.device.type, enabled=False):
-            hidden, new_state = self.rnn(self.norm(features.float()), state)  # (B, T, hidden)
+            normed = self.norm(features.float().flatten(0, 1)).view(batch, steps, -1)  # per frame
+            hidden, new_state = self.rnn(normed, state)  # (B, T, hidden)
         raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         return out.reshape(batch, steps, self.spec.horizon, 2), new_state
@@ -109,7 +136,7 @@ class RecurrentDriver(nn.Module):
         return out[:, 0], new_state
 
 
-_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation")
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

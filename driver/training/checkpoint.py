@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from driver.models import InputSpec, create_model
+from driver.models import InputSpec, create_model, legacy_kwargs
 from driver.units import RUN_MAX, RUN_MIN, RUN_NEUTRAL
 
 FORMAT = "driver-checkpoint"
@@ -98,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights (eval mode, CPU)."""
     spec = InputSpec(**ckpt["spec"])
-    model = create_model(ckpt["arch"], spec, **ckpt["arch_kwargs"])
+    model = create_model(ckpt["arch"], spec, **legacy_kwargs(ckpt["arch"], ckpt["arch_kwargs"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

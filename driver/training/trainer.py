@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from driver.errors import DriverError
-from driver.models import detach_state, list_models
+from driver.models import detach_state, legacy_kwargs, list_models
 from driver.preprocess import frames_to_input
 from driver.progress import Progress
 
@@ -120,7 +120,10 @@ def _load_resume(run_dir: Path, overrides: dict) -> tuple[TrainConfig, dict | No
         log.info("extending %s from %d to %d epochs (the lr schedule stretches to the new length)", run_dir,
                  config.epochs, keep["epochs"])
     config = replace(config, **keep)
-    return config, load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
+    ckpt = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
+    if ckpt is not None:  # rebuild exactly the saved model (knobs recorded since, or their values before)
+        config = replace(config, arch_kwargs=legacy_kwargs(ckpt["arch"], ckpt["arch_kwargs"]))
+    return config, ckpt
 
 
 def _new_run_dir(config: TrainConfig, dist: ddp.DistInfo) -> Path:
