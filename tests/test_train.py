@@ -111,6 +111,10 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
         return [(r["step"], r["loss"], r["steer_mae"], r["motor_mae"]) for r in rows if r["split"] == "val"]
 
     assert val_rows("full") == val_rows("killed") and len(val_rows("full")) == 7
+    def train_rows(run):  # the losses logged every 10 steps, the first one after the resume included
+        return [(r["step"], r["loss"]) for r in _rows(tmp_path / run) if r["split"] == "train"]
+
+    assert train_rows("full") == train_rows("killed") and len(train_rows("full")) >= 6
 
 
 def test_ddp_two_gloo_processes(store48, tmp_path):
