@@ -30,7 +30,7 @@ from . import distributed as ddp
 from .config import TrainConfig
 
 TARGETS = ("steer", "motor")
-MIN_STD = 0.02  # normalised units (one run unit): the floor of a target's std for loss normalisation
+MIN_STD = 0.1  # normalised units (5 run units): a target that varies less is weighted as if it varied this much
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,10 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
                          "shorten --clip-seconds / --horizon-seconds")
     resolved = dataclasses.replace(config, cameras=cameras, clip_length=clip_length, horizon=horizon,
                                    target_stride=target_stride)
-    log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %d predicted steps every %d "
-             "frames (%.2f s ahead)", fps, cameras, clip_length, clip_length / fps, horizon, target_stride,
-             (horizon - 1) * target_stride / fps)
+    ahead = ("the current command predicted" if horizon == 1 else f"{horizon} predicted steps every "
+             f"{target_stride} frames ({(horizon - 1) * target_stride / fps:.2f} s ahead)")
+    log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %s", fps, cameras, clip_length,
+             clip_length / fps, ahead)
     return resolved
 
 
