@@ -145,11 +145,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--datasets", nargs="+", default=["sim48", "sim64", "ext96"], choices=sorted(DATASETS))
-    ap.add_argument("--recipes", nargs="+", default=["default", "pilotnet", "legacy"], choices=sorted(RECIPES))
+    ap.add_argument("--recipes", nargs="*", default=["default", "pilotnet", "legacy"], choices=sorted(RECIPES))
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget per run (driver train --budget)")
     ap.add_argument("--extsim-runs", default=None, help="folder with runs_train/ and runs_test/ (bench/extsim)")
     ap.add_argument("--sim-tracks", type=int, default=3, help="held-out sim tracks driven closed-loop (0 = none)")
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=JSON",
+                    help='an extra recipe of TrainConfig fields, e.g. small={"batch_size": 8}')
     args = ap.parse_args()
+    for item in args.recipe:
+        name, _, fields = item.partition("=")
+        RECIPES[name] = json.loads(fields)
+        args.recipes.append(name)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     work = Path(args.work)

@@ -279,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lint-json", default=None, metavar="FILE", help="also write the lint report as JSON")
     s.set_defaults(func=_info)
 
-    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame")
-    s.add_argument("--height", type=int, default=94)
-    s.add_argument("--width", type=int, default=168)
-    s.add_argument("--cameras", type=int, default=2, choices=(1, 2))
-    s.add_argument("--stack", type=int, default=2, choices=(1, 2))
+    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame",
+                       description="Every registered architecture at one input size; 'input too small' where an "
+                       "architecture cannot take it. See docs/models.md.")
+    s.add_argument("--height", type=int, default=94, help="frame height in pixels (default 94)")
+    s.add_argument("--width", type=int, default=168, help="frame width in pixels (default 168)")
+    s.add_argument("--cameras", type=int, default=2, choices=(1, 2), help="cameras per frame (default 2)")
+    s.add_argument("--stack", type=int, default=2, choices=(1, 2), help="frames stacked per step (default 2)")
     s.add_argument("--modes", type=int, default=6, help="behavioral-mode planes (default 6)")
     s.add_argument("--horizon", type=int, default=10, help="future steps predicted (default 10)")
     s.set_defaults(func=_models)
@@ -325,16 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_sim_drive)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
-                       description="Open-loop: the model against the recorded human, frame by frame in order. "
+                       description="Open-loop: the model against the recorded human, frame by frame in order, "
+                       "beside the constant predictor (the training mean) and with R² per target. "
                        "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
     s.add_argument("--model", required=True, help=MODEL_FILES)
     s.add_argument("--data", required=True, help="store (driver ingest output)")
     s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
-    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv")
-    s.add_argument("--mode", default=None, help="behavioral mode (default: from each run's labels)")
-    s.add_argument("--no-video", action="store_true")
+    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv (default replay_out)")
+    s.add_argument("--mode", default=None, help="condition on this behavioral mode only (default: every mode "
+                   "label of each run, the input training gave it)")
+    s.add_argument("--no-video", action="store_true", help="skip the overlay video")
     s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
-    s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
+    s.add_argument("--threshold", type=float, default=0.3,
+                   help="closed loop: intervention when |offset| exceeds this, in m (default 0.3)")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
     s.set_defaults(func=_replay)

@@ -1,7 +1,7 @@
 """``driver train --budget 20m``: size steps, warmup and validation to wall-clock time on this machine.
 
-Before training, a few real steps (forward and backward on real batches, no update) and a small validation
-are timed; then, of the budget left after setting up:
+Before training, real steps (forward and backward on real batches, no update; 3 to 30 of them, for up to 2%
+of the budget) and a small validation are timed; then, of the budget left after setting up:
 
 - validation gets at most 10%: up to ``MAX_VALIDATIONS`` validations of at most ``val_clips`` clips each
   (fewer clips when one validation would not fit);
@@ -31,7 +31,9 @@ from .recipe import auto_warmup
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_STEPS = 3
+CALIBRATION_STEPS = (3, 30)  # at least / at most this many timed steps ...
+CALIBRATION_SHARE = 0.02  # ... for up to this share of the budget (at most CALIBRATION_MAX_S)
+CALIBRATION_MAX_S = 20.0
 VAL_SHARE = 0.10
 OVERHEAD = 0.05
 MAX_VALIDATIONS = 10
@@ -43,14 +45,18 @@ def _batch(dataset, rows: np.ndarray) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in ("frames", "target", "modes")}
 
 
-def seconds_per_step(setup) -> float:
-    """Median time of one training step (data, forward, backward) on this machine; changes nothing."""
+def seconds_per_step(setup, budget_s: float) -> float:
+    """Median time of one training step (data, forward, backward) on this machine, over 3..30 steps and up
+    to 2% of the budget; changes nothing (weights, norm statistics and the RNG are restored)."""
     cfg, model = setup.config, setup.model
     saved_rng, saved = torch.get_rng_state(), {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(cfg.seed)
-    times = []
+    times: list[float] = []
     model.train()
-    for i in range(CALIBRATION_STEPS + 1):
+    stop_at = time.perf_counter() + min(CALIBRATION_MAX_S, CALIBRATION_SHARE * budget_s)
+    for i in range(CALIBRATION_STEPS[1] + 1):
+        if len(times) >= CALIBRATION_STEPS[0] and time.perf_counter() > stop_at:
+            break
         t0 = time.perf_counter()
         batch = _batch(setup.train_ds, rng.integers(0, len(setup.train_ds), cfg.batch_size))
         x = frames_to_input(batch["frames"].to(setup.device), channels_last=cfg.channels_last)
@@ -79,7 +85,7 @@ def size_to_budget(setup, started: float) -> TrainConfig:
     (``started``: ``time.perf_counter()`` when the run began; setting up and calibrating count against it)."""
     cfg = setup.config
     budget = parse_budget(cfg.budget)
-    step_s, clip_s = seconds_per_step(setup), seconds_per_val_clip(setup)
+    step_s, clip_s = seconds_per_step(setup, budget), seconds_per_val_clip(setup)
     spent = time.perf_counter() - started
     left = budget - spent
     if left <= 0:
