@@ -123,7 +123,9 @@ def test_budget_sizes_the_run(mono50, tmp_path):
         TrainConfig(data="x", budget="soon")
     r = train(_tiny(mono50, tmp_path, name="budget", budget="40s", steps_per_epoch=0, epochs=1))
     cfg = json.loads((r.run_dir / "config.json").read_text())
-    assert cfg["steps_per_epoch"] * cfg["epochs"] == r.steps > 1 and cfg["val_every"] > 0
+    planned = cfg["steps_per_epoch"] * cfg["epochs"]
+    assert planned > 1 and cfg["val_every"] > 0
+    assert r.steps == planned if r.stopped == "completed" else 0 < r.steps < planned  # a busier machine: "budget"
     assert 0 <= cfg["warmup_steps"] <= 100 and r.stopped in ("completed", "budget")
 
 

@@ -184,6 +184,7 @@ class SequenceAdapter(nn.Module):
     def __init__(self, step_model: Any) -> None:
         super().__init__()
         self.step_model = step_model
+        self.is_recurrent = bool(getattr(step_model, "is_recurrent", False))
 
     def forward(self, clip: Tensor, modes: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
         outs = []
@@ -199,8 +200,6 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
     ``net`` is a torch model or anything with ``.step`` (wrapped in :class:`SequenceAdapter`). Uses
     :func:`driver.training.evaluate.evaluate` on the runs the checkpoint held out; {} when there are none.
     """
-    from torch.utils.data import Subset
-
     from driver.datasets.clips import ClipDataset
     from driver.training import evaluate as ev
     from driver.training.config import TrainConfig
@@ -212,9 +211,8 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
     if not val_runs or not dataset.get("store") or not Path(dataset["store"]).exists():
         return {}
     config = TrainConfig.from_dict({**ckpt["config"], "channels_last": False})
+    config = TrainConfig.from_dict({**config.to_dict(), "val_clips": max_clips})
     ds = ClipDataset(dataset["store"], clip_config(config, train=False), runs=val_runs)
-    if len(ds) > max_clips:
-        ds = Subset(ds, np.linspace(0, len(ds) - 1, max_clips).astype(int).tolist())
     if not isinstance(net, nn.Module):
         net = SequenceAdapter(net)
     return ev.evaluate(net, ds, config, torch.device("cpu"), contextlib.nullcontext, DistInfo())

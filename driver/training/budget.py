@@ -5,7 +5,7 @@ of the budget) and a small validation are timed; then, of the budget left after 
 
 - validation gets at most 10%: up to ``MAX_VALIDATIONS`` validations of at most ``val_clips`` clips each
   (fewer clips when one validation would not fit);
-- checkpoints and the rest of the overhead get ``OVERHEAD`` (5%);
+- checkpoints, metrics and the rest of the overhead get ``OVERHEAD`` (10%);
 - training gets the remainder: ``steps = remainder / seconds per step``, with warmup 5% of the steps (at
   most 100) unless set, spread over epochs of at most one pass over the training clips.
 
@@ -35,7 +35,7 @@ CALIBRATION_STEPS = (3, 30)  # at least / at most this many timed steps ...
 CALIBRATION_SHARE = 0.02  # ... for up to this share of the budget (at most CALIBRATION_MAX_S)
 CALIBRATION_MAX_S = 20.0
 VAL_SHARE = 0.10
-OVERHEAD = 0.05
+OVERHEAD = 0.10
 MAX_VALIDATIONS = 10
 MIN_VAL_CLIPS = 32
 

@@ -48,7 +48,7 @@ class TrainConfig:
     momentum: float = 0.9               # sgd only
     schedule: str = "cosine"            # cosine | constant | step
     warmup_steps: int = -1              # linear warmup steps; -1 = auto (5% of the steps, at most 100)
-    batch_size: int = 32                # clips per step (recurrent: lanes)
+    batch_size: int = 16                # clips per step (recurrent: lanes)
     epochs: int = 10                    # passes over the training clips
     steps_per_epoch: int = 0            # 0 = one pass over the training clips
     budget: str = ""                    # wall-clock time on this machine, e.g. 20m or 1h30m: sizes steps and validation
@@ -57,7 +57,7 @@ class TrainConfig:
     motor_weight: float = 0.5           # loss weight of throttle and brake
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     grad_clip: float = 1.0              # max gradient norm (0 = off)
-    zero_state_prob: float = 0.25       # recurrent: chance a lane starts a chunk from zero state
+    zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
     # evaluation and bookkeeping
     val_every: int = 0                  # steps between validations (0 = every epoch)
     val_clips: int = 1024               # at most this many held-out clips per validation

@@ -9,7 +9,8 @@ run units (0..99) on the first predicted step:
   than knowing that mean, < 0 = worse).
 
 ``loss`` pools every held-out clip; ``score`` is the **median over runs** of each run's loss, which
-chooses ``best.pt``: one run where the driver lost control cannot dominate it.
+chooses ``best.pt``: one run where the driver lost control cannot dominate it. Recurrent models are
+validated as they drive: along each stretch of a held-out run, clip after clip with the state carried.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset, default_collate
 
 from driver.datasets.clips import ClipDataset
 from driver.preprocess import frames_to_input
@@ -90,6 +91,59 @@ def val_indices(n: int, max_clips: int, world: int, rank: int) -> list[int]:
     return idx[rank::world].tolist()
 
 
+def val_chains(dataset: ClipDataset, max_clips: int, world: int, rank: int) -> list[list[int]]:
+    """Recurrent validation: chains of consecutive clips (each starting where the previous one ended), one per
+    stretch of valid frames, each cut to its first ``k`` clips so that at most ``max_clips`` are scored
+    (every run keeps its share); split across ranks."""
+    runs, starts = dataset.clip_index()
+    step = dataset.config.clip_length * dataset.config.frame_stride
+    breaks = np.flatnonzero((np.diff(starts) != 1) | (np.diff(runs) != 0)) + 1
+    chains = [list(range(a, b, step)) for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(starts)], strict=True)]
+    if len(chains) > max_clips:
+        chains = [chains[i] for i in np.unique(np.linspace(0, len(chains) - 1, max_clips).astype(int))]
+    k = 1
+    while k < max(map(len, chains)) and sum(min(len(c), k + 1) for c in chains) <= max_clips:
+        k += 1
+    return [c[:k] for c in chains][rank::world]
+
+
+def _collate(dataset, indices: list[int]) -> dict:
+    return default_collate([dataset[i] for i in indices])
+
+
+def _val_batches(net, dataset: ClipDataset, config: TrainConfig, device, autocast, dist_info):
+    """(batch, model output) over the validation clips: frame models on evenly spaced clips; recurrent models
+    along :func:`val_chains` with the state carried from clip to clip, as on the car (zero state at each
+    chain's start)."""
+    lanes = max(1, config.batch_size // 2)
+    if not getattr(getattr(net, "module", net), "is_recurrent", False):  # DDP wraps the model in .module
+        idx = val_indices(len(dataset), config.val_clips, dist_info.world, dist_info.rank)
+        for i in range(0, len(idx), lanes):
+            batch = _collate(dataset, idx[i:i + lanes])
+            yield batch, _forward(net, batch, None, config, device, autocast)[0]
+        return
+    chains = sorted(val_chains(dataset, config.val_clips, dist_info.world, dist_info.rank), key=len, reverse=True)
+    for g in range(0, len(chains), lanes):
+        group, state = chains[g:g + lanes], None
+        for pos in range(len(group[0])):
+            active = [c[pos] for c in group if len(c) > pos]  # longest first: the active lanes are a prefix
+            state = None if state is None else _first_lanes(state, len(active))
+            batch = _collate(dataset, active)
+            out, state = _forward(net, batch, state, config, device, autocast)
+            yield batch, out
+
+
+def _forward(net, batch: dict, state, config: TrainConfig, device, autocast):
+    x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
+    with autocast():
+        out, state = net(x, batch["modes"].to(device), state)
+    return out.float(), state
+
+
+def _first_lanes(state, n: int):
+    return tuple(s[:, :n] for s in state) if isinstance(state, tuple) else state[:, :n]
+
+
 # Per-run sums: clips, loss, frames, then per target: |e|, e^2, |c-y|, (c-y)^2, y, y^2 (run units).
 _SUMS = 3 + 6 * len(TARGETS)
 
@@ -97,22 +151,16 @@ _SUMS = 3 + 6 * len(TARGETS)
 @torch.no_grad()
 def evaluate(net, dataset: ClipDataset, config: TrainConfig, device, autocast, dist_info,
              stats: LabelStats | None = None) -> dict:
-    """Validation metrics over held-out clips (see the module docstring); recurrent models start every clip
-    from zero state, as after a reset on the car. Without ``stats`` the constant-predictor fields are None."""
+    """Validation metrics over held-out clips (see the module docstring and :func:`_val_batches`). Without
+    ``stats`` the constant-predictor fields are None."""
     net.eval()
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     sums = np.zeros((len(base.runs), _SUMS))
     const = None if stats is None else torch.tensor([float(norm_to_run(m)) for m in stats.mean])
-    loader = DataLoader(Subset(dataset, val_indices(len(dataset), config.val_clips, dist_info.world,
-                                                    dist_info.rank)),
-                        batch_size=max(1, config.batch_size // 2), num_workers=0)
-    for batch in loader:
-        x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
+    for batch, out in _val_batches(net, dataset, config, device, autocast, dist_info):
         target = batch["target"].to(device)
-        with autocast():
-            out, _ = net(x, batch["modes"].to(device), None)
-        loss = per_clip_loss(out.float(), target, config, stats).cpu().double().numpy()
-        pred = norm_to_run(out.float()[..., 0, :].clamp(-1, 1).cpu()).double()  # (B, T, 2) first step
+        loss = per_clip_loss(out, target, config, stats).cpu().double().numpy()
+        pred = norm_to_run(out[..., 0, :].clamp(-1, 1).cpu()).double()  # (B, T, 2) first step
         true = norm_to_run(target[..., 0, :].cpu()).double()
         runs = batch["run"].numpy()
         cols = [np.ones(len(runs)), loss, np.full(len(runs), true.shape[1])]

@@ -161,6 +161,10 @@ def prepare(config: TrainConfig, dist: ddp.DistInfo, fresh: bool, size_run=None)
                   precision)
     if fresh and size_run is not None:
         setup.config = size_run(setup)
+        if dist.enabled:  # every rank follows rank 0's sizing
+            box = [setup.config.to_dict()]
+            torch.distributed.broadcast_object_list(box, 0)
+            setup.config = TrainConfig.from_dict(box[0])
     recurrent = bool(model.is_recurrent)
     setup.plans = PlanMaker(train_ds, setup.config.batch_size, setup.config.steps_per_epoch, recurrent,
                             setup.config.balance_steer and not recurrent, setup.config.zero_state_prob,
