@@ -111,8 +111,8 @@ def test_health_statistics_are_logged_and_blowups_named(mono50, tmp_path):
     problems = blown_up(monitor.finish(1))
     assert any(p.startswith("norm.input") for p in problems), problems
     monitor.close()
-    grown = {"fire": {"act_max": 2112.0, "channel_ratio": 40.0}, "calm": {"act_max": 150.0, "channel_ratio": 3.0}}
-    assert blown_up(grown, {"fire": 73.5, "calm": 120.0}) == [
+    grown = {"fire": {"act_max": 2112.0, "channel_ratio": 40.0}, "warm": {"act_max": 150.0, "channel_ratio": 3.0}}
+    assert blown_up(grown, {"fire": 73.5, "warm": 10.0}) == [
         "fire: largest activation 2,112, 29x its first value, largest channel 40x the median channel"]
 
 
