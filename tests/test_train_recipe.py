@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.synthetic import synthetic_segments
@@ -16,6 +17,7 @@ from driver.models import InputSpec, create_model
 from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
 from driver.training.config import parse_budget
+from driver.training.evaluate import val_chains
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr
@@ -165,3 +167,16 @@ def test_cli_resume_of_a_finished_run_says_so(mono50, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "ignored: --lr" in out.stderr and "already complete" in out.stderr
     assert "no steps run in this process" in out.stdout and "0 frames/s" not in out.stdout
+
+
+def test_recurrent_validation_walks_each_stretch_clip_after_clip(mono50):
+    ds = ClipDataset(mono50, ClipConfig(clip_length=5, horizon=1, cameras=("left",)))
+    runs, starts = ds.clip_index()
+    chains = val_chains(ds, max_clips=40, world=1, rank=0)
+    assert 0 < sum(map(len, chains)) <= 40 and {int(runs[c[0]]) for c in chains} == set(range(len(ds.runs)))
+    for chain in chains:
+        assert all(runs[a] == runs[b] and starts[b] == starts[a] + 5 for a, b in zip(chain, chain[1:], strict=False))
+    whole = val_chains(ds, max_clips=10**6, world=1, rank=0)
+    assert sum(map(len, whole)) >= len(ds) // 5 - len(whole)  # every stretch walked to its end
+    halves = val_chains(ds, 10**6, 2, 0), val_chains(ds, 10**6, 2, 1)
+    assert sorted(map(tuple, halves[0] + halves[1])) == sorted(map(tuple, whole))  # split across ranks
