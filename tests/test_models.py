@@ -330,3 +330,20 @@ def test_model_rows_and_table():
     too_small = model_rows(InputSpec(height=48, width=48))
     assert {row["arch"] for row in too_small if row["params"] is None} >= {"alexnet", "pilotnet", "z2color"}
     assert "input too small" in format_model_table(too_small)
+
+
+@pytest.mark.parametrize("arch", ["squeezenet_gru", "squeezenet_lstm"])
+def test_spatial_encoder_pool_keeps_the_layout_and_steps_like_forward(arch):
+    model = build(arch, SMALL, pool="spatial", spatial_channels=4, hidden_size=8).eval()
+    h, w = model.encoder.features.feature_size
+    assert model.encoder.out_features == 4 * h * w and model.arch_kwargs["pool"] == "spatial"
+    clip, modes = make_inputs(SMALL, steps=3)
+    with torch.no_grad():
+        whole, _ = model(clip, modes)
+        state, steps = None, []
+        for t in range(3):
+            out, state = model.step(clip[:, t], modes, state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pool='max' is not one of"):
+        build(arch, SMALL, pool="max")

@@ -41,13 +41,15 @@ RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 FEATURE_NORMS = ("batch", "layer", "none")
 # Knob values that models saved before the knob existed were built with (read by legacy_kwargs).
 _LEGACY = {"feature_norm": "layer"}
+_LEGACY_SQUEEZENET = {"pool": "avg"}
 
 
 def legacy_kwargs(arch: str, arch_kwargs: dict) -> dict:
     """The kwargs that rebuild a model saved before a knob existed: recurrent models saved without
     ``feature_norm`` used LayerNorm. New models always record their knobs (``create_model``)."""
     if arch.endswith(("_lstm", "_gru")):
-        return {**_LEGACY, **arch_kwargs}
+        legacy = {**_LEGACY, **(_LEGACY_SQUEEZENET if arch.startswith("squeezenet") else {})}
+        return {**legacy, **arch_kwargs}
     return dict(arch_kwargs)
 
 
@@ -57,14 +59,32 @@ def _feature_norm(kind: str, features: int) -> nn.Module:
     return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(features)
 
 
-class SqueezeNetEncoder(nn.Module):
-    """SqueezeNet trunk + global average pool: (N, C, H, W), (N, n_modes) -> (N, out_features)."""
+ENCODER_POOLS = ("avg", "spatial")
 
-    def __init__(self, spec: InputSpec, dropout: float = 0.0, **trunk_kwargs: Any) -> None:
+
+class SqueezeNetEncoder(nn.Module):
+    """SqueezeNet trunk + pooling: (N, C, H, W), (N, n_modes) -> (N, out_features).
+
+    ``pool="avg"``: global average pool, one value per channel (position-blind); ``"spatial"``: a 1x1 conv
+    to ``spatial_channels`` channels (ReLU), flattened with its layout, so the RNN sees where things are in
+    the picture (as PilotNet's and Z2Color's fully connected layers do).
+    """
+
+    def __init__(self, spec: InputSpec, dropout: float = 0.0, pool: str = "avg", spatial_channels: int = 16,
+                 **trunk_kwargs: Any) -> None:
         super().__init__()
+        if pool not in ENCODER_POOLS:
+            raise ValueError(f"pool={pool!r} is not one of {ENCODER_POOLS}")
         self.features = SqueezeNetTrunk(spec, **trunk_kwargs)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=dropout))
-        self.out_features = self.features.out_channels
+        if pool == "avg":
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=dropout))
+            self.out_features = self.features.out_channels
+        else:
+            self.pool = nn.Sequential(nn.Conv2d(self.features.out_channels, spatial_channels, kernel_size=1),
+                                      nn.ReLU(inplace=True), nn.Flatten(1), nn.Dropout(p=dropout))
+            height, width = self.features.feature_size
+            self.out_features = spatial_channels * height * width
+        self.recorded_kwargs = {"pool": pool}
         init_squeezenet_weights(self)
 
     def forward(self, frames: Tensor, modes: Tensor | None) -> Tensor:
@@ -101,7 +121,8 @@ class RecurrentDriver(nn.Module):
         # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise each channel.
         self.feature_norm = feature_norm
         self.norm = _feature_norm(feature_norm, encoder.out_features)
-        self.recorded_kwargs = {"feature_norm": feature_norm}  # create_model records it in arch_kwargs
+        # create_model records these knobs in arch_kwargs (their defaults changed over time)
+        self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm}
         self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.output_activation = make_output_activation(output_activation)
