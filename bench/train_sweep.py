@@ -106,6 +106,8 @@ def run_one(work: Path, dataset: str, recipe: str, stores: tuple[Path, Path], mi
     try:
         result = train(TrainConfig(**{"data": str(train_store), "out": str(out), "name": name,
                                       "budget": f"{minutes:g}m", "progress": False, **RECIPES[recipe]}))
+    except ValueError as e:  # e.g. PilotNet on frames smaller than 61x61
+        return {"dataset": dataset, "recipe": recipe, "error": str(e)}
     finally:
         logging.getLogger("driver").removeHandler(counter)
     seconds = time.perf_counter() - t0
@@ -133,6 +135,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| data | recipe | steps | steer R² | steer MAE (constant) | throttle R² | throttle MAE (constant) "
              "| sim autonomy | training warnings |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['dataset']} | {r['recipe']} | - | - | - | - | - | - | {r['error'][:60]} |")
+            continue
         s, t = r["steer"], r["throttle"]
         warn = "; ".join(w.split(": ", 1)[-1][:90] for w in r["warnings"]) or "none"
         lines.append(f"| {r['dataset']} | {r['recipe']} | {r['steps']:,} | {_f(s['r2'])} | {_f(s['mae'])} "

@@ -40,8 +40,8 @@ PARAM_COUNTS_DEFAULT_SPEC = {
     "alexnet": 23_621_780,
     "pilotnet": 591_228,
     "squeezenet": 738_036,
-    "squeezenet_gru": 977_908,
-    "squeezenet_lstm": 1_060_084,
+    "squeezenet_gru": 1_097_284,  # spatial pool (pool="avg", feature_norm="layer": 977,908, before issue 18)
+    "squeezenet_lstm": 1_216_324,  # (pool="avg": 1,060,084)
     "z2color": 1_578_740,
     "z2color_gru": 1_818_612,
     "z2color_lstm": 1_900_788,
@@ -347,3 +347,5 @@ def test_spatial_encoder_pool_keeps_the_layout_and_steps_like_forward(arch):
     torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="pool='max' is not one of"):
         build(arch, SMALL, pool="max")
+    old = build(arch, InputSpec(), pool="avg", feature_norm="layer")  # the layers before issue 18
+    assert count_parameters(old) == {"squeezenet_gru": 977_908, "squeezenet_lstm": 1_060_084}[arch]

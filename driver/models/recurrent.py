@@ -65,12 +65,13 @@ ENCODER_POOLS = ("avg", "spatial")
 class SqueezeNetEncoder(nn.Module):
     """SqueezeNet trunk + pooling: (N, C, H, W), (N, n_modes) -> (N, out_features).
 
-    ``pool="avg"``: global average pool, one value per channel (position-blind); ``"spatial"``: a 1x1 conv
-    to ``spatial_channels`` channels (ReLU), flattened with its layout, so the RNN sees where things are in
-    the picture (as PilotNet's and Z2Color's fully connected layers do).
+    ``pool="spatial"`` (default): a 1x1 conv to ``spatial_channels`` channels (ReLU), flattened with its
+    layout, so the RNN sees where things are in the picture (as PilotNet's and Z2Color's fully connected
+    layers do); ``"avg"``: global average pool, one value per channel (position-blind; the only choice
+    before issue 18, what older checkpoints hold).
     """
 
-    def __init__(self, spec: InputSpec, dropout: float = 0.0, pool: str = "avg", spatial_channels: int = 16,
+    def __init__(self, spec: InputSpec, dropout: float = 0.0, pool: str = "spatial", spatial_channels: int = 16,
                  **trunk_kwargs: Any) -> None:
         super().__init__()
         if pool not in ENCODER_POOLS:
