@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from .lint import LintRules, lint_run
 from .modes import MODES, active_labels, mode_vector
-from .series import speed_series_name
+from .series import stored_speed_name
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
 
@@ -143,7 +143,7 @@ class ClipDataset(Dataset):
             if config.validity is None:
                 valid = self.store.series(name, "valid")
             else:
-                speed_name = speed_series_name([e["name"] for e in meta.get("extras", []) if not e["shape"]])
+                speed_name = stored_speed_name(meta)
                 valid = validity_mask(self.store.series(name, "state"), steer, motor,
                                       self.store.series(name, "timestamp"), segment, config.validity,
                                       self.store.series(name, speed_name) if speed_name else None)

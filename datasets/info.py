@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .series import speed_series_name
+from .series import stored_speed_name
 from .store import Store
 from .validity import ValidityRules, rule_masks
 
@@ -44,7 +44,7 @@ def rule_counts(store: Store, run: str) -> dict[str, int]:
     """How many frames of ``run`` each validity rule (``datasets.validity.RULES``) rejects, with the rules
     recorded at ingest."""
     meta = store.run_meta(run)
-    speed = speed_series_name([e["name"] for e in meta.get("extras", []) if not e["shape"]])
+    speed = stored_speed_name(meta)
     series = [store.series(run, k) for k in ("state", "steer", "motor", "timestamp", "segment")]
     masks = rule_masks(*series, ValidityRules.from_dict(meta["validity"]), store.series(run, speed) if speed else None)
     return {rule: int(mask.sum()) for rule, mask in masks.items()}

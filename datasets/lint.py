@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .series import frame_rate, long_stretches, speed_series_name, stretches
+from .series import frame_rate, long_stretches, stored_speed_name, stretches
 from .store import Store
 
 
@@ -108,7 +108,7 @@ def flagged_mask(flags: list[Flag], segment: np.ndarray, timestamp: np.ndarray, 
 def lint_run(store: Store, run: str, rules: LintRules = LintRules()) -> tuple[list[Flag], np.ndarray, bool]:
     """(flags, flagged-frame mask with margins, whether a speed series was checked) of one stored run."""
     meta = store.run_meta(run)
-    speed_name = speed_series_name([e["name"] for e in meta.get("extras", []) if not e["shape"]])
+    speed_name = stored_speed_name(meta)
     timestamp = store.series(run, "timestamp").astype(np.float64)
     segment = store.series(run, "segment")
     flags = lint_series(run, store.series(run, "steer"), store.series(run, "motor"), timestamp, segment,

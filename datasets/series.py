@@ -24,6 +24,11 @@ def speed_series_name(extras: list[str] | tuple[str, ...]) -> str | None:
     return next((name for name in SPEED_SERIES if name in extras), None)
 
 
+def stored_speed_name(run_meta: dict) -> str | None:
+    """The speed series of a stored run (from its ``extras`` metadata: per-frame scalars only), or None."""
+    return speed_series_name([e["name"] for e in run_meta.get("extras", []) if not e["shape"]])
+
+
 def long_stretches(mask: np.ndarray, segment: np.ndarray, timestamp: np.ndarray, min_seconds: float) -> np.ndarray:
     """Frames of maximal stretches of consecutive ``mask`` frames (within one segment) lasting >= ``min_seconds``.
 
