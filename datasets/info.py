@@ -65,8 +65,10 @@ def info_tables(summary: StoreSummary):
     from rich.table import Table
 
     runs = Table(title=f"runs in {summary.path}")
+    width = max((len(r["name"]) for r in summary.runs), default=3)
     for col in ("run", "frames", "valid", "removed by rule", "segments", "size", "cameras", "labels", "source"):
-        runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left")
+        runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left",
+                        **({"no_wrap": True, "min_width": width} if col == "run" else {"overflow": "fold"}))
     for r in summary.runs:
         labels = ",".join(k for k, v in sorted(r["labels"].items()) if v)
         runs.add_row(r["name"], f"{r['n_frames']:,}", f"{r['n_valid']:,}", _removed_text(r["removed"]),
