@@ -21,8 +21,9 @@ Datasets (the input sizes in docs/car-to-model.md, and an external simulator's r
 | | accelerates, coasts and brakes): ``--extsim-runs DIR`` holding ``runs_train/`` and ``runs_test/`` |
 
 Recipes: ``default`` (driver train's defaults), ``pilotnet`` (``--arch pilotnet --stack 1``, the plain
-single-frame baseline), ``legacy`` (the small-input recipe of docs/car-to-model.md before issue 18:
-LayerNorm before the GRU, lr 2e-3, no target normalisation, clips of 4 frames, one predicted step).
+single-frame baseline), ``legacy`` (the training recipe of docs/car-to-model.md's small-input example
+before issue 18, on today's encoder: LayerNorm before the GRU, lr 2e-3, no target normalisation, hidden
+32, 16 clips of 4 frames, one predicted step, flagged windows kept).
 
 Writes ``WORK/results.json`` and prints a markdown table (docs/benchmarks.md, "Training recipes").
 """
