@@ -147,12 +147,13 @@ def test_resume_keeps_best_val_extends_epochs_and_warns_on_other_flags(mono50, t
 
 def test_old_recurrent_checkpoints_keep_loading(tmp_path):
     spec = InputSpec(48, 64, 1, 1, 6, 1)
-    old = create_model("squeezenet_gru", spec, hidden_size=8, feature_norm="layer")
-    ckpt = {"arch": "squeezenet_gru", "spec": spec.to_dict(), "arch_kwargs": {"hidden_size": 8},  # no feature_norm
+    old = create_model("squeezenet_gru", spec, hidden_size=8, feature_norm="layer", pool="avg")  # before issue 18
+    ckpt = {"arch": "squeezenet_gru", "spec": spec.to_dict(), "arch_kwargs": {"hidden_size": 8},  # knobs not recorded
             "model": old.state_dict()}
     model = model_from_checkpoint(ckpt)
-    assert isinstance(model.norm, torch.nn.LayerNorm)
-    assert create_model("squeezenet_gru", spec, hidden_size=8).arch_kwargs["feature_norm"] == "batch"
+    assert isinstance(model.norm, torch.nn.LayerNorm) and isinstance(model.encoder.pool[0], torch.nn.AdaptiveAvgPool2d)
+    new = create_model("squeezenet_gru", spec, hidden_size=8).arch_kwargs
+    assert (new["feature_norm"], new["pool"]) == ("batch", "spatial")  # recorded, so they rebuild the same
 
 
 def test_progress_prints_lines_without_a_terminal(caplog):
