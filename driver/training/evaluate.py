@@ -198,12 +198,17 @@ def _metrics(sums: np.ndarray, names: list[str], has_const: bool) -> dict:
             "runs": per_run}
 
 
+MIN_VARIATION = 5.0  # run units: a target whose constant-predictor RMSE is below this leaves nothing to learn
+
+
 def not_beating(val: dict, config: TrainConfig) -> list[str]:
-    """Targets (with weight > 0) on which the model does not beat the constant predictor, described."""
+    """Targets (with weight > 0, varying by at least ``MIN_VARIATION`` run units) on which the model does not
+    beat the constant predictor, described."""
     out = []
     for name, weight in (("steer", config.steer_weight), ("motor", config.motor_weight)):
         m = val.get(name, {})
-        if weight > 0 and m.get("const_rmse") is not None and m["rmse"] >= m["const_rmse"]:
+        const = m.get("const_rmse")
+        if weight > 0 and const is not None and const >= MIN_VARIATION and m["rmse"] >= const:
             out.append(f"{name} RMSE {m['rmse']:.2f} vs {m['const_rmse']:.2f} for always predicting the training "
                        f"mean (run units)")
     return out
