@@ -4,7 +4,7 @@ One item (torch tensors, ready for the default collate)::
 
     frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major [cam0 t-1, cam1 t-1, cam0 t, ...]
     target  float32 (T, N, 2)        steer, motor at frames t, t+s, ..., normalised to [-1, 1] (driver.units)
-    modes   float32 (M,)             the run's behavioral-mode labels over ``ClipConfig.modes``
+    modes   float32 (M,)             the run's labels over ``ClipConfig.modes`` (``datasets.modes.mode_vector``)
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
     flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged)
@@ -26,11 +26,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import flip_clip, jitter_colors, jitter_colors_, mirror_  # noqa: F401 - first two re-exported
+from .lint import LintRules, lint_run
+from .modes import MODES, active_labels, mode_vector
+from .series import stored_speed_name
 from .store import Store, StoreError
 from .validity import ValidityRules, validity_mask
 
-# The lab's six conditioning planes: five behavioral modes and "caffe" (a network was driving).
-MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
 DEFAULT_EXCLUDE = ("reject_run",)
 
 _scratch = threading.local()  # per thread: one reused buffer for a camera's T+stack-1 frames
@@ -60,6 +61,7 @@ class ClipConfig:
     include_labels: tuple[str, ...] = ()
     exclude_labels: tuple[str, ...] = DEFAULT_EXCLUDE
     validity: ValidityRules | None = None
+    exclude_flagged: LintRules | None = None  # drop windows where the driver lost control (datasets.lint)
     seed: int = 0
 
     def __post_init__(self):
@@ -138,7 +140,7 @@ class ClipDataset(Dataset):
         before, after = config.span()
         for name in names:
             meta = self.store.run_meta(name)
-            labels = {k for k, v in meta["labels"].items() if v}
+            labels = active_labels(meta["labels"])
             if config.include_labels and not labels & set(config.include_labels):
                 continue
             if labels & set(config.exclude_labels):
@@ -146,15 +148,19 @@ class ClipDataset(Dataset):
             missing = [c for c in config.cameras if c not in meta["cameras"]]
             if missing:
                 raise StoreError(f"{self.store.path}: run {name!r} has no {missing[0]!r} camera "
-                                 f"(has {meta['cameras']}); use cameras=('left',)")
+                                 f"(has {meta['cameras']}); train with --cameras left (or auto)")
             steer, motor = self.store.series(name, "steer"), self.store.series(name, "motor")
             segment = self.store.series(name, "segment")
             if config.validity is None:
                 valid = self.store.series(name, "valid")
             else:
+                speed_name = stored_speed_name(meta)
                 valid = validity_mask(self.store.series(name, "state"), steer, motor,
-                                      self.store.series(name, "timestamp"), segment, config.validity)
-            modes = np.array([float(m in labels) for m in config.modes], dtype=np.float32)
+                                      self.store.series(name, "timestamp"), segment, config.validity,
+                                      self.store.series(name, speed_name) if speed_name else None)
+            if config.exclude_flagged is not None:
+                valid = valid & ~lint_run(self.store, name, config.exclude_flagged)[1]
+            modes = mode_vector(labels, config.modes)
             arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
                                 eligible_starts(valid, segment, before, after))
             self._runs.append(arrays)
@@ -190,6 +196,12 @@ class ClipDataset(Dataset):
 
     def clip_run_and_start(self, index: int) -> tuple[str, int]:
         return self.runs[self._run_index[index]], int(self._starts[index])
+
+    def labels_at_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steer, motor), normalised to [-1, 1], at every clip's first frame (the labels training sees)."""
+        steer = np.concatenate([r.steer[r.starts] for r in self._runs])
+        motor = np.concatenate([r.motor[r.starts] for r in self._runs])
+        return steer, motor
 
     def high_steer(self) -> np.ndarray:
         """Per clip: is the lab-smoothed steering at its start outside 43..55 (for SteerBalancedSampler)."""

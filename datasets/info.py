@@ -6,7 +6,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .series import stored_speed_name
 from .store import Store
+from .validity import ValidityRules, rule_masks
 
 
 @dataclass
@@ -30,6 +32,11 @@ class StoreSummary:
         return sum(r["n_valid"] for r in self.runs)
 
     @property
+    def removed(self) -> Counter:
+        """Frames each validity rule rejects, over all runs (a frame may fail several rules)."""
+        return sum((Counter(r["removed"]) for r in self.runs), Counter())
+
+    @property
     def labels(self) -> Counter:
         return Counter(k for r in self.runs for k, v in r["labels"].items() if v)
 
@@ -39,10 +46,24 @@ class StoreSummary:
                        for r in self.runs)
 
 
+def rule_counts(store: Store, run: str) -> dict[str, int]:
+    """How many frames of ``run`` each validity rule (``datasets.validity.RULES``) rejects, with the rules
+    recorded at ingest."""
+    meta = store.run_meta(run)
+    speed = stored_speed_name(meta)
+    series = [store.series(run, k) for k in ("state", "steer", "motor", "timestamp", "segment")]
+    masks = rule_masks(*series, ValidityRules.from_dict(meta["validity"]), store.series(run, speed) if speed else None)
+    return {rule: int(mask.sum()) for rule, mask in masks.items()}
+
+
 def describe_store(path: str | os.PathLike) -> StoreSummary:
     store = Store(path)
-    return StoreSummary(str(store.path), [store.run_meta(r) for r in store.runs], store.disk_bytes,
-                        store.format_version)
+    return StoreSummary(str(store.path), [{**store.run_meta(r), "removed": rule_counts(store, r)} for r in store.runs],
+                        store.disk_bytes, store.format_version)
+
+
+def _removed_text(removed: Counter | dict) -> str:
+    return ", ".join(f"{rule} {n:,}" for rule, n in removed.items() if n) or "-"
 
 
 def info_tables(summary: StoreSummary):
@@ -53,11 +74,12 @@ def info_tables(summary: StoreSummary):
     # run names are what --runs and --force take: never cut them; the other columns fold when narrow
     longest = max((len(r["name"]) for r in summary.runs), default=3)
     runs.add_column("run", no_wrap=True, min_width=longest)
-    for col in ("frames", "valid", "segments", "size", "cameras", "labels", "source"):
+    for col in ("frames", "valid", "removed by rule", "segments", "size", "cameras", "labels", "source"):
         runs.add_column(col, justify="right" if col in ("frames", "valid", "segments") else "left", overflow="fold")
     for r in summary.runs:
         labels = ",".join(k for k, v in sorted(r["labels"].items()) if v)
-        runs.add_row(r["name"], f"{r['n_frames']:,}", f"{r['n_valid']:,}", str(len(r["segments"])),
+        runs.add_row(r["name"], f"{r['n_frames']:,}", f"{r['n_valid']:,}", _removed_text(r["removed"]),
+                     str(len(r["segments"])),
                      f"{r['height']}x{r['width']}", "+".join(r["cameras"]), labels, r["source"]["file"])
     totals = Table(title="totals", show_header=False)
     totals.add_column("what")
@@ -65,6 +87,7 @@ def info_tables(summary: StoreSummary):
     pct = 100.0 * summary.valid / summary.frames if summary.frames else 0.0
     totals.add_row("runs", str(len(summary.runs)))
     totals.add_row("frames", f"{summary.frames:,} ({summary.valid:,} valid, {pct:.1f}%)")
+    totals.add_row("removed by rule", _removed_text(summary.removed) + " (frames; see docs/dataset-format.md)")
     totals.add_row("resolution", ", ".join(f"{k} ({n} runs)" for k, n in summary.resolutions.items()) or "-")
     totals.add_row("labels", ", ".join(f"{k} ({n})" for k, n in sorted(summary.labels.items())) or "-")
     totals.add_row("size on disk", f"{summary.disk_bytes / 1e6:,.1f} MB")

@@ -22,6 +22,7 @@ from . import storage
 from .interop.sources import Hdf5Source, RunSource
 from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
 from .run_format import RunInfo
+from .series import speed_series_name
 from .shard_writer import FramesShardWriter
 from .validity import ValidityRules, validity_mask
 
@@ -88,7 +89,10 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
             _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec), buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
-        valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules)
+        speed_name = speed_series_name([e.name for e in info.extras if not e.shape])
+        speed = np.concatenate([h5["segments"][seg.name][speed_name][()] for seg in info.segments]) \
+            if speed_name else None
+        valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules, speed)
         series = {
             "steer": s["steer"].astype(np.float32),
             "motor": s["motor"].astype(np.float32),

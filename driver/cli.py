@@ -109,7 +109,20 @@ def _view(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from driver.datasets.info import describe_store, print_info
 
-    print_info(describe_store(args.store), Console())
+    console = Console()
+    print_info(describe_store(args.store), console)
+    if args.lint or args.lint_json:
+        from driver.datasets.lint import lint_store, lint_summary, lint_table
+
+        report = lint_store(args.store)
+        if report.flags:
+            console.print(lint_table(report, args.store))
+        for line in lint_summary(report):
+            console.print(line, highlight=False, soft_wrap=True)
+        if args.lint_json:
+            from pathlib import Path
+
+            Path(args.lint_json).write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
     return 0
 
 
@@ -146,19 +159,23 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from driver.training import resolve_config, train
     from driver.training.config import TrainConfig
-    from driver.training.metrics import summary_table
+    from driver.training.metrics import runs_table, summary_table
 
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if isinstance(overrides.get("arch_kwargs"), str):
+        try:
+            overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
     if args.resume:
-        result = train(resume=args.resume)
+        result = train(resume=args.resume, overrides=overrides)
     else:
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        if isinstance(overrides.get("arch_kwargs"), str):
-            try:
-                overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
         result = train(resolve_config(args.config, overrides))
-    Console().print(summary_table(result))
+    console = Console()
+    if result.best_val.get("runs"):
+        console.print(runs_table(result.best_val, f"best validation (step {result.best_val['step']:,}) per held-out "
+                                                  "run, run units, first predicted step"))
+    console.print(summary_table(result))
     return 0
 
 
@@ -321,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-frames", type=int, default=None, help="frames per shard file (default: ~24 MiB)")
     s.add_argument("--accepted-states", type=int, nargs="+", default=[1, 3, 5, 6, 7], metavar="S",
                    help="state codes whose frames are valid (default 1 3 5 6 7)")
-    s.add_argument("--min-motor", type=float, default=53.0, help="valid frames need motor >= this (default 53)")
+    s.add_argument("--min-motor", type=float, default=0.0,
+                   help="the lab's rule: valid frames need motor >= this; 53 drops every braking and coasting "
+                        "frame (default 0: off; parked-car frames are dropped by speed or long neutral stretches)")
     s.add_argument("--max-gap", type=float, default=0.1, help="max seconds to the next frame (default 0.1)")
     s.add_argument("--keep-pinned-steer", action="store_true",
                    help="do not reject autonomous frames with steering pinned at 0 or 99")
@@ -365,15 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=int, default=1, help="show every N-th camera frame (default 1)")
     s.set_defaults(func=_view)
 
-    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size.")
+    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size, and the "
+                       "frames each validity rule removes; --lint flags where the driver lost control.")
     s.add_argument("store", help="store path")
+    s.add_argument("--lint", action="store_true", help="flag windows of saturated steering and of throttle "
+                   "without progress (the driver lost control); driver train drops them by default")
+    s.add_argument("--lint-json", default=None, metavar="FILE", help="also write the lint report as JSON")
     s.set_defaults(func=_info)
 
-    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame")
-    s.add_argument("--height", type=int, default=94)
-    s.add_argument("--width", type=int, default=168)
-    s.add_argument("--cameras", type=int, default=2, choices=(1, 2))
-    s.add_argument("--stack", type=int, default=2, choices=(1, 2))
+    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame",
+                       description="Every registered architecture at one input size; 'input too small' where an "
+                       "architecture cannot take it. See docs/models.md.")
+    s.add_argument("--height", type=int, default=94, help="frame height in pixels (default 94)")
+    s.add_argument("--width", type=int, default=168, help="frame width in pixels (default 168)")
+    s.add_argument("--cameras", type=int, default=2, choices=(1, 2), help="cameras per frame (default 2)")
+    s.add_argument("--stack", type=int, default=2, choices=(1, 2), help="frames stacked per step (default 2)")
     s.add_argument("--modes", type=int, default=6, help="behavioral-mode planes (default 6)")
     s.add_argument("--horizon", type=int, default=10, help="future steps predicted (default 10)")
     s.set_defaults(func=_models)
@@ -417,16 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_sim_drive)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
-                       description="Open-loop: the model against the recorded human, frame by frame in order. "
+                       description="Open-loop: the model against the recorded human, frame by frame in order, "
+                       "beside the constant predictor (the training mean) and with R² per target. "
                        "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
     s.add_argument("--model", required=True, help=MODEL_FILES)
     s.add_argument("--data", required=True, help="store (driver ingest output)")
     s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
-    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv")
-    s.add_argument("--mode", default=None, help="behavioral mode (default: from each run's labels)")
-    s.add_argument("--no-video", action="store_true")
+    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv (default replay_out)")
+    s.add_argument("--mode", default=None, help="condition on this behavioral mode only (default: every mode "
+                   "label of each run, the input training gave it)")
+    s.add_argument("--no-video", action="store_true", help="skip the overlay video")
     s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
-    s.add_argument("--threshold", type=float, default=0.3, help="closed loop: intervention |offset| in m")
+    s.add_argument("--threshold", type=float, default=0.3,
+                   help="closed loop: intervention when |offset| exceeds this, in m (default 0.3)")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
     s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",

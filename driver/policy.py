@@ -6,6 +6,7 @@
     policy = load_policy("runs/train/x/best.pt")
     policy.reset()
     action = policy.act(frame_rgb_uint8, right=None, mode="direct")
+    action = policy.act(frame, mode=store.labels(run))  # a run's labels: the model's input in training
     action.steer, action.motor            # run units, 0..99 with 49 neutral
     action.steer_norm, action.motor_norm  # [-1, 1]
     action.steer_permille                 # carlink wire values
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from driver.datasets.modes import Labels, active_labels, mode_vector
 from driver.errors import DriverError
 from driver.export.meta import check_preprocess
 from driver.preprocess import frames_to_input, frames_to_input_numpy, prepare_frame
@@ -61,6 +63,7 @@ class Policy:
         self.stack = int(pre["stack"])
         self.height, self.width = int(pre["height"]), int(pre["width"])
         self.modes: tuple[str, ...] = tuple(pre["modes"])
+        self.label_stats: dict | None = checkpoint.get("label_stats")  # training labels: the constant predictor
         self.numpy_io = bool(getattr(model, "numpy_io", False))  # ONNX Runtime: numpy in and out, no torch
         if self.numpy_io:
             self.model, self.device, self.channels_last = model.to(device), device, False
@@ -89,15 +92,16 @@ class Policy:
         self._state = None
         self._previous: np.ndarray | None = None
 
-    def mode_vector(self, mode: str | None):
-        """The one-hot (1, n_modes) behavioural mode: a numpy array for ONNX Runtime, else a torch tensor."""
+    def mode_vector(self, mode: Labels):
+        """(1, n_modes) model input for ``mode``: one mode name, a set of labels or a run's ``{label: 0|1}``
+        labels, built by the same :func:`driver.datasets.modes.mode_vector` as training. Labels the model has
+        no mode for (``sim``, ``reject_run``) are ignored; a single name must be one of ``self.modes``.
+        A numpy array for ONNX Runtime, else a torch tensor."""
         if not self.modes:
             return None
-        vec = np.zeros((1, len(self.modes)), np.float32)
-        if mode is not None:
-            if mode not in self.modes:
-                raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
-            vec[0, self.modes.index(mode)] = 1.0
+        if isinstance(mode, str) and mode not in self.modes:
+            raise ValueError(f"mode={mode!r} is not one of this model's modes {list(self.modes)}")
+        vec = mode_vector(active_labels(mode), self.modes)[None]
         if self.numpy_io:
             return vec
         import torch
@@ -115,8 +119,11 @@ class Policy:
             cams.append(prepare_frame(right, self.height, self.width, "right"))
         return np.stack(cams)
 
-    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: str | None = None) -> Action:
-        """One frame in, one action out; carries recurrent state and the stacked frame between calls."""
+    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: Labels = None) -> Action:
+        """One frame in, one action out; carries recurrent state and the stacked frame between calls.
+
+        ``mode``: a mode name (``"direct"``), a set of labels, or a run's labels dict (see :meth:`mode_vector`).
+        """
         t0 = time.perf_counter()
         current = self.views(frame, right)
         if self.stack == 2:

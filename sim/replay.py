@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from driver.datasets.modes import active_labels
 from driver.datasets.store import Store
 
 from driver.policy import Policy, load_policy
@@ -78,7 +79,7 @@ class RunTrace:
     valid: np.ndarray
     chunk: np.ndarray  # frames between two policy resets share an id
     resets: int
-    mode: str | None
+    mode: tuple[str, ...] | None  # the labels the model was conditioned on
 
     @property
     def fps(self) -> float:
@@ -103,16 +104,18 @@ class ReplayReport:
                 "config": self.config}
 
 
-def resolve_mode(policy: Policy, labels: dict, mode: str | None) -> str | None:
-    """The mode to condition on: ``mode`` if given, else the first of the model's modes the run is labelled
-    with, else None (an all-zero mode vector). Models without modes get None."""
+def resolve_mode(policy: Policy, labels: dict, mode: str | None) -> tuple[str, ...] | None:
+    """The modes to condition on: ``(mode,)`` if given, else every one of the model's modes the run is
+    labelled with, exactly the input training gave this run (``driver.datasets.modes``); None for models
+    without modes. An empty tuple is the all-zero mode vector."""
     if not policy.modes:
         return None
     if mode is not None:
         if mode not in policy.modes:
             raise ValueError(f"mode={mode!r} is not one of this model's modes {list(policy.modes)}")
-        return mode
-    return next((m for m in policy.modes if int(labels.get(m, 0)) == 1), None)
+        return (mode,)
+    on = active_labels(labels)
+    return tuple(m for m in policy.modes if m in on)
 
 
 def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, max_gap_s: float = 0.1) -> RunTrace:
@@ -150,13 +153,15 @@ def _round(x, nd: int = 4):
     return None if x is None else round(float(x), nd)
 
 
-def _metrics(traces: list[RunTrace], max_lag: int) -> dict:
-    """Metrics of one or more runs pooled (one run: that run's metrics)."""
+def _metrics(traces: list[RunTrace], max_lag: int, constants: tuple[float, float] | None = None) -> dict:
+    """Metrics of one or more runs pooled (one run: that run's metrics); ``constants``: the training mean
+    (steer, motor) in run units, the constant predictor's output."""
     cat = {k: np.concatenate([getattr(t, k) for t in traces]) for k in
            ("human_steer", "human_motor", "pred_steer", "pred_motor", "valid")}
     v = cat["valid"]
-    steer = rm.error_stats(cat["pred_steer"], cat["human_steer"], v)
-    motor = rm.error_stats(cat["pred_motor"], cat["human_motor"], v)
+    steer, motor = ({**rm.error_stats(cat[f"pred_{k}"], cat[f"human_{k}"], v),
+                     **rm.baseline_stats(cat[f"pred_{k}"], cat[f"human_{k}"], v, None if constants is None
+                                         else constants[i])} for i, k in enumerate(("steer", "motor")))
     sse = cnt = None
     rough_m = rough_h = (0.0, 0)
     for t in traces:
@@ -193,6 +198,14 @@ def _worst(traces: list[RunTrace], k: int) -> list[dict]:
     return rows[:k]
 
 
+def training_means(policy: Policy) -> tuple[float, float] | None:
+    """The constant predictor of ``policy``'s checkpoint: the mean (steer, motor) of its training labels in
+    run units, or None for checkpoints saved before they were recorded."""
+    stats = getattr(policy, "label_stats", None) or {}
+    means = stats.get("mean_run_units")
+    return None if means is None else (float(means[0]), float(means[1]))
+
+
 def open_runs(data: str, runs: list[str]) -> tuple[Store, list[str]]:
     """The store and the runs to replay (all when ``runs`` is empty), each checked to exist."""
     store = Store(data)
@@ -221,8 +234,9 @@ def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
                  t.resets, t.mode)
         traces.append(t)
     elapsed = time.perf_counter() - t0
-    per_run = {t.run: {**_metrics([t], config.max_lag), "mode": t.mode} for t in traces}
-    overall = {**_metrics(traces, config.max_lag), "runs": len(traces),
+    constants = training_means(policy)
+    per_run = {t.run: {**_metrics([t], config.max_lag, constants), "mode": t.mode} for t in traces}
+    overall = {**_metrics(traces, config.max_lag, constants), "runs": len(traces), "constant": constants,
                "frames_per_s": round(sum(len(t.valid) for t in traces) / max(elapsed, 1e-9), 1)}
     report = ReplayReport(overall, per_run, _worst(traces, config.worst), config=asdict(config),
                           traces={t.run: t for t in traces})
@@ -248,16 +262,21 @@ def _f(x, nd: int = 2) -> str:
 
 def format_replay_report(report: ReplayReport) -> str:
     """A plain-text summary: one row per run and one for all runs, then error by steering bin and the worst."""
-    head = (f"{'run':<24} {'scored':>7} {'steer MAE':>9} {'steer RMSE':>10} {'bias':>6} {'thr MAE':>8} "
-            f"{'lag f':>5} {'lag s':>6} {'rough M/H':>11}")
-    lines = ["open-loop replay (run units 0..99)", head, "-" * len(head)]
+    width = max([24, *(len(n) for n in report.per_run)])
+    head = (f"{'run':<{width}} {'scored':>7} {'steer MAE':>9} {'const':>6} {'R²':>6} {'bias':>6} {'thr MAE':>8} "
+            f"{'const':>6} {'R²':>6} {'lag f':>5} {'lag s':>6} {'rough M/H':>11}")
+    const = report.overall.get("constant")
+    lines = ["open-loop replay (run units 0..99); const = always the training mean "
+             + ("-" if const is None else f"(steer {const[0]:.1f}, throttle {const[1]:.1f})")
+             + "; R² = explained variance", head, "-" * len(head)]
 
     def row(name: str, m: dict) -> str:
         rough = f"{_f(m['roughness_model'])}/{_f(m['roughness_human'])}"
         lag = "-" if m["lag_frames"] is None else str(m["lag_frames"])
-        return (f"{name[:24]:<24} {m['scored']:>7} {_f(m['steer']['mae']):>9} {_f(m['steer']['rmse']):>10} "
-                f"{_f(m['steer']['bias']):>6} {_f(m['throttle']['mae']):>8} {lag:>5} {_f(m['lag_s']):>6} "
-                f"{rough:>11}")
+        s, t = m["steer"], m["throttle"]
+        return (f"{name:<{width}} {m['scored']:>7} {_f(s['mae']):>9} {_f(s.get('const_mae')):>6} {_f(s.get('r2')):>6} "
+                f"{_f(s['bias']):>6} {_f(t['mae']):>8} {_f(t.get('const_mae')):>6} {_f(t.get('r2')):>6} {lag:>5} "
+                f"{_f(m['lag_s']):>6} {rough:>11}")
 
     lines += [row(name, m) for name, m in report.per_run.items()]
     lines += ["-" * len(head), row("ALL", report.overall), ""]

@@ -57,6 +57,22 @@ def error_stats(pred, human, valid=None) -> dict:
             "p99": float(np.percentile(a, 99))}
 
 
+def baseline_stats(pred, human, valid=None, constant: float | None = None) -> dict:
+    """The model against baselines over the valid frames: ``r2`` = 1 − SSE / SST, SST around the human's
+    own mean over these frames (0 = no better than knowing that mean; < 0 worse; None when the human
+    never varies), and the error of the **constant predictor** ``constant`` (the mean of the training
+    labels, run units): ``const_mae``, ``const_rmse`` (None without a constant)."""
+    p, h, v = _arrays(pred, human, valid)
+    e, y = p[v] - h[v], h[v]
+    if e.size == 0:
+        return {"r2": None, "const_mae": None, "const_rmse": None}
+    sst = float(np.sum((y - y.mean()) ** 2))
+    c = None if constant is None else float(constant) - y
+    return {"r2": 1.0 - float(np.dot(e, e)) / sst if sst > 1e-9 else None,
+            "const_mae": None if c is None else float(np.abs(c).mean()),
+            "const_rmse": None if c is None else float(math.sqrt(np.mean(c * c)))}
+
+
 def bin_label(lo: float, hi: float) -> str:
     return f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}"
 

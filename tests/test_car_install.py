@@ -31,8 +31,10 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as e:  # --help
     code = e.code
+LIGHT = ("driver.datasets", "driver.datasets.modes")  # the one mode-vector definition: numpy only, shared with training
 heavy = [m for m in sys.modules if m.split(".")[0] in BLOCKED
-         or m.startswith(("driver.training.trainer", "driver.training.checkpoint", "driver.datasets", "driver.models"))]
+         or (m.startswith(("driver.training.trainer", "driver.training.checkpoint", "driver.datasets", "driver.models"))
+             and m not in LIGHT)]
 print("RESULT " + json.dumps({{"code": code, "heavy": heavy}}))
 """
 

@@ -45,10 +45,11 @@ def store(tmp_path):
 
 def _frame_validation_reads(store) -> int:
     """A frame of run_001's second shard (32..63) that validation reads with the test's training config."""
+    from driver.training import TrainConfig
     from driver.training.evaluate import val_indices
 
     ds = ClipDataset(store, ClipConfig(cameras=("left",), clip_length=2, horizon=2, target_stride=1), runs=["run_001"])
-    starts = sorted({ds.clip_run_and_start(i)[1] for i in val_indices(len(ds), 1, 0)})
+    starts = sorted({ds.clip_run_and_start(i)[1] for i in val_indices(len(ds), TrainConfig().val_clips, 1, 0)})
     return next(s for s in starts if 32 <= s < 63)
 
 

@@ -26,6 +26,7 @@ BATCH, STEPS = 2, 3
 
 EXPECTED_ARCHS = [
     "alexnet",
+    "pilotnet",
     "squeezenet",
     "squeezenet_gru",
     "squeezenet_lstm",
@@ -37,21 +38,24 @@ EXPECTED_ARCHS = [
 # Parameter counts at the default InputSpec (94x168, 2 cameras x 2 frames, 6 modes, horizon 10).
 PARAM_COUNTS_DEFAULT_SPEC = {
     "alexnet": 23_621_780,
+    "pilotnet": 591_228,
     "squeezenet": 738_036,
-    "squeezenet_gru": 977_908,
-    "squeezenet_lstm": 1_060_084,
+    "squeezenet_gru": 1_097_284,  # spatial pool (pool="avg", feature_norm="layer": 977,908, before issue 18)
+    "squeezenet_lstm": 1_216_324,  # (pool="avg": 1,060,084)
     "z2color": 1_578_740,
     "z2color_gru": 1_818_612,
     "z2color_lstm": 1_900_788,
 }
 
-# Lab-faithful configurations and the counts of seed_lineage.md §2 (lab layers at 94x168x12).
+# Lab-faithful configurations and the counts of seed_lineage.md §2 (lab layers at 94x168x12), and the paper's.
 LAB_PARAM_COUNTS = [
     ("z2color", InputSpec(), {}, 1_578_740),
     ("z2color", InputSpec(), {"lab": True}, 1_578_740),
     ("squeezenet", InputSpec(), {"lab": True}, 739_988),
     ("squeezenet", InputSpec(horizon=15), {"lab": True}, 745_118),  # the early 30-output variant
     ("alexnet", InputSpec(), {"lab": True}, 24_043_412),
+    # PilotNet at the paper's 66x200 RGB input: 252,219 with its one output, + 11 for our (steer, motor)
+    ("pilotnet", InputSpec(height=66, width=200, cameras=1, stack=1, n_modes=0, horizon=1), {}, 252_230),
 ]
 
 
@@ -223,7 +227,7 @@ def test_lab_faithful_param_counts(arch, spec, kwargs, expected):
 @pytest.mark.parametrize("size", [(94, 168), (96, 96), (120, 160)])
 def test_dataset_image_sizes(size):
     spec = InputSpec(height=size[0], width=size[1], cameras=1, stack=2, n_modes=6, horizon=10)
-    for arch in ("z2color", "squeezenet", "alexnet"):
+    for arch in ("z2color", "squeezenet", "alexnet", "pilotnet"):
         model = build(arch, spec).eval()
         clip, modes = make_inputs(spec, batch=1, steps=1)
         with torch.no_grad():
@@ -257,7 +261,7 @@ def test_squeezenet_bypass_parameter_costs():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid models: alexnet, squeezenet") as error:
+    with pytest.raises(ValueError, match="valid models: alexnet, pilotnet, squeezenet") as error:
         create_model("resnet50")
     assert all(name in str(error.value) for name in EXPECTED_ARCHS)
 
@@ -279,6 +283,9 @@ def test_bad_arch_kwargs_raise():
 
 
 def test_input_too_small_names_the_stage():
+    create_model("pilotnet", InputSpec(height=61, width=61))  # its documented minimum
+    with pytest.raises(ValueError, match="pilotnet: input 60x61 is too small, the feature map after conv5"):
+        create_model("pilotnet", InputSpec(height=60, width=61))
     with pytest.raises(ValueError, match="alexnet: input 48x64 is too small"):
         create_model("alexnet", InputSpec(height=48, width=64))
 
@@ -321,5 +328,24 @@ def test_model_rows_and_table():
     table = format_model_table(rows)
     assert "squeezenet_lstm" in table and "MFLOPs/frame" in table
     too_small = model_rows(InputSpec(height=48, width=48))
-    assert {row["arch"] for row in too_small if row["params"] is None} >= {"alexnet", "z2color"}
+    assert {row["arch"] for row in too_small if row["params"] is None} >= {"alexnet", "pilotnet", "z2color"}
     assert "input too small" in format_model_table(too_small)
+
+
+@pytest.mark.parametrize("arch", ["squeezenet_gru", "squeezenet_lstm"])
+def test_spatial_encoder_pool_keeps_the_layout_and_steps_like_forward(arch):
+    model = build(arch, SMALL, pool="spatial", spatial_channels=4, hidden_size=8).eval()
+    h, w = model.encoder.features.feature_size
+    assert model.encoder.out_features == 4 * h * w and model.arch_kwargs["pool"] == "spatial"
+    clip, modes = make_inputs(SMALL, steps=3)
+    with torch.no_grad():
+        whole, _ = model(clip, modes)
+        state, steps = None, []
+        for t in range(3):
+            out, state = model.step(clip[:, t], modes, state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pool='max' is not one of"):
+        build(arch, SMALL, pool="max")
+    old = build(arch, InputSpec(), pool="avg", feature_norm="layer")  # the layers before issue 18
+    assert count_parameters(old) == {"squeezenet_gru": 977_908, "squeezenet_lstm": 1_060_084}[arch]

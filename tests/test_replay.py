@@ -102,6 +102,31 @@ def test_roughness_and_bins():
     assert ids.tolist() == [0, 0, 1, 2, 2]
 
 
+def test_baselines_r2_and_the_constant_predictor():
+    h = _human()
+    perfect = rm.baseline_stats(h, h, constant=49.0)
+    assert perfect["r2"] == pytest.approx(1.0) and perfect["const_mae"] == pytest.approx(np.abs(49.0 - h).mean())
+    assert rm.baseline_stats(np.full(len(h), h.mean()), h)["r2"] == pytest.approx(0.0)  # the human's own mean
+    assert rm.baseline_stats(h + 100, h)["r2"] < 0 and rm.baseline_stats(h, h)["const_mae"] is None
+    assert rm.baseline_stats(np.full(5, 60.0), np.full(5, 60.0))["r2"] is None  # a target that never varies
+
+
+def test_replay_scores_against_the_training_mean(sim_store, tmp_path):
+    path = make_checkpoint(tmp_path / "stats.pt", "squeezenet")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["label_stats"] = {"mean": [0.0, 0.5], "var": [0.1, 0.1], "mean_run_units": [49.0, 74.0]}
+    save_checkpoint(path, ckpt)
+    report = replay(ReplayConfig(model=path, data=str(sim_store), out=str(tmp_path / "o"), video=False, plots=False))
+    o = report.overall
+    human = np.concatenate([Store(sim_store).series(r, "motor") for r in Store(sim_store).runs])
+    valid = np.concatenate([Store(sim_store).series(r, "valid") for r in Store(sim_store).runs])
+    assert o["constant"] == [49.0, 74.0] or o["constant"] == (49.0, 74.0)
+    assert o["throttle"]["const_mae"] == pytest.approx(np.abs(74.0 - human[valid]).mean(), rel=1e-6)
+    assert all(m["steer"]["r2"] is not None for m in report.per_run.values())
+    assert "R²" in format_replay_report(report) and "training mean (steer 49.0, throttle 74.0)" in \
+        format_replay_report(report)
+
+
 def test_worst_moments_sorted_and_separated():
     h = np.full(100, 49.0)
     p = h.copy()

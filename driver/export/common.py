@@ -27,7 +27,7 @@ from driver.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
-META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "precision")
+META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "precision", "label_stats")
 
 
 class StepModule(nn.Module):
@@ -178,6 +178,7 @@ class SequenceAdapter(nn.Module):
     def __init__(self, step_model: Any) -> None:
         super().__init__()
         self.step_model = step_model
+        self.is_recurrent = bool(getattr(step_model, "is_recurrent", False))
 
     def forward(self, clip: Tensor, modes: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
         outs = []
@@ -193,25 +194,19 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
     ``net`` is a torch model or anything with ``.step`` (wrapped in :class:`SequenceAdapter`). Uses
     :func:`driver.training.evaluate.evaluate` on the runs the checkpoint held out; {} when there are none.
     """
-    from torch.utils.data import Subset
-
-    from driver.datasets.clips import ClipConfig, ClipDataset
+    from driver.datasets.clips import ClipDataset
     from driver.training import evaluate as ev
     from driver.training.config import TrainConfig
     from driver.training.distributed import DistInfo
+    from driver.training.recipe import clip_config
 
     dataset = ckpt.get("dataset", {})
     val_runs = list(dataset.get("val_runs") or [])
     if not val_runs or not dataset.get("store") or not Path(dataset["store"]).exists():
         return {}
     config = TrainConfig.from_dict({**ckpt["config"], "channels_last": False})
-    clip = ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride, cameras=config.camera_names,
-                      stack=config.stack, horizon=config.horizon, target_stride=config.target_stride,
-                      include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
-                      seed=config.seed)
-    ds = ClipDataset(dataset["store"], clip, runs=val_runs)
-    if len(ds) > max_clips:
-        ds = Subset(ds, np.linspace(0, len(ds) - 1, max_clips).astype(int).tolist())
+    config = TrainConfig.from_dict({**config.to_dict(), "val_clips": max_clips})
+    ds = ClipDataset(dataset["store"], clip_config(config, train=False), runs=val_runs)
     if not isinstance(net, nn.Module):
         net = SequenceAdapter(net)
     return ev.evaluate(net, ds, config, torch.device("cpu"), contextlib.nullcontext, DistInfo())

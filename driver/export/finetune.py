@@ -58,9 +58,10 @@ def _autocast(precision: str):
 
 def training_data(ckpt: dict, batch_size: int, steps: int, seed: int):
     """(train config, dataset, plan maker) over the checkpoint's training runs; raises if there are none."""
-    from driver.datasets.clips import ClipConfig, ClipDataset
+    from driver.datasets.clips import ClipDataset
     from driver.training.batches import PlanMaker
     from driver.training.config import TrainConfig
+    from driver.training.recipe import clip_config
 
     dataset = ckpt.get("dataset", {})
     where = ckpt.get("path", "checkpoint")
@@ -68,13 +69,8 @@ def training_data(ckpt: dict, batch_size: int, steps: int, seed: int):
         raise ExportError(f"{where}: checkpoint names no training store/runs; fine-tuning needs them")
     config = TrainConfig.from_dict({**ckpt["config"], "batch_size": batch_size, "steps_per_epoch": steps,
                                     "seed": seed})
-    clip = ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride,
-                      cameras=config.camera_names, stack=config.stack, horizon=config.horizon,
-                      target_stride=config.target_stride, flip=config.flip, color_jitter=config.color_jitter,
-                      include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
-                      seed=seed)
     try:
-        ds = ClipDataset(dataset["store"], clip, runs=list(dataset["train_runs"]))
+        ds = ClipDataset(dataset["store"], clip_config(config, train=True, seed=seed), runs=list(dataset["train_runs"]))
     except (OSError, ValueError) as e:
         raise ExportError(f"{where}: cannot open its training store {dataset['store']} ({e})") from e
     plans = PlanMaker(ds, batch_size, steps, recurrent=False, balance=config.balance_steer,

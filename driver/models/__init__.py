@@ -1,4 +1,4 @@
-"""Model zoo: Z2Color, SqueezeNet, AlexNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
+"""Model zoo: Z2Color, SqueezeNet, AlexNet, PilotNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
 
 Every model follows the interface in :mod:`driver.models.base`; build them by name with
 :func:`create_model` and list them with :func:`list_models`. The family modules are imported here
@@ -8,12 +8,14 @@ explicitly, which registers their builders.
 from driver.models.alexnet import AlexNet, build_alexnet
 from driver.models.base import DrivingModel, RecurrentState, detach_state
 from driver.models.fire import Fire
+from driver.models.pilotnet import PilotNet, build_pilotnet
 from driver.models.recurrent import (
     RecurrentDriver,
     build_squeezenet_gru,
     build_squeezenet_lstm,
     build_z2color_gru,
     build_z2color_lstm,
+    legacy_kwargs,
 )
 from driver.models.registry import create_model, list_models, register_model
 from driver.models.spec import LAB_MODES, InputSpec
@@ -27,11 +29,13 @@ __all__ = [
     "DrivingModel",
     "Fire",
     "InputSpec",
+    "PilotNet",
     "RecurrentDriver",
     "RecurrentState",
     "SqueezeNet",
     "Z2Color",
     "build_alexnet",
+    "build_pilotnet",
     "build_squeezenet",
     "build_squeezenet_gru",
     "build_squeezenet_lstm",
@@ -43,6 +47,7 @@ __all__ = [
     "detach_state",
     "flops_per_frame",
     "format_model_table",
+    "legacy_kwargs",
     "list_models",
     "model_rows",
     "register_model",

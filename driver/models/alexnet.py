@@ -1,4 +1,4 @@
-"""AlexNet driving model (the lab's Aug 2017 variant, seed_lineage.md §2e).
+"""AlexNet driving model (the lab's Aug 2017 variant).
 
 Lab layout at 94x168x12 (24,043,412 parameters with ``lab=True``: 128 mode planes)::
 

@@ -4,8 +4,14 @@ Unlike the lab's SqueezeNetLSTM/GRU (whose recurrence unrolled over the 10 *futu
 here is over input time: each frame is encoded on its own, the RNN carries state from frame to frame, and
 a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame::
 
-    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --LayerNorm, LSTM/GRU--> (B, T, hidden)
+    clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --norm, LSTM/GRU--> (B, T, hidden)
                          --linear head--> (B, T, horizon, 2)
+
+The norm before the RNN (``feature_norm``) is per channel by default (``"batch"``: BatchNorm1d over the
+frames of the batch, running statistics on the car): pooled ReLU features are unbounded, and a few channels
+can grow by orders of magnitude during training. ``"layer"`` (LayerNorm across channels, the default before
+issue 18 and what older checkpoints hold) divides every channel by a spread those few channels dominate,
+which turned the RNN's input into a near-constant vector; ``"none"`` feeds the features as they are.
 
 State is explicit: ``(h, c)`` for LSTM and ``h`` for GRU, each (num_layers, B, hidden), float32. The RNN
 always runs in float32 (autocast is disabled around it) so a state carried for thousands of frames on the
@@ -32,16 +38,54 @@ from driver.models.squeezenet import SqueezeNetTrunk, init_squeezenet_weights, s
 from driver.models.z2color import Z2ColorTrunk, z2color_mode_planes
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+FEATURE_NORMS = ("batch", "layer", "none")
+# Knob values that models saved before the knob existed were built with (read by legacy_kwargs).
+_LEGACY = {"feature_norm": "layer"}
+_LEGACY_SQUEEZENET = {"pool": "avg"}
+
+
+def legacy_kwargs(arch: str, arch_kwargs: dict) -> dict:
+    """The kwargs that rebuild a model saved before a knob existed: recurrent models saved without
+    ``feature_norm`` used LayerNorm. New models always record their knobs (``create_model``)."""
+    if arch.endswith(("_lstm", "_gru")):
+        legacy = {**_LEGACY, **(_LEGACY_SQUEEZENET if arch.startswith("squeezenet") else {})}
+        return {**legacy, **arch_kwargs}
+    return dict(arch_kwargs)
+
+
+def _feature_norm(kind: str, features: int) -> nn.Module:
+    if kind not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm={kind!r} is not one of {FEATURE_NORMS}")
+    return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(features)
+
+
+ENCODER_POOLS = ("avg", "spatial")
 
 
 class SqueezeNetEncoder(nn.Module):
-    """SqueezeNet trunk + global average pool: (N, C, H, W), (N, n_modes) -> (N, out_features)."""
+    """SqueezeNet trunk + pooling: (N, C, H, W), (N, n_modes) -> (N, out_features).
 
-    def __init__(self, spec: InputSpec, dropout: float = 0.0, **trunk_kwargs: Any) -> None:
+    ``pool="spatial"`` (default): a 1x1 conv to ``spatial_channels`` channels (ReLU), flattened with its
+    layout, so the RNN sees where things are in the picture (as PilotNet's and Z2Color's fully connected
+    layers do); ``"avg"``: global average pool, one value per channel (position-blind; the only choice
+    before issue 18, what older checkpoints hold).
+    """
+
+    def __init__(self, spec: InputSpec, dropout: float = 0.0, pool: str = "spatial", spatial_channels: int = 16,
+                 **trunk_kwargs: Any) -> None:
         super().__init__()
+        if pool not in ENCODER_POOLS:
+            raise ValueError(f"pool={pool!r} is not one of {ENCODER_POOLS}")
         self.features = SqueezeNetTrunk(spec, **trunk_kwargs)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=dropout))
-        self.out_features = self.features.out_channels
+        if pool == "avg":
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=dropout))
+            self.out_features = self.features.out_channels
+        else:
+            self.pool = nn.Sequential(nn.Conv2d(self.features.out_channels, spatial_channels, kernel_size=1),
+                                      nn.ReLU(inplace=True), nn.Flatten(1), nn.Dropout(p=dropout))
+            height, width = self.features.feature_size
+            self.out_features = spatial_channels * height * width
+        self.recorded_kwargs = {"pool": pool}
         init_squeezenet_weights(self)
 
     def forward(self, frames: Tensor, modes: Tensor | None) -> Tensor:
@@ -61,6 +105,7 @@ class RecurrentDriver(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 1,
         output_activation: str = "none",
+        feature_norm: str = "batch",
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
@@ -74,8 +119,11 @@ class RecurrentDriver(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.encoder = encoder
-        # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise them.
-        self.norm = nn.LayerNorm(encoder.out_features)
+        # Pooled CNN features are unbounded (ReLU) and would saturate the RNN's gates: normalise each channel.
+        self.feature_norm = feature_norm
+        self.norm = _feature_norm(feature_norm, encoder.out_features)
+        # create_model records these knobs in arch_kwargs (their defaults changed over time)
+        self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm}
         self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.output_activation = make_output_activation(output_activation)
@@ -96,7 +144,8 @@ class RecurrentDriver(nn.Module):
         frames, frame_modes = fold_time(clip, modes)
         features = self.encoder(frames, frame_modes).reshape(batch, steps, -1)  # (B, T, F)
         with torch.autocast(device_type=clip.device.type, enabled=False):
-            hidden, new_state = self.rnn(self.norm(features.float()), state)  # (B, T, hidden)
+            normed = self.norm(features.float().flatten(0, 1)).view(batch, steps, -1)  # per frame
+            hidden, new_state = self.rnn(normed, state)  # (B, T, hidden)
         raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         return out.reshape(batch, steps, self.spec.horizon, 2), new_state
@@ -109,7 +158,7 @@ class RecurrentDriver(nn.Module):
         return out[:, 0], new_state
 
 
-_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation")
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

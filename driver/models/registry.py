@@ -45,8 +45,9 @@ def create_model(name: str, spec: InputSpec | None = None, **arch_kwargs: Any) -
     """Build the registered architecture ``name`` for ``spec`` (default :class:`InputSpec`).
 
     The returned model carries ``model.arch`` (= ``name``), ``model.spec`` and ``model.arch_kwargs``
-    (exactly ``arch_kwargs``, JSON-serialisable) so ``create_model(m.arch, m.spec, **m.arch_kwargs)``
-    rebuilds it. Unknown names raise ``ValueError`` listing the valid ones.
+    (``arch_kwargs`` plus the values of knobs whose default changed over time, JSON-serialisable) so
+    ``create_model(m.arch, m.spec, **m.arch_kwargs)`` rebuilds it. Unknown names raise ``ValueError``
+    listing the valid ones.
     """
     if name not in _MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
@@ -58,7 +59,7 @@ def create_model(name: str, spec: InputSpec | None = None, **arch_kwargs: Any) -
     model = _MODEL_BUILDERS[name](spec, **arch_kwargs)
     model.arch = name
     model.spec = spec
-    model.arch_kwargs = dict(arch_kwargs)
+    model.arch_kwargs = {**getattr(model, "recorded_kwargs", {}), **arch_kwargs}  # knobs' values, defaults too
     num_params = sum(parameter.numel() for parameter in model.parameters())
     logger.info("built %s with %s parameters for %s", name, f"{num_params:,}", spec)
     return model

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Behavioural modes of the lab, in the order of the conditioning vector (seed_lineage.md §1g).
-LAB_MODES: tuple[str, ...] = ("direct", "follow", "furtive", "play", "racing", "caffe")
+from driver.datasets.modes import MODES as LAB_MODES  # noqa: F401 - the lab modes, re-exported
 
 _MAX_SIDE = 4096
 _MAX_CAMERAS = 8

@@ -1,6 +1,6 @@
 """SqueezeNet driving model (Iandola et al. 2016, v1.1 layout as the lab's PyTorch port).
 
-Lab layout at 94x168x12 (seed_lineage.md §2c; 739,988 parameters with 20 outputs and ``lab=True``)::
+Lab layout at 94x168x12 (739,988 parameters with 20 outputs and ``lab=True``)::
 
     conv 12->64 k3 s2, ReLU, maxpool k3 s2 (ceil)            46x83 -> 23x41
     Fire(64, 16, 64, 64)                                      -> 128

@@ -1,6 +1,6 @@
 """Z2Color: the lab's baseline driving network (Caffe 2016, PyTorch port 2017).
 
-Lab layout at 94x168x12 (seed_lineage.md §2a; 1,578,740 parameters with 20 outputs, the default)::
+Lab layout at 94x168x12 (1,578,740 parameters with 20 outputs, the default)::
 
     conv1 12->96 k11 s3, ReLU, maxpool k3 s2       28x53 -> 13x26
     concat mode planes (6)                          -> 102

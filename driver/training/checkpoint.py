@@ -23,7 +23,7 @@ from torch import nn
 from driver.errors import DriverError
 from driver.export.meta import check_preprocess, check_spec
 from driver.file_checks import GiB, check_size, check_zip, require
-from driver.models import InputSpec, create_model
+from driver.models import InputSpec, create_model, legacy_kwargs
 from driver.units import RUN_MAX, RUN_MIN, RUN_NEUTRAL
 
 FORMAT = "driver-checkpoint"
@@ -160,6 +160,7 @@ def build_model(arch: str, spec: dict, arch_kwargs: dict, weights: dict, where: 
     """
     try:
         spec_ = InputSpec(**spec)
+        arch_kwargs = legacy_kwargs(arch, arch_kwargs)  # files from before a knob existed
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's note on zero-element layers: the shapes decide below
             shell = create_model(arch, spec_, **arch_kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,49 +19,60 @@ from typing import Any
 class TrainConfig:
     # data
     data: str = ""                      # store path (driver ingest output)
-    cameras: str = "both"               # both | left | right
+    cameras: str = "auto"               # auto (both when every run is stereo, else left) | both | left | right
     stack: int = 2                      # 1, or 2 for the lab's previous+current frame stacking
-    clip_length: int = 8                # T frames per training clip (TBPTT chunk for recurrent models)
+    clip_seconds: float = 0.3           # clip (TBPTT chunk) length in seconds, at the store's frame rate
+    horizon_seconds: float = 0.0        # seconds ahead of the last predicted step (0 = the current command only)
+    target_stride_seconds: float = 0.1  # seconds between predicted steps
+    clip_length: int = 0                # frames per clip; overrides clip_seconds when > 0
     frame_stride: int = 1               # frames between clip steps
-    horizon: int = 10                   # future (steer, motor) steps predicted
-    target_stride: int = 3              # frames between target steps (3 = every 0.1 s at 30 fps)
+    horizon: int = 0                    # predicted (steer, motor) steps; overrides horizon_seconds when > 0
+    target_stride: int = 0              # frames between predicted steps; overrides target_stride_seconds when > 0
     flip: float = 0.5                   # horizontal-flip augmentation probability
     color_jitter: float = 0.0           # lighting augmentation strength 0..1 (brightness, contrast, colour)
-    include_labels: list[str] = field(default_factory=list)
-    exclude_labels: list[str] = field(default_factory=lambda: ["reject_run"])
+    include_labels: list[str] = field(default_factory=list)  # keep only runs with one of these labels
+    exclude_labels: list[str] = field(default_factory=lambda: ["reject_run"])  # drop runs with these labels
+    exclude_runs: list[str] = field(default_factory=list)  # drop these runs by name
+    exclude_flagged: bool = True        # drop windows where the driver lost control (driver info --lint)
     val_fraction: float = 0.1           # share of runs held out (split by run)
     val_runs: list[str] = field(default_factory=list)  # explicit validation runs (overrides val_fraction)
     balance_steer: bool = True          # the lab's low/high steering balanced sampling (frame models)
     num_workers: int = 0                # DataLoader workers (0 is fastest on small CPU machines)
     # model
-    arch: str = "squeezenet_lstm"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: str = "squeezenet_gru"        # a model of driver models
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options as JSON, e.g. {"hidden_size": 64}
     # optimisation
     optimizer: str = "adamw"            # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = 0.0                     # base learning rate; 0 = auto, scaled with the batch and the input size
+    weight_decay: float = 1e-4          # AdamW/SGD weight decay (not on biases and norms)
     momentum: float = 0.9               # sgd only
     schedule: str = "cosine"            # cosine | constant | step
-    warmup_steps: int = 100
-    batch_size: int = 32
-    epochs: int = 10
+    warmup_steps: int = -1              # linear warmup steps; -1 = auto (5% of the steps, at most 100)
+    batch_size: int = 16                # clips per step (recurrent: lanes)
+    epochs: int = 10                    # passes over the training clips
     steps_per_epoch: int = 0            # 0 = one pass over the training clips
+    budget: str = ""                    # wall-clock time on this machine, e.g. 20m or 1h30m: sizes steps and validation
     loss: str = "mse"                   # mse | huber
-    steer_weight: float = 1.0
-    motor_weight: float = 0.5
+    steer_weight: float = 1.0           # loss weight of steering
+    motor_weight: float = 0.5           # loss weight of throttle and brake
+    target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     grad_clip: float = 1.0              # max gradient norm (0 = off)
-    zero_state_prob: float = 0.25       # recurrent: chance a lane starts a chunk from zero state
+    zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
     # evaluation and bookkeeping
     val_every: int = 0                  # steps between validations (0 = every epoch)
+    val_clips: int = 1024               # at most this many held-out clips per validation
     checkpoint_every: int = 200         # steps between checkpoints (and at every validation)
     patience: int = 0                   # early stopping after this many validations without improvement
+    health_every: int = 50              # steps between per-layer activation and gradient statistics (0 = off)
+    not_learning: str = "warn"          # warn | fail | off: model not beating the constant predictor, or blowing up
+    learning_check_step: int = 0        # first step at which the learning check applies (0 = a quarter of the training)
     out: str = "runs/train"             # parent folder of run directories
     name: str = ""                      # run directory name (default: arch + time)
-    seed: int = 0
+    seed: int = 0                       # split, plans, flips, init
     device: str = "auto"                # auto | cpu | cuda
     precision: str = "auto"             # auto (bf16 on CPU, AMP on CUDA) | fp32 | bf16 | fp16
-    channels_last: bool = True
-    progress: bool = True
+    channels_last: bool = True          # channels-last model and inputs
+    progress: bool = True               # a progress bar on a terminal, else a progress line every 30 s
 
     def __post_init__(self):
         self.validate()
@@ -77,27 +89,40 @@ class TrainConfig:
             if getattr(self, name) not in options:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {', '.join(options)}")
 
-        choice("cameras", ("both", "left", "right"))
+        choice("cameras", ("auto", "both", "left", "right"))
         choice("optimizer", ("adamw", "sgd"))
         choice("schedule", ("cosine", "constant", "step"))
         choice("loss", ("mse", "huber"))
         choice("device", ("auto", "cpu", "cuda"))
         choice("precision", ("auto", "fp32", "bf16", "fp16"))
-        for name, lo, hi in [("stack", 1, 2), ("clip_length", 1, 64), ("frame_stride", 1, 100), ("horizon", 1, 100),
-                             ("target_stride", 1, 100), ("flip", 0.0, 1.0), ("color_jitter", 0.0, 1.0),
-                             ("val_fraction", 0.0, 0.9),
-                             ("num_workers", 0, 64), ("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0),
-                             ("momentum", 0.0, 1.0), ("warmup_steps", 0, 10**7), ("batch_size", 1, 65536),
+        choice("not_learning", ("warn", "fail", "off"))
+        for name, lo, hi in [("stack", 1, 2), ("clip_seconds", 0.0, 60.0), ("horizon_seconds", 0.0, 60.0),
+                             ("target_stride_seconds", 0.001, 60.0), ("clip_length", 0, 64), ("frame_stride", 1, 100),
+                             ("horizon", 0, 100), ("target_stride", 0, 100), ("flip", 0.0, 1.0),
+                             ("color_jitter", 0.0, 1.0), ("val_fraction", 0.0, 0.9),
+                             ("num_workers", 0, 64), ("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0),
+                             ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),
-                             ("val_every", 0, 10**9), ("checkpoint_every", 1, 10**9), ("patience", 0, 10**6),
+                             ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
+                             ("patience", 0, 10**6), ("health_every", 0, 10**9), ("learning_check_step", 0, 10**9),
                              ("seed", 0, 2**31 - 1)]:
             rng(name, lo, hi)
+        if self.clip_length == 0 and self.clip_seconds == 0:
+            raise ValueError("clip_seconds=0 and clip_length=0: give the clip length in seconds (--clip-seconds) "
+                             "or in frames (--clip-length)")
+        if self.steer_weight + self.motor_weight <= 0:
+            raise ValueError("steer_weight and motor_weight are both 0: nothing to learn")
         if not isinstance(self.arch_kwargs, dict):
             raise ValueError(f"arch_kwargs={self.arch_kwargs!r} must be a table/dict of architecture options")
+        if self.budget:
+            parse_budget(self.budget)
 
     @property
     def camera_names(self) -> tuple[str, ...]:
+        """The cameras in view order; ``auto`` is resolved against the store first (training.recipe)."""
+        if self.cameras == "auto":
+            raise ValueError("cameras='auto' must be resolved against the store first (driver.training.recipe)")
         return ("left", "right") if self.cameras == "both" else (self.cameras,)
 
     def to_dict(self) -> dict:
@@ -110,6 +135,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown training option(s) {unknown}; valid: {sorted(known)}")
         return cls(**d)
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in a budget such as ``20m``, ``1h30m``, ``90s`` or ``1.5h`` (a bare number is minutes)."""
+    t = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        t += "m"
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not parts or "".join(a + u for a, u in parts) != t:
+        raise ValueError(f"budget={text!r} must be a duration such as 20m, 1h30m, 90s or 1.5h")
+    seconds = sum(float(a) * {"h": 3600, "m": 60, "s": 1}[u] for a, u in parts)
+    if not 10 <= seconds <= 30 * 86400:
+        raise ValueError(f"budget={text!r} must be between 10 s and 30 days")
+    return seconds
 
 
 def load_config_file(path: str | os.PathLike) -> dict:

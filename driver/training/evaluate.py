@@ -1,11 +1,27 @@
-"""The training loss and held-out validation (loss, steering and throttle MAE in run units)."""
+"""The training loss and held-out validation that tells the truth: per target and per run, beside baselines.
+
+The **constant predictor** always outputs the mean of the training labels (steer, motor); a model that does
+not beat it has learned nothing from the pictures. Validation reports, per target and per held-out run, in
+run units (0..99) on the first predicted step:
+
+- ``mae``, ``rmse``: the model's error; ``const_mae``, ``const_rmse``: the constant predictor's;
+- ``r2``: explained variance, ``1 - SSE / SST`` with SST around the held-out frames' own mean (0 = no better
+  than knowing that mean, < 0 = worse).
+
+``loss`` pools every held-out clip; ``score`` is the **median over runs** of each run's loss, which
+chooses ``best.pt``: one run where the driver lost control cannot dominate it. Recurrent models are
+validated as they drive: along each stretch of a held-out run, clip after clip with the state carried.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset, default_collate
 
 from driver.datasets.clips import ClipDataset
 from driver.preprocess import frames_to_input
@@ -14,46 +30,185 @@ from driver.units import norm_to_run
 from . import distributed as ddp
 from .config import TrainConfig
 
-VAL_MAX_CLIPS = 1024
+TARGETS = ("steer", "motor")
+MIN_STD = 0.1  # normalised units (5 run units): a target that varies less is weighted as if it varied this much
 
 
-def weighted_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """MSE or Huber over (B, T, horizon, 2), steer and motor weighted per config."""
-    weights = torch.tensor([config.steer_weight, config.motor_weight], device=out.device, dtype=out.dtype)
+@dataclass(frozen=True)
+class LabelStats:
+    """Training labels in normalised units: ``mean`` (the constant predictor) and the variance of the targets
+    as the model sees them (horizontal flips negate steering), per target (steer, motor)."""
+
+    mean: tuple[float, float]
+    var: tuple[float, float]
+
+    @classmethod
+    def of(cls, dataset: ClipDataset, flip: float) -> LabelStats:
+        steer, motor = dataset.labels_at_starts()
+        steer_mean_seen = (1.0 - 2.0 * flip) * float(steer.mean())
+        var = (float(np.mean(steer**2)) - steer_mean_seen**2, float(motor.var()))
+        return cls((float(steer.mean()), float(motor.mean())), tuple(max(v, MIN_STD**2) for v in var))
+
+    def seen_mean(self, flip: float) -> tuple[float, float]:
+        """The mean of the targets as the model sees them (the best constant under flip augmentation)."""
+        return (1.0 - 2.0 * flip) * self.mean[0], self.mean[1]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean_run_units": [float(norm_to_run(m)) for m in self.mean]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LabelStats:
+        return cls(tuple(d["mean"]), tuple(d["var"]))
+
+
+def target_weights(config: TrainConfig, stats: LabelStats | None, device, dtype) -> torch.Tensor:
+    """Per-target loss weights: steer_weight, motor_weight, each / the target's variance with target_norm."""
+    w = [config.steer_weight, config.motor_weight]
+    if stats is not None and config.target_norm:
+        w = [wi / vi for wi, vi in zip(w, stats.var, strict=True)]
+    return torch.tensor(w, device=device, dtype=dtype)
+
+
+def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
+                  stats: LabelStats | None = None) -> torch.Tensor:
+    """(B,) loss of each clip over (T, horizon, 2): MSE or Huber, targets weighted per :func:`target_weights`,
+    divided by the sum of steer_weight and motor_weight. With ``target_norm`` the constant predictor scores
+    1.0 on the training distribution."""
+    weights = target_weights(config, stats, out.device, out.dtype)
     per = F.huber_loss(out, target, reduction="none", delta=0.1) if config.loss == "huber" else (out - target) ** 2
-    return (per * weights).sum(-1).mean() / weights.sum()
+    return (per * weights).sum(-1).flatten(1).mean(1) / (config.steer_weight + config.motor_weight)
 
 
-def val_indices(n: int, world: int, rank: int) -> list[int]:
-    """At most VAL_MAX_CLIPS evenly spaced clips, split across ranks."""
-    idx = np.unique(np.linspace(0, n - 1, min(n, VAL_MAX_CLIPS)).astype(np.int64))
+def weighted_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
+                  stats: LabelStats | None = None) -> torch.Tensor:
+    """The training loss: the mean of :func:`per_clip_loss`."""
+    return per_clip_loss(out, target, config, stats).mean()
+
+
+def val_indices(n: int, max_clips: int, world: int, rank: int) -> list[int]:
+    """At most ``max_clips`` evenly spaced clips, split across ranks."""
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_clips)).astype(np.int64))
     return idx[rank::world].tolist()
 
 
-@torch.no_grad()
-def evaluate(net, dataset: ClipDataset, config: TrainConfig, device, autocast, dist_info) -> dict:
-    """Mean loss, steering MAE and throttle MAE (run units, first predicted step) over held-out clips.
+def val_chains(dataset: ClipDataset, max_clips: int, world: int, rank: int) -> list[list[int]]:
+    """Recurrent validation: chains of consecutive clips (each starting where the previous one ended), one per
+    stretch of valid frames, each cut to its first ``k`` clips so that at most ``max_clips`` are scored
+    (every run keeps its share); split across ranks."""
+    runs, starts = dataset.clip_index()
+    step = dataset.config.clip_length * dataset.config.frame_stride
+    breaks = np.flatnonzero((np.diff(starts) != 1) | (np.diff(runs) != 0)) + 1
+    chains = [list(range(a, b, step)) for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(starts)], strict=True)]
+    if len(chains) > max_clips:
+        chains = [chains[i] for i in np.unique(np.linspace(0, len(chains) - 1, max_clips).astype(int))]
+    k = 1
+    while k < max(map(len, chains)) and sum(min(len(c), k + 1) for c in chains) <= max_clips:
+        k += 1
+    return [c[:k] for c in chains][rank::world]
 
-    Recurrent models start every clip from zero state, as they would after a reset on the car.
-    """
+
+def _collate(dataset, indices: list[int]) -> dict:
+    return default_collate([dataset[i] for i in indices])
+
+
+def _val_batches(net, dataset: ClipDataset, config: TrainConfig, device, autocast, dist_info):
+    """(batch, model output) over the validation clips: frame models on evenly spaced clips; recurrent models
+    along :func:`val_chains` with the state carried from clip to clip, as on the car (zero state at each
+    chain's start)."""
+    lanes = max(1, config.batch_size // 2)
+    if not getattr(getattr(net, "module", net), "is_recurrent", False):  # DDP wraps the model in .module
+        idx = val_indices(len(dataset), config.val_clips, dist_info.world, dist_info.rank)
+        for i in range(0, len(idx), lanes):
+            batch = _collate(dataset, idx[i:i + lanes])
+            yield batch, _forward(net, batch, None, config, device, autocast)[0]
+        return
+    chains = sorted(val_chains(dataset, config.val_clips, dist_info.world, dist_info.rank), key=len, reverse=True)
+    for g in range(0, len(chains), lanes):
+        group, state = chains[g:g + lanes], None
+        for pos in range(len(group[0])):
+            active = [c[pos] for c in group if len(c) > pos]  # longest first: the active lanes are a prefix
+            state = None if state is None else _first_lanes(state, len(active))
+            batch = _collate(dataset, active)
+            out, state = _forward(net, batch, state, config, device, autocast)
+            yield batch, out
+
+
+def _forward(net, batch: dict, state, config: TrainConfig, device, autocast):
+    x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
+    with autocast():
+        out, state = net(x, batch["modes"].to(device), state)
+    return out.float(), state
+
+
+def _first_lanes(state, n: int):
+    return tuple(s[:, :n] for s in state) if isinstance(state, tuple) else state[:, :n]
+
+
+# Per-run sums: clips, loss, frames, then per target: |e|, e^2, |c-y|, (c-y)^2, y, y^2 (run units).
+_SUMS = 3 + 6 * len(TARGETS)
+
+
+@torch.no_grad()
+def evaluate(net, dataset: ClipDataset, config: TrainConfig, device, autocast, dist_info,
+             stats: LabelStats | None = None) -> dict:
+    """Validation metrics over held-out clips (see the module docstring and :func:`_val_batches`). Without
+    ``stats`` the constant-predictor fields are None."""
     net.eval()
-    loader = DataLoader(Subset(dataset, val_indices(len(dataset), dist_info.world, dist_info.rank)),
-                        batch_size=max(1, config.batch_size // 2), num_workers=0)
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, |steer err| sum, |motor err| sum, n
-    for batch in loader:
-        x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    sums = np.zeros((len(base.runs), _SUMS))
+    const = None if stats is None else torch.tensor([float(norm_to_run(m)) for m in stats.mean])
+    for batch, out in _val_batches(net, dataset, config, device, autocast, dist_info):
         target = batch["target"].to(device)
-        with autocast():
-            out, _ = net(x, batch["modes"].to(device), None)
-        out = out.float()
-        n = len(x)
-        sums[0] += weighted_loss(out, target, config).item() * n
-        pred_run = norm_to_run(out[..., 0, :].clamp(-1, 1).cpu())  # (B, T, 2) first predicted step
-        true_run = norm_to_run(target[..., 0, :].cpu())
-        err = (pred_run - true_run).abs().mean(dim=1)  # (B, 2) mean over the clip's frames
-        sums[1] += err[:, 0].sum().item()
-        sums[2] += err[:, 1].sum().item()
-        sums[3] += n
-    total = ddp.all_reduce_sum(sums, dist_info, device)
-    n = max(total[3], 1.0)
-    return {"loss": total[0] / n, "steer_mae": total[1] / n, "motor_mae": total[2] / n, "clips": int(total[3])}
+        loss = per_clip_loss(out, target, config, stats).cpu().double().numpy()
+        pred = norm_to_run(out[..., 0, :].clamp(-1, 1).cpu()).double()  # (B, T, 2) first step
+        true = norm_to_run(target[..., 0, :].cpu()).double()
+        runs = batch["run"].numpy()
+        cols = [np.ones(len(runs)), loss, np.full(len(runs), true.shape[1])]
+        for t in range(len(TARGETS)):
+            e, y = pred[..., t] - true[..., t], true[..., t]
+            c = (const[t] - y) if const is not None else torch.zeros_like(y)
+            cols += [e.abs().sum(1), (e * e).sum(1), c.abs().sum(1), (c * c).sum(1), y.sum(1), (y * y).sum(1)]
+        np.add.at(sums, runs, np.stack([np.asarray(c, dtype=np.float64) for c in cols], 1))
+    sums = np.asarray(ddp.all_reduce_sum(sums.ravel().tolist(), dist_info, device)).reshape(sums.shape)
+    return _metrics(sums, base.runs, stats is not None)
+
+
+def _target_metrics(s: np.ndarray, frames: float, has_const: bool) -> dict:
+    abs_e, sq_e, abs_c, sq_c, y, y2 = (float(v) for v in s)  # plain floats: checkpoints load weights_only
+    sst = y2 - y * y / frames
+    return {"mae": abs_e / frames, "rmse": math.sqrt(sq_e / frames),
+            "const_mae": abs_c / frames if has_const else None,
+            "const_rmse": math.sqrt(sq_c / frames) if has_const else None,
+            "r2": 1.0 - sq_e / sst if sst > 1e-9 else None}
+
+
+def _metrics(sums: np.ndarray, names: list[str], has_const: bool) -> dict:
+    def block(row: np.ndarray) -> dict:
+        clips, loss, frames = (float(v) for v in row[:3])
+        out = {"clips": int(clips), "frames": int(frames), "loss": loss / max(clips, 1.0)}
+        for t, name in enumerate(TARGETS):
+            out[name] = _target_metrics(row[3 + 6 * t: 9 + 6 * t], max(frames, 1.0), has_const)
+        return out
+
+    seen = sums[:, 0] > 0
+    per_run = {names[i]: block(sums[i]) for i in np.flatnonzero(seen)}
+    pooled = block(sums.sum(0))
+    score = float(np.median([r["loss"] for r in per_run.values()])) if per_run else math.inf
+    return {**pooled, "score": score, "steer_mae": pooled["steer"]["mae"], "motor_mae": pooled["motor"]["mae"],
+            "runs": per_run}
+
+
+MIN_VARIATION = 5.0  # run units: a target whose constant-predictor RMSE is below this leaves nothing to learn
+
+
+def not_beating(val: dict, config: TrainConfig) -> list[str]:
+    """Targets (with weight > 0, varying by at least ``MIN_VARIATION`` run units) on which the model does not
+    beat the constant predictor, described."""
+    out = []
+    for name, weight in (("steer", config.steer_weight), ("motor", config.motor_weight)):
+        m = val.get(name, {})
+        const = m.get("const_rmse")
+        if weight > 0 and const is not None and const >= MIN_VARIATION and m["rmse"] >= const:
+            out.append(f"{name} RMSE {m['rmse']:.2f} vs {m['const_rmse']:.2f} for always predicting the training "
+                       f"mean (run units)")
+    return out

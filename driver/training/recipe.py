@@ -1,0 +1,105 @@
+"""Recipes that fit the data: a config in seconds and "auto" values, resolved against the store it trains on.
+
+``resolve_config`` turns the store-independent parts of a :class:`TrainConfig` into concrete values, once,
+before training (they are written to ``config.json`` and every checkpoint, so resume, export and fine-tuning
+read plain frame counts):
+
+- ``cameras="auto"``: ``both`` when every run has a right camera, else ``left``;
+- clip length, prediction horizon and target stride given in seconds become frames with the store's frame
+  rate (the median frame interval over its runs); a frame count given explicitly wins;
+- ``lr=0``: :func:`auto_lr`, scaled with the frames per step and the input size;
+- ``warmup_steps=-1``: 5% of the steps, at most 100.
+
+:func:`clip_config` is the one mapping from a resolved config to the clip loader's :class:`ClipConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+
+from driver.datasets.clips import ClipConfig
+from driver.datasets.lint import LintRules
+from driver.datasets.series import frame_rate
+from driver.datasets.store import Store
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+LR_REFERENCE = 1e-3  # AdamW at 64 frames per step on 48x64 frames (the demo's size)
+LR_REFERENCE_FRAMES = 64
+LR_REFERENCE_PIXELS = 48 * 64
+LR_RANGE = (1e-4, 2e-3)
+
+
+def store_frame_rate(store: Store, runs: list[str]) -> float:
+    """Frames per second of the store's runs: the median over runs of each run's median frame rate."""
+    rates = [frame_rate(store.series(r, "timestamp"), store.series(r, "segment")) for r in runs]
+    return float(np.median(rates))
+
+
+def auto_lr(frames_per_step: int, height: int, width: int) -> float:
+    """AdamW learning rate: 1e-3 at 64 frames of 48x64 per step, x sqrt(frames / 64) x sqrt(3072 / pixels),
+    clipped to 1e-4..2e-3. Bigger batches average noisier gradients (square-root scaling); bigger frames
+    make the pooled encoder features larger sums, which grew a few channels without bound at the small-input
+    lr on 96x96 frames (issue 18)."""
+    lr = LR_REFERENCE * math.sqrt(frames_per_step / LR_REFERENCE_FRAMES) * math.sqrt(LR_REFERENCE_PIXELS /
+                                                                                    (height * width))
+    return float(min(max(lr, LR_RANGE[0]), LR_RANGE[1]))
+
+
+def auto_warmup(total_steps: int) -> int:
+    return int(min(100, max(0, round(0.05 * total_steps))))
+
+
+def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainConfig:
+    """Cameras, clip length, horizon and target stride as concrete values for ``store`` (see module)."""
+    metas = [store.run_meta(r) for r in runs]
+    cameras = config.cameras
+    if cameras == "auto":
+        cameras = "both" if all("right" in m["cameras"] for m in metas) else "left"
+    elif cameras in ("both", "right"):
+        mono = [m["name"] for m in metas if "right" not in m["cameras"]]
+        if mono:
+            raise ValueError(f"--cameras {cameras} needs a right camera but run {mono[0]!r} has only "
+                             f"{store.run_meta(mono[0])['cameras']}; use --cameras left (or auto)")
+    fps = store_frame_rate(store, runs)
+    clip_length = config.clip_length or max(1, round(config.clip_seconds * fps))
+    target_stride = config.target_stride or max(1, round(config.target_stride_seconds * fps))
+    horizon = config.horizon or 1 + int(math.floor(config.horizon_seconds * fps / target_stride + 1e-6))
+    if clip_length > 64 or horizon > 100 or target_stride > 100:
+        raise ValueError(f"at {fps:.1f} frames/s the recipe gives clip_length={clip_length} (max 64), "
+                         f"horizon={horizon} (max 100), target_stride={target_stride} (max 100) frames; "
+                         "shorten --clip-seconds / --horizon-seconds")
+    resolved = dataclasses.replace(config, cameras=cameras, clip_length=clip_length, horizon=horizon,
+                                   target_stride=target_stride)
+    ahead = ("the current command predicted" if horizon == 1 else f"{horizon} predicted steps every "
+             f"{target_stride} frames ({(horizon - 1) * target_stride / fps:.2f} s ahead)")
+    log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %s", fps, cameras, clip_length,
+             clip_length / fps, ahead)
+    return resolved
+
+
+def resolve_optimisation(config: TrainConfig, total_steps: int, height: int, width: int) -> TrainConfig:
+    """``lr=0`` and ``warmup_steps=-1`` as concrete values for this run's batch, clip and frame size."""
+    lr = config.lr or auto_lr(config.batch_size * config.clip_length, height, width)
+    warmup = auto_warmup(total_steps) if config.warmup_steps < 0 else config.warmup_steps
+    if config.lr == 0:
+        log.info("lr auto: %.2e for %d frames per step of %dx%d", lr, config.batch_size * config.clip_length,
+                 height, width)
+    return dataclasses.replace(config, lr=lr, warmup_steps=warmup)
+
+
+def clip_config(config: TrainConfig, train: bool = True, seed: int | None = None) -> ClipConfig:
+    """The clip loader's config for a resolved training config: augmentation only for training clips."""
+    return ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride,
+                      cameras=config.camera_names, stack=config.stack, horizon=config.horizon,
+                      target_stride=config.target_stride, flip=config.flip if train else 0.0,
+                      color_jitter=config.color_jitter if train else 0.0,
+                      include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
+                      exclude_flagged=LintRules() if config.exclude_flagged else None,
+                      seed=config.seed if seed is None else seed)

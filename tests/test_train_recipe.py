@@ -1,0 +1,185 @@
+"""Recipes that fit the data, baselines and health in training, and resume/failure behaviour of driver train."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from driver.datasets.clips import ClipConfig, ClipDataset
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.run_writer import write_run
+from driver.datasets.synthetic import synthetic_segments
+
+from driver.models import InputSpec, create_model
+from driver.progress import Progress
+from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
+from driver.training.config import parse_budget
+from driver.training.evaluate import val_chains
+from driver.training.health import HealthMonitor, blown_up
+from driver.training.metrics import read_metrics
+from driver.training.recipe import auto_lr
+
+ENV_THREADS = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def mono50(tmp_path_factory):
+    """Four mono 48x64 runs at 50 frames/s."""
+    root = tmp_path_factory.mktemp("mono50")
+    (root / "runs").mkdir()
+    for i in range(4):
+        segs = synthetic_segments(40 + i, n_frames=200, height=48, width=64, stereo=False, n_segments=1)
+        for seg in segs:
+            t = seg["left_timestamp"]
+            seg["left_timestamp"] = t[0] + (t - t[0]) * 30.0 / 50.0
+        write_run(root / "runs" / f"r{i}.h5", segs, {"direct": 1})
+    assert ingest(IngestConfig(sources=[str(root / "runs")], out=str(root / "s.zarr"))).ok
+    return root / "s.zarr"
+
+
+def _tiny(store, out, **kw):
+    base = {"data": str(store), "arch": "squeezenet_gru", "stack": 1, "batch_size": 4, "epochs": 1,
+            "steps_per_epoch": 3, "out": str(out), "progress": False, "precision": "fp32", "val_fraction": 0.25,
+            "arch_kwargs": {"hidden_size": 8, "base_width": 16, "width_increment": 16}}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_seconds_become_frames_at_the_store_rate_and_cameras_default_to_the_store(mono50, tmp_path):
+    r = train(_tiny(mono50, tmp_path, name="secs", clip_seconds=0.1, horizon_seconds=0.4,
+                    target_stride_seconds=0.1))
+    cfg = json.loads((r.run_dir / "config.json").read_text())
+    assert (cfg["cameras"], cfg["clip_length"], cfg["target_stride"], cfg["horizon"]) == ("left", 5, 5, 5)
+    assert cfg["lr"] == pytest.approx(auto_lr(4 * 5, 48, 64)) and cfg["warmup_steps"] == 0
+    ck = load_checkpoint(r.last_checkpoint)
+    assert ck["spec"]["horizon"] == 5 and ck["preprocess"]["cameras"] == ["left"]
+    assert ck["label_stats"]["mean"][1] > 0  # the synthetic throttle is above neutral
+
+
+def test_a_stereo_flag_on_mono_runs_names_the_flag_and_leaves_no_run_folder(mono50, tmp_path):
+    with pytest.raises(ValueError, match="--cameras both needs a right camera .* use --cameras left"):
+        train(_tiny(mono50, tmp_path, name="stereo", cameras="both"))
+    with pytest.raises(ValueError, match="do not fit arch"):
+        train(_tiny(mono50, tmp_path, name="badkw", arch_kwargs={"no_such": 1}))
+    assert not (tmp_path / "stereo").exists() and not (tmp_path / "badkw").exists()
+
+
+def test_validation_reports_baselines_per_run_and_picks_best_by_the_median(mono50, tmp_path):
+    r = train(_tiny(mono50, tmp_path, name="val", val_fraction=0.5, steps_per_epoch=4, epochs=2))
+    val = r.best_val
+    assert set(val["runs"]) == set(json.loads((r.run_dir / "split.json").read_text())["val"]) and len(val["runs"]) == 2
+    assert val["score"] == pytest.approx(float(np.median([x["loss"] for x in val["runs"].values()])))
+    for target in ("steer", "motor"):
+        assert val[target]["const_mae"] > 0 and val[target]["r2"] is not None
+    rows = read_metrics(r.run_dir / "val_runs.csv")
+    assert len(rows) == 4 and {"steer_r2", "motor_const_mae"} <= set(rows[0])
+    metrics = [x for x in read_metrics(r.run_dir / "metrics.csv") if x["split"] == "val"]
+    assert metrics[0]["steer_const_mae"] and metrics[0]["score"]
+
+
+def test_the_untrained_model_starts_at_the_constant_predictor(mono50, tmp_path):
+    r = train(_tiny(mono50, tmp_path, name="mean", lr=1e-8, flip=0.0, steps_per_epoch=1, health_every=0))
+    ck = load_checkpoint(r.last_checkpoint)
+    model = model_from_checkpoint(ck)
+    out, _ = model(torch.zeros(1, 1, 3, 48, 64), torch.zeros(1, 6))
+    mean = ck["label_stats"]["mean"]
+    assert out[0, 0, 0].tolist() == pytest.approx(mean, abs=0.15)  # the bias holds the training mean
+
+
+def test_not_learning_fails_when_asked_and_warns_by_default(mono50, tmp_path, caplog):
+    kw = {"lr": 1e-8, "target_norm": False, "steps_per_epoch": 2, "learning_check_step": 1}
+    with caplog.at_level(logging.WARNING, logger="driver.training"):
+        train(_tiny(mono50, tmp_path, name="warn", **kw))
+    assert "does not beat the constant predictor" in caplog.text
+    with pytest.raises(TrainingError, match="does not beat the constant predictor.*not_learning=fail"):
+        train(_tiny(mono50, tmp_path, name="fail", not_learning="fail", **kw))
+
+
+def test_health_statistics_are_logged_and_blowups_named(mono50, tmp_path):
+    r = train(_tiny(mono50, tmp_path, name="health", health_every=1, steps_per_epoch=2))
+    rows = read_metrics(r.run_dir / "health.csv")
+    layers = {x["layer"] for x in rows}
+    assert {"norm", "norm.input", "rnn", "head", "encoder.features.stem.0"} <= layers
+    assert all(float(x["grad_norm"]) >= 0 for x in rows if x["grad_norm"])
+    model = create_model("squeezenet_gru", InputSpec(48, 64, 1, 1, 0, 1), hidden_size=8)
+    with torch.no_grad():
+        model.encoder.features.fires[7].expand3x3.bias[:2] = 5000.0  # two exploding channels
+    monitor = HealthMonitor(model, None)
+    monitor.start()
+    model(torch.rand(2, 2, 3, 48, 64) - 0.5)
+    problems = blown_up(monitor.finish(1))
+    assert any(p.startswith("encoder.features.fires.7.expand3x3") for p in problems), problems
+    monitor.close()
+    rows = {"few": {"act_max": 4012.0, "channel_ratio": 1300.0}, "huge": {"act_max": 10368.0, "channel_ratio": 5.0},
+            "grown": {"act_max": 1440.0, "channel_ratio": 3.0}}  # grew 86x before a per-channel norm: harmless
+    assert blown_up(rows, {"few": 40.0, "huge": 212.0, "grown": 16.7}) == [
+        "few: largest activation 4,012, 100x its first value, largest channel 1,300x the median channel",
+        "huge: largest activation 10,368, 49x its first value, largest channel 5x the median channel"]
+
+
+@pytest.mark.slow
+def test_budget_sizes_the_run(mono50, tmp_path):
+    assert parse_budget("20m") == 1200 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
+    with pytest.raises(ValueError, match="budget='soon' must be a duration"):
+        TrainConfig(data="x", budget="soon")
+    r = train(_tiny(mono50, tmp_path, name="budget", budget="40s", steps_per_epoch=0, epochs=1))
+    cfg = json.loads((r.run_dir / "config.json").read_text())
+    planned = cfg["steps_per_epoch"] * cfg["epochs"]
+    assert planned > 1 and cfg["val_every"] > 0
+    assert r.steps == planned if r.stopped == "completed" else 0 < r.steps < planned  # a busier machine: "budget"
+    assert 0 <= cfg["warmup_steps"] <= 100 and r.stopped in ("completed", "budget")
+
+
+def test_resume_keeps_best_val_extends_epochs_and_warns_on_other_flags(mono50, tmp_path, caplog):
+    first = train(_tiny(mono50, tmp_path, name="res", steps_per_epoch=3, epochs=1))
+    with caplog.at_level(logging.WARNING, logger="driver.training"):
+        again = train(resume=first.run_dir, overrides={"lr": 0.5, "epochs": None})
+    assert "already complete" in caplog.text and "ignored: --lr" in caplog.text
+    assert again.best_val == first.best_val and again.samples_per_s is None and again.steps == 3
+    longer = train(resume=first.run_dir, overrides={"epochs": 2})
+    assert longer.steps == 6 and longer.epochs == 2 and longer.best_val
+    with pytest.raises(ValueError, match="a resume can only extend"):
+        train(resume=first.run_dir, overrides={"epochs": 1})
+
+
+def test_old_recurrent_checkpoints_keep_loading(tmp_path):
+    spec = InputSpec(48, 64, 1, 1, 6, 1)
+    old = create_model("squeezenet_gru", spec, hidden_size=8, feature_norm="layer", pool="avg")  # before issue 18
+    ckpt = {"arch": "squeezenet_gru", "spec": spec.to_dict(), "arch_kwargs": {"hidden_size": 8},  # knobs not recorded
+            "model": old.state_dict()}
+    model = model_from_checkpoint(ckpt)
+    assert isinstance(model.norm, torch.nn.LayerNorm) and isinstance(model.encoder.pool[0], torch.nn.AdaptiveAvgPool2d)
+    new = create_model("squeezenet_gru", spec, hidden_size=8).arch_kwargs
+    assert (new["feature_norm"], new["pool"]) == ("batch", "spatial")  # recorded, so they rebuild the same
+
+
+def test_progress_prints_lines_without_a_terminal(caplog):
+    with caplog.at_level(logging.INFO, logger="driver.progress"), \
+            Progress("train", total=10, done=2, tty=False, every_s=0.0) as p:
+        p.update(5, loss="loss 0.1234")
+    assert "train 5/10 (50%)" in caplog.text and "ETA" in caplog.text and "loss 0.1234" in caplog.text
+
+
+def test_cli_resume_of_a_finished_run_says_so(mono50, tmp_path):
+    r = train(_tiny(mono50, tmp_path, name="cli"))
+    out = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(r.run_dir), "--lr", "0.1"],
+                         capture_output=True, text=True, env={**__import__("os").environ, **ENV_THREADS})
+    assert out.returncode == 0, out.stderr
+    assert "ignored: --lr" in out.stderr and "already complete" in out.stderr
+    assert "no steps run in this process" in out.stdout and "0 frames/s" not in out.stdout
+
+
+def test_recurrent_validation_walks_each_stretch_clip_after_clip(mono50):
+    ds = ClipDataset(mono50, ClipConfig(clip_length=5, horizon=1, cameras=("left",)))
+    runs, starts = ds.clip_index()
+    chains = val_chains(ds, max_clips=40, world=1, rank=0)
+    assert 0 < sum(map(len, chains)) <= 40 and {int(runs[c[0]]) for c in chains} == set(range(len(ds.runs)))
+    for chain in chains:
+        assert all(runs[a] == runs[b] and starts[b] == starts[a] + 5 for a, b in zip(chain, chain[1:], strict=False))
+    whole = val_chains(ds, max_clips=10**6, world=1, rank=0)
+    assert sum(map(len, whole)) >= len(ds) // 5 - len(whole)  # every stretch walked to its end
+    halves = val_chains(ds, 10**6, 2, 0), val_chains(ds, 10**6, 2, 1)
+    assert sorted(map(tuple, halves[0] + halves[1])) == sorted(map(tuple, whole))  # split across ranks
