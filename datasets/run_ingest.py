@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 import zarr
 
-from . import storage
+from . import array_writer, storage
 from .interop.sources import Hdf5Source, RunSource
-from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
+from .layout import FORMAT_VERSION, STAGING, create_series_array, shard_frames_for
 from .run_format import RunFormatError, RunInfo
 from .shard_writer import FramesShardWriter
 from .validity import ValidityRules, validity_mask
@@ -144,12 +144,12 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
-    group = zarr.open_group(path, mode="w")
+    os.makedirs(path, exist_ok=True)
     buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
     writers = []
     with info.open() as h5, ThreadPoolExecutor(max_workers=2) as sync:  # the HDF5 file, or a run shaped like it
         for cam in info.cameras:
-            create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
+            array_writer.write_frames_metadata(os.path.join(path, cam), n, info.height, info.width, shard, job.codec)
             writers.append(FramesShardWriter(os.path.join(path, cam), n, shard, job.codec, sync))
             _copy_frames(h5, info, cam, writers[-1], buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
@@ -164,12 +164,15 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
             "valid": valid,
         }
         for name, data in series.items():
-            create_series_array(group, name, data)
+            array_writer.write_series(os.path.join(path, name), data)
         if info.extras:
-            extra = group.create_group("extra")
+            array_writer.write_group(os.path.join(path, "extra"))
             for e in info.extras:
                 data = np.concatenate([h5["segments"][seg.name][e.name][()] for seg in info.segments])
-                create_series_array(extra, e.name, data)
+                if array_writer.can_write_series(data):
+                    array_writer.write_series(os.path.join(path, "extra", e.name), data)
+                else:  # a dtype the direct writer does not encode: zarr-python does
+                    create_series_array(zarr.open_group(os.path.join(path, "extra"), mode="a"), e.name, data)
         for w in writers:
             w.finish()
     starts = np.cumsum([0] + [seg.n_frames for seg in info.segments])
@@ -191,7 +194,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
         "shard_frames": shard,
         "ingested_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    group.attrs["driver_run"] = meta
+    array_writer.write_group(path, {"driver_run": meta})  # last: the run group is complete
     return meta
 
 
