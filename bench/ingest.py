@@ -7,7 +7,10 @@ folder: what any ingest must at least do. Ingest writes a fresh store from the s
 --jobs 1 and 2; "previous path" writes the same frames through zarr-python's encoder (the ingest before
 direct shard writes) with the sha256 read first. Before every measurement the sources are evicted from
 the page cache (posix_fadvise DONTNEED), so each one reads from the disk. Rounds interleave the
-measurements; the table gives the median MB/s of each and its ratio to the ceiling's.
+measurements; the table gives the median MB/s of each, its ratio to the ceiling's, and the CPU seconds
+it used (user + system, this process and its worker processes): on a machine whose cores are busy with
+other work, CPU time turns into wall time. Also measured: what hashing the sources alone costs (sha256,
+which ingest records for every run) and how long a spawned ingest worker takes to start.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +68,24 @@ def previous_path(sources: list[Path], out: Path) -> None:
     storage.fsync_tree(out)
 
 
+def _import_ingest_worker() -> None:
+    import driver.datasets.run_ingest  # noqa: F401 - what an ingest worker imports before its first run
+
+
+def worker_start_seconds() -> float:
+    """Seconds from asking for a spawned worker to it having imported the ingest code (--jobs > 1)."""
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        pool.submit(_import_ingest_worker).result()
+    return time.perf_counter() - t0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=4)
@@ -83,27 +106,35 @@ def main():
         "driver ingest --jobs 2": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out),
                                                                    jobs=2)), two),
         "previous path (zarr-python encoder, hash first)": (lambda out: previous_path(sources, out), one),
+        "sha256 of the sources alone (1 stream)": (lambda out: [file_sha256(str(p)) for p in sources], one),
     }
     rates: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    starts = []
     for r in range(args.rounds):
+        starts.append(worker_start_seconds())
         for name, (run, _) in cases.items():
             out = work / f"out_{r}_{abs(hash(name))}"
             for p in sources:
                 storage.drop_from_page_cache(p)
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(), time.perf_counter()
             report = run(out)
             seconds = time.perf_counter() - t0
-            assert report is None or report.ok, report
+            cpu[name].append(cpu_seconds() - c0)
+            assert not hasattr(report, "ok") or report.ok, report
             rates[name].append(total / seconds / 1e6)
-            shutil.rmtree(out)
+            shutil.rmtree(out, ignore_errors=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load average "
           f"{os.getloadavg()[0]:.1f} (shared); zarr {zarr.__version__}, numpy {np.__version__}; {args.runs} stereo "
           f"runs x {args.frames} frames 94x168 = {total / 1e6:.0f} MB; median of {args.rounds} rounds")
-    print("| what | MB/s | vs ceiling (same streams) |")
-    print("|---|---|---|")
+    print("| what | MB/s | vs ceiling (same streams) | CPU s |")
+    print("|---|---|---|---|")
     for name, (_, ref) in cases.items():
-        mbs = statistics.median(rates[name])
-        print(f"| {name} | {mbs:,.0f} | {mbs / statistics.median(rates[ref]):.2f} |")
+        mbs, ref_mbs = statistics.median(rates[name]), statistics.median(rates[ref])
+        print(f"| {name} | {mbs:,.0f} | {mbs / ref_mbs:.2f} | {statistics.median(cpu[name]):.2f} |")
+    one_job = total / 1e6 / statistics.median(rates["driver ingest --jobs 1"])
+    print(f"a spawned ingest worker starts (Python + imports) in {statistics.median(starts):.2f} s (median of "
+          f"{len(starts)}); the whole ingest at --jobs 1 takes {one_job:.2f} s")
 
 
 if __name__ == "__main__":

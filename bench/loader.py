@@ -6,8 +6,10 @@ batches, cold vs warm page cache, checksum cost and open files per worker.
 Every reader gets the same frames and the same random clip starts. Warm: each reader runs first, then
 all are timed round-robin in short slices, so that load from other processes hits them alike. Cold:
 every file is evicted from the page cache (posix_fadvise DONTNEED, cached mappings closed) before each
-reader's pass over the same clips. Prints markdown tables; ratios come from this one run
-(docs/benchmarks.md).
+reader's pass over the same clips; "dense" passes read 150 random clips (neighbours of later clips get
+cached on the way), "sparse" passes read clips at least SPARSE_GAP frames apart (each clip's
+surroundings uncached: random reads in a store far larger than memory). Prints markdown tables; ratios
+come from this one run (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from driver.datasets.synthetic import render_stripe_frames, write_synthetic_runs
 from torch.utils.data import DataLoader, Dataset
 
 T, H, W = 10, 94, 168
+SPARSE_GAP = 200  # frames between the clips of a sparse cold pass (> 8 MiB of read-around at 94x168)
 TRAIN = ClipConfig(clip_length=8, stack=2, flip=0.5, horizon=10)  # driver train's defaults (TrainConfig)
 
 
@@ -72,9 +75,9 @@ class Readers:
             codec = name.split("-")[1]
             ds = ClipDataset(w / f"store_{codec}.zarr", ClipConfig(clip_length=T, horizon=1))
             readers = [ds.store.frames("run", c) for c in ("left", "right")]
-            if name.endswith("-nocrc"):
-                for r in readers:
-                    r.verify_checksums = False
+            for r in readers:
+                r.verify_checksums = not name.endswith("-nocrc")
+                r.checksums = "always" if name.endswith("-always") else "first"
             return lambda s, out: [r.read(s, T, out[i]) for i, r in enumerate(readers)]
         if name.startswith("h5py"):
             f = h5py.File(w / ("h5_chunked.h5" if "chunked" in name else "h5_contig.h5"), "r")
@@ -131,6 +134,24 @@ def cold_rates(fns: dict, starts, work: Path, rounds: int) -> dict[str, float]:
                 fn(int(s))
             spent[name] += time.perf_counter() - t0
     return {name: len(starts) / spent[name] for name in fns}
+
+
+def sparse_cold_rates(fns: dict, n_frames: int, work: Path, passes: int) -> dict[str, float]:
+    """Clips per second with the page cache dropped before each pass of clips SPARSE_GAP frames apart."""
+    rng = np.random.default_rng(3)
+    spent, clips = dict.fromkeys(fns, 0.0), 0
+    for _ in range(passes):
+        slots = rng.permutation(n_frames // SPARSE_GAP)
+        starts = [int(k * SPARSE_GAP + rng.integers(1, SPARSE_GAP - T)) for k in slots]
+        clips += len(starts)
+        for name, make in fns.items():
+            evict(work)
+            fn = make()
+            t0 = time.perf_counter()
+            for s in starts:
+                fn(s)
+            spent[name] += time.perf_counter() - t0
+    return {name: clips / spent[name] for name in fns}
 
 
 def legacy_frames(ds: ClipDataset, index: int) -> np.ndarray:
@@ -236,7 +257,8 @@ def main():
 
     starts = np.random.default_rng(1).integers(1, args.frames - T, 20000)
     readers = Readers(work)
-    names = ["memmap", "ours-none", "ours-none-nocrc", "ours-lz4", "h5py-chunked", "h5py-contiguous", "zarr-python"]
+    names = ["memmap", "ours-none", "ours-none-always", "ours-none-nocrc", "ours-lz4", "h5py-chunked",
+             "h5py-contiguous", "zarr-python"]
     out = np.empty((2, T, H, W, 3), np.uint8)
 
     def clip_reader(name):
@@ -244,21 +266,28 @@ def main():
         return lambda s: fn(s, out)
 
     warm = rates({n: clip_reader(n) for n in names}, starts, args.seconds * len(names), args.rounds)
-    cold = cold_rates({n: (lambda n=n: clip_reader(n)) for n in ("memmap", "ours-none", "ours-lz4", "h5py-chunked",
-                                                                  "h5py-contiguous")}, starts[:600], work, args.rounds)
+    cold_names = ("memmap", "ours-none", "ours-lz4", "h5py-chunked", "h5py-contiguous")
+    cold_makers = {n: (lambda n=n: clip_reader(n)) for n in cold_names}
+    cold = cold_rates(cold_makers, starts[:600], work, args.rounds)
+    sparse = sparse_cold_rates(cold_makers, args.frames, work, 8 * args.rounds)
     print(f"\nReaders: random T={T} stereo clips, 1 process")
-    print("| reader | warm clips/s | vs memmap | vs h5py chunked | cold clips/s | cold vs h5py chunked |")
-    print("|---|---|---|---|---|---|")
+    print("| reader | warm clips/s | vs memmap | vs h5py chunked | cold dense clips/s | vs h5py chunked "
+          "| cold sparse clips/s | vs h5py chunked |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in names:
-        c = cold.get(n)
-        cold_cols = f"| {c:,.0f} | {c / cold['h5py-chunked']:.2f} |" if c else "| | |"
+        cols = "".join(f"| {c[n]:,.0f} | {c[n] / c['h5py-chunked']:.2f} " if n in c else "| | "
+                       for c in (cold, sparse))
         print(f"| {n} | {warm[n]:,.0f} | {warm[n] / warm['memmap']:.2f} | {warm[n] / warm['h5py-chunked']:.2f} "
-              f"{cold_cols}")
-    print(f"checksum cost: reads with CRC32C checks run at {warm['ours-none'] / warm['ours-none-nocrc']:.2f}x "
-          "the same reads without")
+              f"{cols}|")
+    print(f"checksum cost: reads with checksums 'first' (the default) run at "
+          f"{warm['ours-none'] / warm['ours-none-nocrc']:.2f}x the same reads without checks, with 'always' at "
+          f"{warm['ours-none-always'] / warm['ours-none-nocrc']:.2f}x")
 
     ds = ClipDataset(work / "store_none.zarr", TRAIN)
     jit = ClipDataset(work / "store_none.zarr", ClipConfig(**{**TRAIN.__dict__, "color_jitter": 0.5}))
+    always = ClipDataset(work / "store_none.zarr", TRAIN)
+    for cam in ("left", "right"):
+        always.store.frames("run", cam).checksums = "always"
     mm = MemmapItems(work, ds)
     buf = np.empty((TRAIN.clip_length, TRAIN.views, H, W, 3), np.uint8)
     idx = np.random.default_rng(2).integers(0, len(ds), 20000)
@@ -268,6 +297,7 @@ def main():
         "memmap, same frames, output reused": lambda i: mm.item(i, buf),
         "ClipDataset, train defaults": lambda i: ds[i],
         "ClipDataset, defaults + colour jitter 0.5": lambda i: jit[i],
+        "ClipDataset, train defaults, checksums always": lambda i: always[i],
         "previous frame path (2 reads per camera, numpy flip)": lambda i: legacy_frames(ds, i),
     }, idx, args.seconds * 5, args.rounds)
     print(f"\nItems: T={TRAIN.clip_length}, stack {TRAIN.stack}, stereo (V={TRAIN.views}), flip {TRAIN.flip}, "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import flip_clip, jitter_colors, jitter_colors_, mirror_  # noqa: F401 - first two re-exported
+from .augment import Jitter, flip_clip, item_uniforms, jitter_, jitter_colors, mirror_  # noqa: F401 - re-exported
 from .lint import LintRules, lint_run
 from .modes import MODES, active_labels, mode_vector
 from .series import stored_speed_name
@@ -34,7 +34,7 @@ from .validity import ValidityRules, validity_mask
 
 DEFAULT_EXCLUDE = ("reject_run",)
 
-_scratch = threading.local()  # per thread: one reused buffer for a camera's T+stack-1 frames
+_scratch = threading.local()  # per thread: one reused buffer for the cameras' T+1 frames
 
 _NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
 
@@ -96,13 +96,6 @@ class ClipConfig:
         return before, after
 
 
-def _span_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    buf = getattr(_scratch, "span", None)
-    if buf is None or buf.shape != shape:
-        buf = _scratch.span = np.empty(shape, dtype=np.uint8)
-    return buf
-
-
 def eligible_starts(valid: np.ndarray, segment: np.ndarray, before: int, after: int) -> np.ndarray:
     """Start frames s whose whole window [s-before, s+after] is valid and inside one segment."""
     n = len(valid)
@@ -113,6 +106,32 @@ def eligible_starts(valid: np.ndarray, segment: np.ndarray, before: int, after: 
     a, b = s - before, s + after
     ok = (bad[b + 1] - bad[a] == 0) & (segment[a] == segment[b])
     return s[ok].astype(np.int64)
+
+
+class _StackedPut:
+    """``ShardedFrames.visit`` callback copying a camera's T+1 consecutive frames into a stack-2 clip
+    straight from the shard: frame i = 0 into the previous view's first step, i >= 1 into the current
+    view's step i-1."""
+
+    __slots__ = ("out", "slot", "cameras")
+
+    def __init__(self, out: np.ndarray, slot: int, cameras: int):
+        self.out, self.slot, self.cameras = out, slot, cameras
+
+    def __call__(self, pos: int, frames: np.ndarray) -> None:
+        out, slot = self.out, self.slot
+        if pos == 0:
+            out[0, slot] = frames[0]
+            frames, pos = frames[1:], 1
+        out[pos - 1 : pos - 1 + len(frames), self.cameras + slot] = frames
+
+
+def _span_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's reused buffer for the cameras' T+1 frames (a fresh one page-faults every item)."""
+    buf = getattr(_scratch, "span", None)
+    if buf is None or buf.shape != shape:
+        buf = _scratch.span = np.empty(shape, dtype=np.uint8)
+    return buf
 
 
 @dataclass
@@ -174,6 +193,8 @@ class ClipDataset(Dataset):
         if len(self._starts) == 0:
             raise StoreError(f"{self.store.path}: no clips of length {config.clip_length} (horizon "
                              f"{config.horizon}) pass the validity mask in runs {names}")
+        self._target_offsets = (np.arange(config.clip_length)[:, None] * config.frame_stride
+                                + np.arange(config.horizon)[None, :] * config.target_stride)  # (T, N)
         shape = self.store.run_meta(self.runs[0])
         self.frame_shape = (shape["height"], shape["width"], 3)
         for r in self.runs[1:]:
@@ -210,11 +231,16 @@ class ClipDataset(Dataset):
         masks = [high_steer_mask(self.store.series(r.name, "steer"))[r.starts] for r in self._runs]
         return np.concatenate(masks)
 
-    def read_frames(self, run: int, start: int, out: np.ndarray | None = None, flipped: bool = False) -> np.ndarray:
+    def read_frames(self, run: int, start: int, out: np.ndarray | None = None, flipped: bool = False,
+                    jitter: Jitter | None = None) -> np.ndarray:
         """The uint8 (T, V, H, W, 3) input frames of the clip starting at ``start`` in run index ``run``.
 
-        ``flipped``: as the flip augmentation gives them (cameras swapped, every image mirrored). With
-        ``frame_stride`` 1 each camera's T+stack-1 frames are one read, shared by the stacked views.
+        ``flipped``: as the flip augmentation gives them (cameras swapped, every image mirrored);
+        ``jitter``: with that colour jitter applied. With ``stack`` 2 and ``frame_stride`` 1 the stacked
+        views share frames: each camera's T+1 frames are read once, straight into the current view (and
+        the previous view's first step) whose other steps are then copied from it; or, for an augmented
+        clip, into a reused buffer where they are jittered and mirrored once, in cache, before both views
+        are copied from it.
         """
         cfg = self.config
         T, S, cams = cfg.clip_length, cfg.stack, cfg.cameras
@@ -222,48 +248,58 @@ class ClipDataset(Dataset):
         if out is None:
             out = np.empty((T, cfg.views, *self.frame_shape), dtype=np.uint8)
         name = self._runs[run].name
+        shared = S == 2 and cfg.frame_stride == 1  # ClipConfig allows stack 1..2
+        span = _span_buffer((C, T + 1, *self.frame_shape)) if shared and (flipped or jitter) else None
         for c, cam in enumerate(cams):
             slot = C - 1 - c if flipped else c  # the mirrored left image is the right camera's view
             reader = self.store.frames(name, cam)
-            if cfg.frame_stride > 1:
+            if span is not None:
+                reader.read(start - 1, T + 1, span[slot])
+            elif shared:  # frame start-1+i goes to out[0, slot] (i = 0), else to out[i-1, C+slot]
+                reader.visit(start - 1, T + 1, _StackedPut(out, slot, C))
+            elif cfg.frame_stride > 1:
                 for j in range(S):
                     first = start - (S - 1 - j)
                     reader.read_frames(first + np.arange(T) * cfg.frame_stride, out[:, j * C + slot])
-                continue
-            if S == 1:
+            else:
                 reader.read(start, T, out[:, slot])
-                continue
-            span = _span_buffer((T + S - 1, *self.frame_shape))  # reused: a fresh one page-faults every item
-            reader.read(start - (S - 1), T + S - 1, span)
-            if flipped:
-                mirror_(span)
-            for j in range(S):
-                out[:, j * C + slot] = span[j : j + T]
-        if flipped and (S == 1 or cfg.frame_stride > 1):
-            mirror_(out)
+        if shared and span is None:
+            out[1:, :C] = out[:-1, C:]
+            return out
+        frames = out if span is None else span  # every frame of the clip once
+        if jitter is not None:
+            jitter_([frames], jitter)
+        if flipped:
+            mirror_(frames)
+        if span is not None:
+            out[:, :C] = span[:, :-1].swapaxes(0, 1)
+            out[:, C:] = span[:, 1:].swapaxes(0, 1)
         return out
 
     def __getitem__(self, index: int) -> dict:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
-        index = int(index) % len(self)
+        n = len(self._starts)
+        if not -n <= index < n:
+            raise IndexError(f"clip index {index} out of range for {n} clips")
+        index = int(index) % n
         cfg = self.config
         r, s = int(self._run_index[index]), int(self._starts[index])
         run = self._runs[r]
-        rng = np.random.default_rng([cfg.seed, self.epoch, index])
-        flipped = cfg.flip > 0 and rng.random() < cfg.flip
-        frames = self.read_frames(r, s, flipped=flipped)
-        if cfg.color_jitter > 0:
-            jitter_colors_(frames, cfg.color_jitter, rng)
-        steps = s + np.arange(cfg.clip_length)[:, None] * cfg.frame_stride + \
-            np.arange(cfg.horizon)[None, :] * cfg.target_stride  # (T, N)
-        steer = -run.steer[steps] if flipped else run.steer[steps]
-        target = np.stack([steer, run.motor[steps]], axis=-1)  # (T, N, 2)
+        u = item_uniforms(cfg.seed, self.epoch, index)
+        flipped = cfg.flip > 0 and u[0] < cfg.flip
+        jitter = Jitter.draw(cfg.color_jitter, u[1:6]) if cfg.color_jitter > 0 else None
+        frames = self.read_frames(r, s, flipped=flipped, jitter=jitter)
+        steps = s + self._target_offsets  # (T, N)
+        target = np.empty((*steps.shape, 2), dtype=np.float32)
+        if flipped:
+            np.negative(run.steer[steps], out=target[..., 0])
+        else:
+            target[..., 0] = run.steer[steps]
+        target[..., 1] = run.motor[steps]
         return {
             "frames": torch.from_numpy(frames),
-            "target": torch.from_numpy(target.astype(np.float32, copy=False)),
+            "target": torch.from_numpy(target),
             "modes": torch.from_numpy(run.modes.copy()),
-            "run": torch.tensor(r, dtype=torch.int64),
-            "start": torch.tensor(s, dtype=torch.int64),
-            "flipped": torch.tensor(bool(flipped)),
+            "run": torch.from_numpy(np.array(r, dtype=np.int64)),
+            "start": torch.from_numpy(np.array(s, dtype=np.int64)),
+            "flipped": torch.from_numpy(np.array(flipped)),
         }

@@ -2,7 +2,11 @@
 (runs in a worker process).
 
 Frames stream from the source one shard at a time into a reused buffer and go to disk as finished shard
-files (:mod:`.shard_writer`); the source's sha256 is computed in a thread while that happens.
+files (:mod:`.shard_writer`), each fsynced in the background while the next is made; the source's
+sha256 is computed in a thread while that happens. Frames stored the way ``write_run`` stores them
+(uncompressed, unfiltered chunks of whole frames, or a contiguous dataset) are read with one positioned
+vector read per shard at the chunks' own file offsets, as large as a plain file copy's reads; any other
+layout goes through h5py.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import h5py
 import numpy as np
 import zarr
 
-from . import storage
+from . import array_writer, storage
 from .interop.sources import Hdf5Source, RunSource
-from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
-from .run_format import RunInfo
+from .layout import FORMAT_VERSION, STAGING, create_series_array, shard_frames_for
+from .run_format import RunFormatError, RunInfo
 from .series import speed_series_name
 from .shard_writer import FramesShardWriter
 from .validity import ValidityRules, validity_mask
 
 HASH_BLOCK = 8 * 2**20
+MAX_GAP = 1 << 20  # chunk gaps (HDF5 index nodes) up to this size are read through, not a new read
 
 
 @dataclass
@@ -52,22 +57,81 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _copy_frames(h5: h5py.File, info: RunInfo, camera: str, writer: FramesShardWriter, buf: np.ndarray) -> None:
+def frame_offsets(ds) -> np.ndarray | None:
+    """The file offset of every frame of an HDF5 frames dataset whose bytes are stored as they are
+    (uint8, no filters, chunks of whole frames or contiguous, every chunk written); None otherwise."""
+    if not isinstance(ds, h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[0] == 0:
+        return None
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_nfilters() or dcpl.get_external_count():
+        return None
+    n, frame = ds.shape[0], int(np.prod(ds.shape[1:]))
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        base = ds.id.get_offset()
+        return None if base is None else base + np.arange(n, dtype=np.int64) * frame
+    if layout != h5py.h5d.CHUNKED or tuple(ds.chunks[1:]) != ds.shape[1:] or not hasattr(ds.id, "chunk_iter"):
+        return None
+    k = ds.chunks[0]
+    starts = np.full(-(-n // k), -1, dtype=np.int64)
+
+    def visit(info):
+        if info.filter_mask == 0 and info.size == k * frame:
+            starts[info.chunk_offset[0] // k] = info.byte_offset
+
+    ds.id.chunk_iter(visit)
+    if (starts < 0).any():  # a chunk never written (fill value) or stored differently
+        return None
+    return (starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * frame).reshape(-1)[:n]
+
+
+def _read_direct(fd: int, path: str, offsets: np.ndarray, out: np.ndarray, junk: np.ndarray) -> None:
+    """Frames at ``offsets`` into ``out``: one vector read per run of frames that follow each other in the
+    file, reading through small gaps (HDF5 index nodes) into ``junk``."""
+    frame = out[0].nbytes
+    i = 0
+    while i < len(offsets):
+        buffers, start, end, j = [out[i]], int(offsets[i]), int(offsets[i]) + frame, i + 1
+        while j < len(offsets) and 0 <= int(offsets[j]) - end <= min(MAX_GAP, junk.nbytes):
+            gap = int(offsets[j]) - end
+            if gap:
+                buffers.append(junk[:gap])
+            buffers.append(out[j])
+            end = int(offsets[j]) + frame
+            j += 1
+        try:
+            storage.pread_all(fd, buffers, start)
+        except EOFError as e:
+            raise RunFormatError(path, f"frames end past the end of the file (truncated?): {e}") from e
+        i = j
+
+
+def _copy_frames(h5, info: RunInfo, camera: str, writer: FramesShardWriter, buf: np.ndarray) -> None:
     """Stream one camera's frames, segment after segment, into whole shard files."""
     shard = len(buf)
     filled, index = 0, 0
+    junk = np.empty(MAX_GAP, dtype=np.uint8)
     for seg in info.segments:
         ds = h5["segments"][seg.name][camera]
-        pos = 0
-        while pos < seg.n_frames:
-            take = min(shard - filled, seg.n_frames - pos)
-            ds.read_direct(buf, np.s_[pos : pos + take], np.s_[filled : filled + take])
-            pos += take
-            filled += take
-            if filled == shard:
-                writer.write_shard(index, buf)
-                index += 1
-                filled = 0
+        offsets = frame_offsets(ds)
+        fd = os.open(ds.file.filename, os.O_RDONLY) if offsets is not None else None
+        try:
+            pos = 0
+            while pos < seg.n_frames:
+                take = min(shard - filled, seg.n_frames - pos)
+                if fd is None:
+                    ds.read_direct(buf, np.s_[pos : pos + take], np.s_[filled : filled + take])
+                else:
+                    _read_direct(fd, info.path, offsets[pos : pos + take], buf[filled : filled + take], junk)
+                pos += take
+                filled += take
+                if filled == shard:
+                    writer.write_shard(index, buf)
+                    index += 1
+                    filled = 0
+        finally:
+            if fd is not None:
+                os.close(fd)
     if filled:
         writer.write_shard(index, buf[:filled])
 
@@ -81,12 +145,14 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
-    group = zarr.open_group(path, mode="w")
+    os.makedirs(path, exist_ok=True)
     buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
-    with info.open() as h5:  # the HDF5 file, or an imported run shaped like it
+    writers = []
+    with info.open() as h5, ThreadPoolExecutor(max_workers=2) as sync:  # the HDF5 file, or a run shaped like it
         for cam in info.cameras:
-            create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
-            _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec), buf)
+            array_writer.write_frames_metadata(os.path.join(path, cam), n, info.height, info.width, shard, job.codec)
+            writers.append(FramesShardWriter(os.path.join(path, cam), n, shard, job.codec, sync))
+            _copy_frames(h5, info, cam, writers[-1], buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
         speed_name = speed_series_name([e.name for e in info.extras if not e.shape])
@@ -102,12 +168,17 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
             "valid": valid,
         }
         for name, data in series.items():
-            create_series_array(group, name, data)
+            array_writer.write_series(os.path.join(path, name), data)
         if info.extras:
-            extra = group.create_group("extra")
+            array_writer.write_group(os.path.join(path, "extra"))
             for e in info.extras:
                 data = np.concatenate([h5["segments"][seg.name][e.name][()] for seg in info.segments])
-                create_series_array(extra, e.name, data)
+                if array_writer.can_write_series(data):
+                    array_writer.write_series(os.path.join(path, "extra", e.name), data)
+                else:  # a dtype the direct writer does not encode: zarr-python does
+                    create_series_array(zarr.open_group(os.path.join(path, "extra"), mode="a"), e.name, data)
+        for w in writers:
+            w.finish()
     starts = np.cumsum([0] + [seg.n_frames for seg in info.segments])
     meta = {
         "name": job.run,
@@ -127,7 +198,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
         "shard_frames": shard,
         "ingested_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    group.attrs["driver_run"] = meta
+    array_writer.write_group(path, {"driver_run": meta})  # last: the run group is complete
     return meta
 
 

@@ -1,12 +1,18 @@
 """A fast, verifying reader for frame arrays stored as standard zarr v3 shards.
 
 zarr-python costs ~0.5 ms per indexing call; a training clip needs far less. This reader parses the
-array's ``zarr.json`` and each shard's index once per process, then reads a run of consecutive frames
-of an uncompressed shard with one positioned vector read (``preadv``) straight into the caller's
-array, and checks each frame's CRC32C on the way (format 2 stores: the ``crc32c`` codec that zarr
-itself verifies). Compressed shards are read chunk by chunk and decoded with Blosc/Zstd. Descriptors
-come from a bounded per-process cache (:mod:`.storage`), so open files never grow with the store.
-It reads exactly the files zarr writes and falls back to zarr-python for layouts it does not handle.
+array's ``zarr.json`` and each shard's index once per process, then copies a run of consecutive frames
+of an uncompressed shard out of the memory-mapped file in one go, straight into the caller's array.
+Compressed shards are read chunk by chunk and decoded with Blosc/Zstd. Descriptors come from a bounded
+per-process cache (:mod:`.storage`), so open files never grow with the store. It reads exactly the files
+zarr writes and falls back to zarr-python for layouts it does not handle.
+
+Checksums (format 2 stores: the ``crc32c`` codec that zarr itself verifies): by default (``first``) each
+chunk's CRC32C is checked the first time this process reads it from a given file, and a per-shard
+bitmap remembers what was checked (kept across the mapping's eviction, keyed by the file's identity, and
+inherited by forked DataLoader workers). Committed shard files are never modified in place (a re-ingest
+writes new files), so a chunk that passed once reads the same bytes again. ``always`` checks every read
+(environment variable ``DRIVER_CHECKSUMS=always``); ``driver verify`` checks every chunk regardless.
 
 Supported fast layout: ``sharding_indexed`` with shards split along axis 0 only, inner chunks of whole
 frames, inner codecs ``bytes`` (+ optional ``blosc`` or ``zstd``) (+ optional ``crc32c``), index codecs
@@ -17,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,8 @@ from driver.errors import DriverError
 from . import storage
 
 _MISSING = np.uint64(2**64 - 1)
+CHECKSUMS_ENV = "DRIVER_CHECKSUMS"
+CHECKSUM_POLICIES = ("first", "always")
 REPAIR_HINT = "run `driver verify STORE` to list the damage and `driver ingest --out STORE --force RUN` to repair"
 
 
@@ -38,6 +45,15 @@ class ShardReadError(DriverError, OSError):
 
 class ChecksumError(ShardReadError):
     """Stored bytes whose CRC32C does not match: the data on disk is damaged."""
+
+
+def checksum_policy(value: str | None = None) -> str:
+    """``value``, or ``$DRIVER_CHECKSUMS``, or ``first``: when reads check chunk CRC32Cs (see module docstring)."""
+    source = "checksums" if value is not None else CHECKSUMS_ENV
+    raw = value if value is not None else (os.environ.get(CHECKSUMS_ENV) or "first")
+    if raw not in CHECKSUM_POLICIES:
+        raise ValueError(f"{source}={raw!r} must be one of {', '.join(CHECKSUM_POLICIES)}")
+    return raw
 
 
 def _inner_decoder(codecs: list[dict]):
@@ -67,26 +83,45 @@ def _describe(array_dir: Path) -> str:
     return str(array_dir)
 
 
+class _Checked:
+    """Which chunks of one shard file had their CRC32C checked in this process, and how many (of those the
+    shard uses) have not yet. Bits only ever go from False to True, so ``left`` computed from them after
+    a check is never too small, even with threads reading the same shard."""
+
+    __slots__ = ("identity", "bits", "used", "left")
+
+    def __init__(self, identity: tuple, chunks: int, used: int):
+        self.identity, self.bits, self.used, self.left = identity, np.zeros(chunks, dtype=bool), used, used
+
+    def recount(self) -> None:
+        self.left = int(np.count_nonzero(~self.bits[: self.used]))
+
+
 @dataclass
 class _Shard:
     """A shard's parsed index: regular (every frame one chunk of ``stride`` bytes from ``base``) or not."""
 
     index: np.ndarray | None  # (chunks, 2) offsets and sizes; None when regular
     base: int = 0
+    checked: _Checked | None = None
 
 
 class ShardedFrames:
     """Random access to frames ``(N, *frame_shape)`` of one zarr v3 array. Picklable; opens files lazily.
 
     ``where`` names the array in error messages (default: store, run and array from the path).
-    ``verify_checksums`` (default True) exists to measure what checking costs; leave it on.
+    ``checksums``: ``first`` (check each chunk the first time this process reads it) or ``always``; default
+    ``$DRIVER_CHECKSUMS`` or ``first``. ``verify_checksums = False`` exists only to measure what checking
+    costs; leave it on.
     """
 
     verify_checksums = True
 
-    def __init__(self, array_dir: str | os.PathLike, where: str | None = None):
+    def __init__(self, array_dir: str | os.PathLike, where: str | None = None, checksums: str | None = None):
         self.path = Path(array_dir)
         self.where = where or _describe(self.path)
+        self.checksums = checksum_policy(checksums)
+        self._checked: dict[int, _Checked] = {}  # per shard: which chunks were checked, of which file
         meta_path = self.path / "zarr.json"
         try:
             meta = json.loads(storage.read_bytes(meta_path).decode("utf-8"))
@@ -134,6 +169,7 @@ class ShardedFrames:
         state = self.__dict__.copy()
         for k in ("_paths", "_zarr", "_decoder"):
             state.pop(k, None)
+        state["_checked"] = {}  # a spawned process checks for itself
         state["_decoder_kind"] = type(self._decoder).__name__ if self._decoder is not None else None
         return state
 
@@ -191,14 +227,21 @@ class ShardedFrames:
     def _load_index(self, shard: int) -> tuple[_Shard | None, storage.Mapping | None]:
         """A shard's checked index and its mapped file; (None, None) for a shard never written (fill value).
 
-        The parsed index lives with the mapping, so it is parsed again whenever the file is mapped again.
+        The parsed index lives with the mapping, so it is parsed again whenever the file is mapped again;
+        the bitmap of checked chunks outlives the mapping as long as the file stays the same.
         """
         try:
             mapping = storage.mapped(self._path_str(shard))
         except FileNotFoundError:
             return None, None
         if mapping.parsed is None:
-            mapping.parsed = self._parse_index(shard, mapping.array)
+            parsed = self._parse_index(shard, mapping.array)
+            known = self._checked.get(shard)
+            if known is None or known.identity != mapping.identity:
+                used = -(-self._frames_in(shard) // self.chunk_frames)
+                known = self._checked[shard] = _Checked(mapping.identity, self.chunks_per_shard, used)
+            parsed.checked = known
+            mapping.parsed = parsed
         return mapping.parsed, mapping
 
     def _parse_index(self, shard: int, data: np.ndarray) -> _Shard:
@@ -232,26 +275,39 @@ class ShardedFrames:
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``start .. start+count-1`` as ``(count, *frame_shape)``, into ``out`` when given.
 
-        ``out`` may be a strided view (e.g. one camera's slots of a stereo clip). Every chunk read is
-        checked against its CRC32C (format 2): a mismatch raises :class:`ChecksumError`.
+        ``out`` may be a strided view (e.g. one camera's slots of a stereo clip). Chunks are checked
+        against their CRC32C (format 2; see ``checksums``): a mismatch raises :class:`ChecksumError`.
+        """
+        if out is None:
+            out = np.empty((count, *self.frame_shape), dtype=self.dtype)
+        self.visit(start, count, lambda pos, frames: np.copyto(out[pos : pos + len(frames)], frames))
+        return out
+
+    def visit(self, start: int, count: int, fn) -> None:
+        """Call ``fn(pos, frames)`` for consecutive pieces of frames ``start .. start+count-1``, in order:
+        ``frames`` is a read-only ``(n, *frame_shape)`` array of frames ``start+pos ..``, already checked,
+        valid only during the call (it may be the mapped file itself). :meth:`read` copies them; a caller
+        may instead copy them wherever it needs, transformed (a mirrored clip), without a second pass.
         """
         if self._pid != os.getpid():  # forked into a DataLoader worker: parse again, never share state
             self._reset()
-        if out is None:
-            out = np.empty((count, *self.frame_shape), dtype=self.dtype)
-        if start < 0 or start + count > self.shape[0]:
+        if start < 0 or count < 0 or start + count > self.shape[0]:
             raise IndexError(f"{self.where}: frames {start}..{start + count - 1} out of range 0..{self.shape[0] - 1}")
         if not self._fast:
-            out[...] = self._zarr_array()[start : start + count]
-            return out
+            fn(0, self._zarr_array()[start : start + count])
+            return
         pos = 0
         while pos < count:
-            f = start + pos
-            shard, in_shard = divmod(f, self.shard_frames)
-            take = min(count - pos, self.shard_frames - in_shard)
-            self._read_in_shard(shard, in_shard, take, out[pos : pos + take])
+            shard, first = divmod(start + pos, self.shard_frames)
+            take = min(count - pos, self.shard_frames - first)
+            entry, mapping = self._load_index(shard)
+            if entry is None:  # a shard never written: the fill value
+                fn(pos, np.full((take, *self.frame_shape), self.fill_value, dtype=self.dtype))
+            elif entry.index is None:
+                self._visit_regular(shard, entry, mapping, first, take, pos, fn)
+            else:
+                self._visit_chunks(shard, entry, mapping, first, take, pos, fn)
             pos += take
-        return out
 
     def read_frames(self, frames, out: np.ndarray | None = None) -> np.ndarray:
         """Arbitrary frame indices (sorted or not); consecutive runs are read with one call each."""
@@ -267,41 +323,39 @@ class ShardedFrames:
             i = j
         return out
 
-    def _read_in_shard(self, shard: int, first: int, count: int, out: np.ndarray) -> None:
-        entry, mapping = self._load_index(shard)
-        if entry is None:
-            out[...] = self.fill_value
-        elif entry.index is None:
-            self._read_regular(shard, entry.base, mapping.array, first, count, out)
-        else:
-            self._read_chunks(shard, entry, mapping.array, first, count, out)
+    def _visit_regular(self, shard: int, entry: _Shard, mapping: storage.Mapping, first: int, count: int,
+                       pos: int, fn) -> None:
+        """``count`` uncompressed frames straight out of the mapped shard: their CRCs checked (those not
+        checked before, unless ``always``), then handed to ``fn`` as one strided view."""
+        data = mapping.array
+        offset = entry.base + first * self._stride
+        frames = np.ndarray((count, *self.frame_shape), self.dtype, data, offset, self._strides)
+        if not mapping.resident(offset, count * self._stride):  # on disk: read it ahead in one request
+            mapping.will_need(offset, count * self._stride)
+        checked = entry.checked
+        if self.checksummed and self.verify_checksums and (checked.left or self.checksums == "always"):
+            bits = checked.bits[first : first + count]
+            todo = range(count) if self.checksums == "always" else np.flatnonzero(~bits).tolist()
+            if todo:
+                stored = np.ndarray((count,), "<u4", data, offset + self.frame_bytes, (self._stride,))
+                for i in todo:
+                    if crc32c.crc32c(frames[i]) != int(stored[i]):
+                        f = shard * self.shard_frames + first + i
+                        raise ChecksumError(f"{self.where}: frames {f}..{f}: checksum mismatch (shard file "
+                                            f"{self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
+                    bits[i] = True
+                checked.recount()
+        fn(pos, frames)
 
-    def _read_regular(self, shard: int, base: int, data: np.ndarray, first: int, count: int,
-                      out: np.ndarray) -> None:
-        """``count`` uncompressed frames copied out of the mapped shard in one go, then their CRCs checked."""
-        offset = base + first * self._stride
-        if storage.read_ahead.on:  # the data comes from disk: one read-ahead request, not a fault per page
-            storage.will_need(self._path_str(shard), offset, count * self._stride)
-        t0 = time.perf_counter()
-        np.copyto(out, np.ndarray((count, *self.frame_shape), self.dtype, data, offset, self._strides))
-        storage.read_ahead.note(count * self.frame_bytes, time.perf_counter() - t0)
-        if not (self.checksummed and self.verify_checksums):
-            return
-        stored = np.ndarray((count,), "<u4", data, offset + self.frame_bytes, (self._stride,)).tolist()
-        for i in range(count):
-            if crc32c.crc32c(out[i]) != stored[i]:
-                f = shard * self.shard_frames + first + i
-                raise ChecksumError(f"{self.where}: frames {f}..{f}: checksum mismatch (shard file "
-                                    f"{self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
-
-    def _chunk_bytes(self, shard: int, data: np.ndarray, off: int, nbytes: int, c: int):
-        """A stored chunk's payload, its CRC32C checked; decoded when compressed."""
+    def _chunk_bytes(self, shard: int, data: np.ndarray, off: int, nbytes: int, c: int, check: bool = True):
+        """A stored chunk's payload, its CRC32C checked (unless ``check`` is False); decoded when compressed."""
         raw = data[off : off + nbytes]
         if len(raw) != nbytes:
             raise self._damaged(shard, "short read (truncated shard)")
         first = shard * self.shard_frames + c * self.chunk_frames
         if self.checksummed:
-            if self.verify_checksums and (nbytes < 4 or crc32c.crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little")):
+            if check and self.verify_checksums and (
+                    nbytes < 4 or crc32c.crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little")):
                 raise ChecksumError(f"{self.where}: frames {first}..{first + self.chunk_frames - 1}: checksum mismatch "
                                     f"(shard file {self.shard_path(shard).relative_to(self.path)}); {REPAIR_HINT}")
             raw = raw[:-4]
@@ -313,27 +367,35 @@ class ShardedFrames:
                                      f"({e}); {REPAIR_HINT}") from e
         return raw
 
-    def _read_chunks(self, shard: int, entry: _Shard, data: np.ndarray, first: int, count: int,
-                     out: np.ndarray) -> None:
+    def _visit_chunks(self, shard: int, entry: _Shard, mapping: storage.Mapping, first: int, count: int,
+                      pos: int, fn) -> None:
+        """Frames of compressed (or irregularly placed) chunks, chunk by chunk: checked, decoded, handed on."""
+        data = mapping.array
         c0, c1 = first // self.chunk_frames, (first + count - 1) // self.chunk_frames
+        present = entry.index[c0 : c1 + 1][entry.index[c0 : c1 + 1, 0] != _MISSING]
+        if len(present):  # the chunks' byte range, read ahead in one request when not in the page cache
+            lo, hi = int(present[:, 0].min()), int((present[:, 0] + present[:, 1]).max())
+            if not mapping.resident(lo, hi - lo):
+                mapping.will_need(lo, hi - lo)
         for c in range(c0, c1 + 1):
             lo = max(first, c * self.chunk_frames)
             hi = min(first + count, (c + 1) * self.chunk_frames)
-            dst = out[lo - first : hi - first]
-            if entry.index is None:
-                off, nbytes = entry.base + c * self._stride, self._stride
-            else:
-                off, nbytes = entry.index[c]
-                if off == _MISSING:
-                    dst[...] = self.fill_value
-                    continue
-            raw = self._chunk_bytes(shard, data, int(off), int(nbytes), c)
+            at = pos + lo - first
+            off, nbytes = entry.index[c]
+            if off == _MISSING:
+                fn(at, np.full((hi - lo, *self.frame_shape), self.fill_value, dtype=self.dtype))
+                continue
+            check = self.checksums == "always" or not entry.checked.bits[c]
+            raw = self._chunk_bytes(shard, data, int(off), int(nbytes), c, check)
+            if check:
+                entry.checked.bits[c] = True
+                entry.checked.recount()
             chunk = np.frombuffer(raw, dtype=self.dtype)
             if chunk.size != self.chunk_frames * self.frame_bytes // self.dtype.itemsize:
                 raise self._damaged(shard, f"chunk {c} decodes to {chunk.nbytes} bytes, not a whole chunk")
             chunk = chunk.reshape(self.chunk_frames, *self.frame_shape)
             a = lo - c * self.chunk_frames
-            dst[...] = chunk[a : a + (hi - lo)]
+            fn(at, chunk[a : a + (hi - lo)])
 
     # -- verification -------------------------------------------------------------------------------
     def verify(self, on_bytes=None) -> tuple[list[str], int]:
@@ -357,7 +419,7 @@ class ShardedFrames:
                 problems.append(str(self._damaged(shard, "shard file is missing")))
                 continue
             frames = self._frames_in(shard)
-            storage.will_need(self._path_str(shard), 0, frames * self._stride)  # one sequential read-ahead
+            mapping.will_need(0, frames * self._stride)  # one sequential read-ahead
             shard_bytes = 0
             for c in range(-(-frames // self.chunk_frames)):
                 if entry.index is None:

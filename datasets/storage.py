@@ -13,6 +13,8 @@ forked child (a DataLoader worker) starts with an empty cache and never uses its
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import mmap
 import os
@@ -30,22 +32,70 @@ class Mapping:
     """A read-only map of a whole file and a uint8 array over it (the map keeps its own descriptor).
 
     ``parsed`` is free for a reader to keep what it parsed from this very file (a shard's index), so
-    that it goes when the mapping goes and never outlives a replaced file.
+    that it goes when the mapping goes and never outlives a replaced file. ``identity`` (device, inode,
+    size, mtime) tells a later mapping of the same path whether it is still the same file.
+
+    Page faults on the map read only their own pages (``MADV_RANDOM``: the kernel's default read-around
+    would read up to ``read_ahead_kb`` around every fault, 8 MiB here, for a 0.5 MB clip); a reader asks
+    :meth:`resident` whether a range is in the page cache and, when it is not, :meth:`will_need` reads
+    exactly that range ahead in one request.
     """
 
-    __slots__ = ("map", "array", "parsed")
+    __slots__ = ("map", "array", "parsed", "identity", "address")
 
     def __init__(self, fd: int):
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
+        self.identity = (st.st_dev, st.st_ino, size, st.st_mtime_ns)
         self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
         self.array = np.frombuffer(self.map, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        self.address = self.array.ctypes.data if size else 0
         self.parsed = None
+        if size and hasattr(mmap, "MADV_RANDOM"):
+            self.map.madvise(mmap.MADV_RANDOM)
+
+    def resident(self, offset: int, length: int) -> bool:
+        """Whether every page of bytes ``offset .. offset+length`` is in the page cache (``mincore``;
+        True where that cannot be asked)."""
+        if _mincore is None or self.map is None or length <= 0:
+            return True
+        start = offset - offset % mmap.PAGESIZE
+        end = min(offset + length, len(self.map))
+        pages = -(-(end - start) // mmap.PAGESIZE)
+        vec = getattr(_pages, "vec", None)
+        if vec is None or len(vec[0]) < pages:
+            buf = bytearray(max(pages, 1024))
+            vec = _pages.vec = (buf, ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+        if _mincore(self.address + start, end - start, vec[1]) != 0:
+            return True
+        return vec[0].find(0, 0, pages) < 0  # a byte per page, 1 if resident
+
+    def will_need(self, offset: int, length: int) -> None:
+        """Ask the kernel to read bytes ``offset .. offset+length`` ahead, in one request."""
+        if self.map is None or length <= 0:
+            return
+        start = offset - offset % mmap.PAGESIZE
+        self.map.madvise(mmap.MADV_WILLNEED, start, min(offset + length, len(self.map)) - start)
 
     def close(self) -> None:
         self.array = None
         if self.map is not None:
             with contextlib.suppress(BufferError):  # a view is still alive somewhere: it closes when that goes
                 self.map.close()
+
+
+def _libc_mincore():
+    try:
+        f = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).mincore
+    except (OSError, AttributeError, TypeError):
+        return None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    f.restype = ctypes.c_int
+    return f
+
+
+_mincore = _libc_mincore()
+_pages = threading.local()  # per thread: mincore's result buffer and its address
 
 
 def _close(entry) -> None:
@@ -163,33 +213,6 @@ def mapped(path: str) -> Mapping:
     return _open.get(path, "map")
 
 
-class _ReadAhead:
-    """Whether mapped reads should ask the kernel to read ahead: yes while copies out of the mapping run at
-    disk speed (each page fault would wait for its own small read), no while they run anywhere near memory
-    speed (the hint itself then costs more than it saves). The threshold sits far below memory speed, so
-    a copy slowed by other processes on a busy machine does not switch it on."""
-
-    SLOW_BYTES_PER_S = 0.4e9
-    on = False
-
-    @classmethod
-    def note(cls, nbytes: int, seconds: float) -> None:
-        cls.on = nbytes > cls.SLOW_BYTES_PER_S * seconds
-
-
-read_ahead = _ReadAhead
-
-
-def will_need(path: str, offset: int, length: int) -> None:
-    """Tell the kernel a mapped range is about to be read, so data not in the page cache is read ahead
-    in one request instead of page fault by page fault."""
-    m = _open.get(path, "map").map
-    if m is None or length <= 0:
-        return
-    start = offset - offset % mmap.PAGESIZE
-    m.madvise(mmap.MADV_WILLNEED, start, min(offset + length, len(m)) - start)
-
-
 def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
     """The part of ``buffers`` left after the first ``n`` bytes."""
     k = 0
@@ -218,6 +241,19 @@ def write_all(fd: int, buffers: list) -> int:
         total += n
         pending = _advance(batch, n) + pending[len(batch):]
     return total
+
+
+def pread_all(fd: int, buffers: list, offset: int) -> None:
+    """Fill ``buffers`` from ``offset`` of an open file (vector reads, resumed after short reads);
+    EOFError if the file ends first."""
+    pending = [memoryview(b).cast("B") for b in buffers]
+    while pending:
+        batch = pending[:_IOV_MAX]
+        n = os.preadv(fd, batch, offset)
+        if n == 0:
+            raise EOFError(f"file ends at byte {offset}")
+        offset += n
+        pending = _advance(batch, n) + pending[len(batch):]
 
 
 def create_file(path: str | os.PathLike, buffers: list) -> int:
@@ -259,7 +295,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: str) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data to the disk (e.g. a shard as soon as it is written, while the next is made)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -280,7 +317,7 @@ def fsync_tree(path: str | os.PathLike) -> None:
         files += [os.path.join(root, f) for f in names]
         folders.append(root)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(_fsync_file, files))
+        list(pool.map(fsync_file, files))
         list(pool.map(fsync_dir, folders))
 
 

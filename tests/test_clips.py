@@ -162,50 +162,62 @@ def test_color_jitter_is_one_transform_per_clip(small_store):
 
 
 def _reference_frames(ds, index):
-    """The item frames as the first ClipDataset made them (each stacked view read on its own, numpy flip of a
-    reversed-stride view, float32 colour jitter): today's fast path must give the same bits."""
+    """The item frames built the straightforward way (each stacked view read on its own, numpy flip of a
+    reversed-stride view, float64 colour jitter about the mean of the clip's distinct frames)."""
+    from driver.datasets.augment import item_uniforms
+
     cfg = ds.config
     run, s = ds.clip_run_and_start(index)
     out = np.empty((cfg.clip_length, cfg.views, *ds.frame_shape), dtype=np.uint8)
+    distinct = {}  # (camera, frame) -> pixels: each frame of the clip once
     for c, cam in enumerate(cfg.cameras):
         for j in range(cfg.stack):
-            first = s - (cfg.stack - 1 - j)
-            out[:, j * len(cfg.cameras) + c] = ds.store.frames(run, cam).read_frames(
-                first + np.arange(cfg.clip_length) * cfg.frame_stride)
-    rng = np.random.default_rng([cfg.seed, ds.epoch, index])
-    if cfg.flip > 0 and rng.random() < cfg.flip:
+            frames = s - (cfg.stack - 1 - j) + np.arange(cfg.clip_length) * cfg.frame_stride
+            out[:, j * len(cfg.cameras) + c] = ds.store.frames(run, cam).read_frames(frames)
+            distinct.update({(cam, int(f)): out[k, j * len(cfg.cameras) + c] for k, f in enumerate(frames)})
+    u = item_uniforms(cfg.seed, ds.epoch, index)
+    if cfg.flip > 0 and u[0] < cfg.flip:
         mirrored = out[:, :, :, ::-1, :]
         if len(cfg.cameras) == 2:
             mirrored = mirrored[:, np.arange(cfg.views).reshape(-1, 2)[:, ::-1].reshape(-1)]
         out = np.ascontiguousarray(mirrored)
     if cfg.color_jitter > 0:
-        brightness = rng.uniform(-40, 40) * cfg.color_jitter
-        contrast = 1.0 + rng.uniform(-0.5, 0.5) * cfg.color_jitter
-        gains = 1.0 + rng.uniform(-0.2, 0.2, size=3) * cfg.color_jitter
-        x = out.astype(np.float32)
-        mean = x.mean(dtype=np.float32)
-        x = (x - mean) * contrast + mean + brightness
-        x *= gains.astype(np.float32)
-        out = np.clip(x, 0, 255).astype(np.uint8)
+        k = cfg.color_jitter
+        brightness, contrast = (u[1] * 80 - 40) * k, 1.0 + (u[2] - 0.5) * k
+        gains = 1.0 + (np.array(u[3:6]) * 0.4 - 0.2) * k
+        mean = np.mean([f.astype(np.float64).mean() for f in distinct.values()])
+        x = ((out.astype(np.float64) - mean) * contrast + mean + brightness) * gains
+        out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     return out
 
 
 @pytest.mark.parametrize("cameras", [("left", "right"), ("right",)])
 @pytest.mark.parametrize("stack, stride", [(1, 1), (2, 1), (2, 2)])
-def test_items_are_bit_identical_to_the_reference_path(small_store, cameras, stack, stride):
+def test_items_match_the_reference_path(small_store, cameras, stack, stride):
+    """Bit for bit without jitter; with it, OpenCV's float32 arithmetic may round differently from float64
+    where a value lands within float32 precision of a half level: by 1 level, for a few of the 256 inputs."""
+    flips = set()
     for jitter in (0.0, 0.8):
         ds = ClipDataset(small_store, ClipConfig(clip_length=3, stack=stack, frame_stride=stride, cameras=cameras,
                                                  flip=0.5, color_jitter=jitter, horizon=2, seed=5))
         ds.set_epoch(3)
         for i in range(0, len(ds), max(1, len(ds) // 40)):
-            assert np.array_equal(ds[i]["frames"].numpy(), _reference_frames(ds, i)), (jitter, i)
+            item, ref = ds[i], _reference_frames(ds, i)
+            flips.add(bool(item["flipped"]))
+            got = item["frames"].numpy()
+            if jitter == 0:
+                assert np.array_equal(got, ref), i
+            else:
+                diff = np.abs(got.astype(np.int16) - ref)
+                assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (i, diff.max(), (diff > 0).mean())
+    assert flips == {True, False}
 
 
-def test_the_exact_clip_mean_matches_numpy():
-    from driver.datasets.augment import clip_mean
+def test_item_uniforms_are_a_pure_function_of_seed_epoch_and_index():
+    from driver.datasets.augment import item_uniforms
 
-    rng = np.random.default_rng(0)
-    for shape in [(1,), (7,), (129,), (70_000,), (8, 4, 94, 168, 3), (3, 2, 61, 77, 3)]:
-        for frames in (rng.integers(0, 256, shape, dtype=np.uint8), np.full(shape, 255, np.uint8)):
-            expected = frames.astype(np.float32).mean(dtype=np.float32)
-            assert clip_mean(frames) == expected and clip_mean(frames).dtype == np.float32
+    u = np.array([item_uniforms(0, 0, i) for i in range(4000)])
+    assert u.shape == (4000, 8) and u.min() >= 0 and u.max() < 1
+    assert np.allclose(u.mean(axis=0), 0.5, atol=0.02) and abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05
+    assert item_uniforms(0, 0, 7) == item_uniforms(0, 0, 7)
+    assert len({item_uniforms(*k)[0] for k in [(0, 0, 7), (1, 0, 7), (0, 1, 7), (0, 0, 8)]}) == 4

@@ -273,3 +273,71 @@ def test_a_creator_that_loses_the_lock_leaves_the_store_to_its_holder(tmp_path, 
         with pytest.raises(StoreError, match="another ingest is writing this store"):
             ingest(IngestConfig(sources=[str(p) for p in runs], out=str(store.path)))
         assert (store.path / "zarr.json").is_file()  # still there for the holder
+
+
+def _write_layout(path, segments, layout):
+    """The run of ``write_run`` with its frames stored another way (what other recorders write)."""
+    import h5py
+
+    write_run(path, segments, {"direct": 1})
+    with h5py.File(path, "a") as f:
+        for i, seg in enumerate(segments):
+            for cam in ("left", "right"):
+                del f["segments"][str(i)][cam]
+                kw = {"contiguous": {}, "chunks4": {"chunks": (4, *seg[cam].shape[1:])},
+                      "gzip": {"chunks": (1, *seg[cam].shape[1:]), "compression": "gzip"},
+                      "tiles": {"chunks": (2, 8, 8, 3)}}[layout]
+                f["segments"][str(i)].create_dataset(cam, data=seg[cam], **kw)
+
+
+def test_frame_offsets_only_for_frames_stored_as_they_are(tmp_path, segments):
+    import h5py
+    from driver.datasets.run_ingest import frame_offsets
+
+    segs = segments(n_frames=30, n_segments=1)
+    expected = {"chunks1": True, "contiguous": True, "chunks4": True, "gzip": False, "tiles": False}
+    for layout, direct in expected.items():
+        path = tmp_path / f"{layout}.h5"
+        if layout == "chunks1":
+            write_run(path, segs, {"direct": 1})
+        else:
+            _write_layout(path, segs, layout)
+        raw = path.read_bytes()
+        with h5py.File(path, "r") as f:
+            offsets = frame_offsets(f["segments"]["0"]["left"])
+        assert (offsets is not None) == direct, layout
+        if direct:  # every frame's bytes are where the offsets say
+            nbytes = segs[0]["left"][0].nbytes
+            assert all(raw[o : o + nbytes] == segs[0]["left"][i].tobytes() for i, o in enumerate(offsets))
+    with h5py.File(tmp_path / "sparse.h5", "w") as f:  # chunks never written read as the fill value
+        f.create_dataset("x", shape=(6, 4, 4, 3), dtype=np.uint8, chunks=(1, 4, 4, 3))[2] = 7
+        assert frame_offsets(f["x"]) is None
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunks4", "gzip", "tiles"])
+def test_every_frame_layout_ingests_the_same_frames(tmp_path, segments, layout):
+    segs = segments(seed=4, n_frames=70)
+    (tmp_path / "runs").mkdir()
+    _write_layout(tmp_path / "runs" / "r.h5", segs, layout)
+    out = tmp_path / "s.zarr"
+    assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), shard_frames=16)).ok
+    st = Store(out)
+    for cam in ("left", "right"):
+        ref = np.concatenate([s[cam] for s in segs])
+        assert np.array_equal(st.frames("r", cam)[:], ref)
+        assert np.array_equal(zarr.open_array(out / "runs" / "r" / cam, mode="r")[...], ref)
+
+
+def test_frames_past_the_end_of_the_source_are_a_named_error(tmp_path):
+    from driver.datasets.run_format import RunFormatError
+    from driver.datasets.run_ingest import _read_direct
+
+    src = tmp_path / "short.h5"
+    src.write_bytes(bytes(1000))
+    out = np.empty((2, 10, 10, 3), np.uint8)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with pytest.raises(RunFormatError, match=r"short\.h5: frames end past the end of the file \(truncated\?\)"):
+            _read_direct(fd, str(src), np.array([400, 800]), out, np.empty(1 << 20, np.uint8))
+    finally:
+        os.close(fd)

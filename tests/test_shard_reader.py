@@ -192,3 +192,92 @@ def test_a_store_of_thousands_of_shards_reads_under_ulimit_256(tmp_path):
     clips, shards, worst, worst_worker = map(int, proc.stdout.split())
     assert clips > 1000 and shards > 2000
     assert worst < 64 + 60 and worst_worker < 64 + 60  # the LRU's 64 plus the interpreter's own files
+
+
+def _damage_in_place(path, offset):
+    """Flip a byte of a file without giving it a new identity (same inode, size and mtime)."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_checksums_first_checks_a_chunk_once_per_file_always_checks_every_read(tmp_path):
+    """``first`` (the default) remembers what it checked, per file identity; ``always`` re-checks."""
+    path, data = _array(tmp_path, "none", writer="direct")
+    shard = path / "c" / "1" / "0" / "0" / "0"
+    index = np.frombuffer(shard.read_bytes()[-(32 * 16 + 4) : -4], "<u8").reshape(-1, 2)
+    r = ShardedFrames(path)
+    assert r.checksums == "first"
+    assert np.array_equal(r.read(30, 10), data[30:40])  # checked now
+    _damage_in_place(shard, int(index[5, 0]) + 7)  # frame 37, behind the reader's back
+    assert not np.array_equal(r.read(30, 10), data[30:40])  # the same file was checked already: not again
+    with pytest.raises(ChecksumError, match=r"frames 37\.\.37: checksum mismatch"):
+        ShardedFrames(path, checksums="always").read(30, 10)
+    fresh = tmp_path / "fresh"  # the damaged bytes as a new file (new inode): checked again
+    fresh.write_bytes(shard.read_bytes())
+    os.replace(fresh, shard)
+    storage.forget(path)
+    with pytest.raises(ChecksumError, match=r"frames 37\.\.37"):
+        r.read(30, 10)
+    assert np.array_equal(r.read(0, 37), data[:37]) and np.array_equal(r.read(38, 20), data[38:58])
+
+
+def test_the_checksum_policy_comes_from_the_environment(tmp_path, monkeypatch):
+    path, _ = _array(tmp_path, "none", n=10, shard=8)
+    monkeypatch.setenv("DRIVER_CHECKSUMS", "always")
+    assert ShardedFrames(path).checksums == "always"
+    monkeypatch.setenv("DRIVER_CHECKSUMS", "sometimes")
+    with pytest.raises(ValueError, match=r"DRIVER_CHECKSUMS='sometimes' must be one of first, always"):
+        ShardedFrames(path)
+    with pytest.raises(ValueError, match=r"checksums='never' must be one of first, always"):
+        ShardedFrames(path, checksums="never")
+
+
+def test_a_forked_child_inherits_what_was_checked(tmp_path):
+    path, data = _array(tmp_path, "none", writer="direct")
+    r = ShardedFrames(path)
+    r.read(0, 100)
+    assert all(c.left == 0 for c in r._checked.values())
+    pid = os.fork()
+    if pid == 0:  # a DataLoader worker forked after the parent read: no second check needed, reads exact
+        ok = all(c.left == 0 for c in r._checked.values()) and np.array_equal(r.read(10, 80), data[10:90])
+        os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    import pickle
+
+    assert pickle.loads(pickle.dumps(r))._checked == {}  # a spawned worker checks for itself
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_visit_hands_out_read_only_pieces_in_order(tmp_path, codec):
+    path, data = _array(tmp_path, codec, fill_to=70, writer="direct")  # shards 0..2 (frames 0..95) written
+    r = ShardedFrames(path)
+    pieces = []
+    r.visit(20, 80, lambda pos, frames: pieces.append((pos, frames.copy(), frames.flags.writeable)))
+    got = np.concatenate([p[1] for p in pieces])
+    assert [p[0] for p in pieces] == list(np.cumsum([0] + [len(p[1]) for p in pieces[:-1]]))
+    assert np.array_equal(got[:76], data[20:96]) and not got[76:].any()  # the unwritten shard reads as 0
+    if codec == "none":
+        assert not any(p[2] for p in pieces[:-1])  # views of the mapped file itself
+    with pytest.raises(IndexError, match="out of range"):
+        r.visit(90, 20, lambda pos, frames: None)
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_reads_from_disk_are_exact_and_leave_the_range_cached(tmp_path, codec):
+    path, data = _array(tmp_path, codec, n=200, shard=64, writer="direct")
+    files = sorted(str(p) for p in (path / "c").rglob("*") if p.is_file())
+    storage.close_all()
+    for f in files:
+        storage.drop_from_page_cache(f)
+    r = ShardedFrames(path)
+    mapping = storage.mapped(files[1])  # frames 64..127
+    evicted = not mapping.resident(0, os.path.getsize(files[1]))
+    for s in (70, 5, 150, 64, 100):
+        assert np.array_equal(r.read(s, 20), data[s : s + 20])
+    if evicted and codec == "none":  # where the filesystem lets pages go (not tmpfs): what was read is cached
+        assert mapping.resident(r._stride * 6, r._stride * 20)
