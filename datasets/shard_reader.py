@@ -87,11 +87,7 @@ class ShardedFrames:
     def __init__(self, array_dir: str | os.PathLike, where: str | None = None):
         self.path = Path(array_dir)
         self.where = where or _describe(self.path)
-        meta_path = self.path / "zarr.json"
-        try:
-            meta = json.loads(storage.read_bytes(meta_path).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ShardReadError(f"{self.where}: cannot read array metadata {meta_path}: {e}") from e
+        meta = self._read_meta()
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["data_type"]) if meta["data_type"] != "bool" else np.dtype(bool)
         self.frame_shape = self.shape[1:]
@@ -124,6 +120,14 @@ class ShardedFrames:
                 self._stride = self.frame_bytes * self.chunk_frames + (4 if checksummed else 0)
                 self._strides = (self._stride, *np.empty((1, *self.frame_shape), self.dtype).strides[1:])
         self._reset()
+
+    def _read_meta(self) -> dict:
+        """The array's zarr.json (a store on object storage reads it by request: ``remote_frames``)."""
+        meta_path = self.path / "zarr.json"
+        try:
+            return json.loads(storage.read_bytes(meta_path).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ShardReadError(f"{self.where}: cannot read array metadata {meta_path}: {e}") from e
 
     def _reset(self):
         self._pid = os.getpid()
@@ -208,6 +212,11 @@ class ShardedFrames:
         if size < total:
             raise self._damaged(shard, f"file is {size} bytes, too short for its index (truncated)")
         raw = bytes(data[size - total :] if self._index_at_end else data[:total])
+        return self._index_from(shard, raw, size)
+
+    def _index_from(self, shard: int, raw: bytes, size: int) -> _Shard:
+        """A shard's index from its stored bytes (and the shard's size in bytes), checked."""
+        n = self.chunks_per_shard * 16
         if self._index_crc and crc32c.crc32c(raw[:n]) != int.from_bytes(raw[n:], "little"):
             raise self._damaged(shard, "shard index checksum mismatch", ChecksumError)
         index = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
