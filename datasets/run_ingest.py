@@ -41,6 +41,8 @@ class RunJob:
     previous_sha256: str | None  # skip the write when the content hash matches
     replaces: bool = False  # a run of this name is already stored
     origin: RunSource | None = None  # where the run is read from; None = the HDF5 file at ``source``
+    write_id: str = ""  # this ingest of this run (recorded in its metadata; a retried task recognises its commit)
+    lock_ttl_s: float = 60.0  # lease of a run being written to object storage (run_lease)
 
 
 def file_sha256(path: str) -> str:
@@ -71,21 +73,24 @@ def _copy_frames(h5: h5py.File, info: RunInfo, camera: str, writer: FramesShardW
         writer.write_shard(index, buf[:filled])
 
 
-def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
+def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta, zarr_store=None, shard_sink=None) -> dict:
     """Write the full run group at ``path`` (a fresh folder); returns its metadata attributes.
 
     ``source_meta`` is the source's description, or a callable returning it (the hash still running).
+    On object storage ``path`` is the run's key in ``zarr_store`` and ``shard_sink(camera)`` gives the
+    frames writer its sink (``object_ingest``).
     """
     rules = ValidityRules.from_dict(job.validity)
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
-    group = zarr.open_group(path, mode="w")
+    group = zarr.open_group(path, mode="w") if zarr_store is None else zarr.open_group(zarr_store, path=path, mode="w")
     buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
     with info.open() as h5:  # the HDF5 file, or an imported run shaped like it
         for cam in info.cameras:
             create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
-            _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec), buf)
+            sink = shard_sink(cam) if shard_sink is not None else None
+            _copy_frames(h5, info, cam, FramesShardWriter(os.path.join(path, cam), n, shard, job.codec, sink), buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
         valid = validity_mask(s["state"], s["steer"], s["motor"], s["left_timestamp"], segment, rules)
@@ -122,6 +127,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
         "codec": job.codec,
         "shard_frames": shard,
         "ingested_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "write_id": job.write_id or uuid.uuid4().hex,
     }
     group.attrs["driver_run"] = meta
     return meta
@@ -144,6 +150,10 @@ def ingest_run_file(job: RunJob) -> dict:
         else:  # hash while the frames are read and written (hashlib releases the GIL)
             source_meta = hasher.submit(src.describe).result
         info = src.inspect()
+        if storage.is_remote(job.store):  # no rename there: write in place, commit by a marker written last
+            from .object_ingest import write_and_commit
+
+            return {**write_and_commit(job, info, source_meta), "bytes_in": size}
         staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
         os.makedirs(staging)
         try:
