@@ -17,7 +17,7 @@ from typing import Any
 @dataclass
 class TrainConfig:
     # data
-    data: str = ""                      # store path (driver ingest output)
+    data: str = ""                      # store path or URL (s3://..., driver ingest output)
     cameras: str = "both"               # both | left | right
     stack: int = 2                      # 1, or 2 for the lab's previous+current frame stacking
     clip_length: int = 8                # T frames per training clip (TBPTT chunk for recurrent models)
