@@ -19,9 +19,12 @@ tries fails at once with a message naming the fix (a ``forkserver`` or ``spawn``
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +81,16 @@ class RetryPolicy:
         return cls(num("DRIVER_STORE_RETRIES", d.retries, int), num("DRIVER_STORE_RETRY_TIMEOUT_S", d.timeout_s, float),
                    num("DRIVER_STORE_BACKOFF_S", d.backoff_s, float), d.max_backoff_s)
 
+    def delays(self):
+        """Waits before each further try of an error obstore gave up on at once: exponential with jitter,
+        ``retries`` of them, within ``timeout_s`` in all."""
+        start = time.monotonic()
+        for i in range(self.retries):
+            delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**i)
+            if time.monotonic() + delay - start > self.timeout_s:
+                return
+            yield delay
+
     def obstore_config(self) -> dict:
         return {"max_retries": self.retries, "retry_timeout": timedelta(seconds=self.timeout_s),
                 "backoff": {"init_backoff": timedelta(seconds=self.backoff_s),
@@ -107,6 +120,22 @@ def _first_line(e: BaseException) -> str:
     if code and code.group(1) not in line:
         line += f" ({code.group(1)})"
     return line[:500]
+
+
+def _retried_already(e: BaseException) -> bool:
+    """Whether obstore itself retried this error up to its limit ("after 10 retries, max_retries: 10")."""
+    m = re.search(r"after (\d+) retries, max_retries: (\d+)", str(e).split("\n", 1)[0])
+    return m is not None and int(m.group(1)) >= int(m.group(2))
+
+
+def _transient(e: BaseException) -> bool:
+    """An error worth another try that obstore gave up on at once: a body cut short, a connection dropped
+    while the answer was being read. (Definite answers, such as not found or refused, are not.)"""
+    import obstore.exceptions as oe
+
+    definite = (FileNotFoundError, oe.AlreadyExistsError, oe.PreconditionError, oe.PermissionDeniedError,
+                oe.UnauthenticatedError, oe.NotSupportedError, oe.InvalidPathError, oe.NotModifiedError)
+    return isinstance(e, oe.BaseError) and not isinstance(e, definite) and not _retried_already(e)
 
 
 def _s3_options() -> dict:
@@ -231,12 +260,19 @@ class ObjectLocation:
         return StoreIOError(f"{where}: {op} failed: {_first_line(e)}")
 
     def _call(self, op: str, key: str, fn):
-        try:
-            return fn(self.client)
-        except (ForkedClientError, StoreIOError, StopIteration):
-            raise
-        except Exception as e:  # noqa: BLE001 - every obstore error becomes one line naming the object
-            raise self._fail(op, key, e) from e
+        """``fn(client)``, tried again (with backoff, within the retry policy) on the errors obstore does
+        not retry itself, and every failure turned into one line naming the object."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                return fn(self.client)
+            except (ForkedClientError, StoreIOError, StopIteration):
+                raise
+            except Exception as e:  # noqa: BLE001 - every obstore error becomes one line naming the object
+                delay = next(delays, None) if _transient(e) else None
+                if delay is None:
+                    raise self._fail(op, key, e) from e
+                time.sleep(delay)
 
     # -- reads ---------------------------------------------------------------------------------------
     def read(self, key: str, limit: int | None = None) -> bytes:
@@ -373,7 +409,80 @@ class ObjectLocation:
         return len(keys)
 
     def zarr_store(self, read_only: bool = True):
-        """zarr-python's ``ObjectStore`` over this location (what plain zarr users open)."""
+        """zarr-python's ``ObjectStore`` over this location (what plain zarr users open), with the same
+        retries as this location's own requests."""
         from zarr.storage import ObjectStore
 
-        return ObjectStore(self.client, read_only=read_only)
+        return _retrying_class()(ObjectStore(self.client, read_only=read_only), self.retry)
+
+
+@functools.cache
+def _retrying_class():
+    from zarr.storage import WrapperStore
+
+    class Retrying(WrapperStore):
+        """A zarr store whose reads and writes are tried again on the errors obstore does not retry."""
+
+        def __init__(self, store, retry: RetryPolicy):
+            super().__init__(store)
+            self.retry = retry
+
+        def _with_store(self, store):
+            return type(self)(store, self.retry)
+
+        async def _again(self, call):
+            import asyncio
+
+            delays = self.retry.delays()
+            while True:
+                try:
+                    return await call()
+                except Exception as e:
+                    delay = next(delays, None) if _transient(e) else None
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+
+        async def get(self, key, prototype, byte_range=None):
+            return await self._again(lambda: self._store.get(key, prototype, byte_range))
+
+        async def get_partial_values(self, prototype, key_ranges):
+            return await self._again(lambda: self._store.get_partial_values(prototype, key_ranges))
+
+        async def exists(self, key):
+            return await self._again(lambda: self._store.exists(key))
+
+        async def set(self, key, value):
+            return await self._again(lambda: self._store.set(key, value))
+
+        async def set_if_not_exists(self, key, value):
+            return await self._again(lambda: self._store.set_if_not_exists(key, value))
+
+        async def delete(self, key):
+            return await self._again(lambda: self._store.delete(key))
+
+        async def delete_dir(self, prefix):
+            return await self._again(lambda: self._store.delete_dir(prefix))
+
+        async def is_empty(self, prefix):
+            return await self._again(lambda: self._store.is_empty(prefix))
+
+        async def _listed(self, listing) -> list:
+            async def collect():
+                return [k async for k in listing()]
+
+            return await self._again(collect)
+
+        async def list(self):
+            for k in await self._listed(lambda: self._store.list()):
+                yield k
+
+        async def list_prefix(self, prefix):
+            for k in await self._listed(lambda: self._store.list_prefix(prefix)):
+                yield k
+
+        async def list_dir(self, prefix):
+            for k in await self._listed(lambda: self._store.list_dir(prefix)):
+                yield k
+
+    return Retrying

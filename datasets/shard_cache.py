@@ -119,10 +119,16 @@ class ShardCache:
             os.close(fd)
 
     def _pwrite(self, key: str, data: memoryview, offset: int) -> None:
-        fd = os.open(self._path(key), os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        path = self._path(key)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # the cache folder is new, or was deleted by hand
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, flags, 0o644)
         try:
             if os.pwrite(fd, data, offset) != len(data):
-                raise OSError(f"short write to {self._path(key)} (disk full?)")
+                raise OSError(f"short write to {path} (disk full?)")
         finally:
             os.close(fd)
 

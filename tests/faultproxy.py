@@ -16,6 +16,7 @@ forwarded as received, so request signatures stay valid.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
@@ -62,10 +63,8 @@ class FaultProxy:
 
             def _close(self) -> None:
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
             def _handle(self):
                 body = self._body()
@@ -87,7 +86,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(msg)))
                     self.end_headers()
-                    self.wfile.write(msg)
+                    if self.command != "HEAD":  # an answer to HEAD has no body
+                        self.wfile.write(msg)
                     return None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 headers["Content-Length"] = str(len(body))
@@ -119,7 +119,11 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # a client that hung up on a fault is the point, not an error to print
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
