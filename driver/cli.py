@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Open-loop: the model against the recorded human, frame by frame in order. "
                        "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
     s.add_argument("--model", required=True, help=MODEL_FILES)
-    s.add_argument("--data", required=True, help="store (driver ingest output)")
+    s.add_argument("--data", required=True, help="store path or URL (driver ingest output)")
     s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
     s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv")
     s.add_argument("--mode", default=None, help="behavioral mode (default: from each run's labels)")

@@ -1,0 +1,104 @@
+"""Training and replay straight from a store on S3 (DataLoader workers, torchrun ranks), with credentials from
+the environment or an AWS profile that never end up in the store, the checkpoints or the logs."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import uuid
+
+import pytest
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.object_store import ObjectLocation, StoreIOError
+from driver.datasets.store import Store
+from driver.datasets.synthetic import write_synthetic_runs
+from driver.training import load_checkpoint
+
+from .conftest import s3_objects
+from .faultproxy import FaultProxy
+
+CLI = [sys.executable, "-m", "driver.cli", "-v"]
+
+
+def _files_under(root) -> dict[str, bytes]:
+    return {os.path.join(r, f): open(os.path.join(r, f), "rb").read() for r, _, fs in os.walk(root) for f in fs}
+
+
+@pytest.mark.slow
+def test_ingest_train_replay_from_s3_without_leaking_the_secret(s3_url, s3_endpoint, s3_bucket, tmp_path, caplog,
+                                                                  monkeypatch):
+    key_id, secret = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"SECRET{uuid.uuid4().hex}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "OMP_NUM_THREADS": "1",
+           "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
+    write_synthetic_runs(tmp_path / "runs", 4, n_frames=80, height=48, width=64, seed=31)
+    outputs = []
+
+    def run(*args):
+        r = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        return r
+
+    run("ingest", str(tmp_path / "runs"), "--out", s3_url)
+    run("info", s3_url)
+    run("verify", s3_url)
+    run("train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left", "--stack", "1", "--clip-length", "2",
+        "--horizon", "2", "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "3", "--val-fraction", "0.25",
+        "--precision", "fp32", "--num-workers", "2", "--out", str(tmp_path / "train"), "--name", "s3",
+        "--no-progress")
+    ckpt = load_checkpoint(tmp_path / "train" / "s3" / "last.pt")
+    assert ckpt["dataset"]["store"] == s3_url and ckpt["training"]["step"] == 3
+    run("replay", "--model", str(tmp_path / "train" / "s3" / "best.pt"), "--data", s3_url, "--runs", "run_000",
+        "--no-video", "--out", str(tmp_path / "replay"))
+    report = json.loads((tmp_path / "replay" / "report.json").read_text())
+    assert list(report["per_run"]) == ["run_000"] and report["config"]["data"] == s3_url
+    # the secret is nowhere: not in the store, the training run, the replay, the cache, any output, any pickle
+    written = {**s3_objects(s3_endpoint, s3_bucket), **_files_under(tmp_path / "train"),
+               **_files_under(tmp_path / "replay"), **_files_under(tmp_path / "cache")}
+    assert len(written) > 20 and not [k for k, v in written.items() if secret.encode() in v]
+    assert all(secret not in text for text in outputs)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    st = Store(s3_url)
+    st.frames("run_000", "left").read(0, 2)
+    assert secret.encode() not in pickle.dumps(st)  # what DataLoader workers and Dask tasks receive
+    assert secret not in caplog.text
+
+
+def test_credentials_from_an_aws_profile(s3_url, s3_endpoint, tmp_path, monkeypatch):
+    write_synthetic_runs(tmp_path / "runs", 1, n_frames=20, height=24, width=32, seed=32)
+    assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=s3_url)).ok
+    (tmp_path / "credentials").write_text("[lab]\naws_access_key_id = LABKEYID\naws_secret_access_key = labsecret\n")
+    (tmp_path / "config").write_text("[profile lab]\nregion = us-east-1\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "lab")
+    with FaultProxy(s3_endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        assert Store(s3_url).runs == ["run_000"]
+    assert proxy.authorizations and all("Credential=LABKEYID/" in a for a in proxy.authorizations)
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    with pytest.raises(StoreIOError, match=r"AWS credentials: The config profile \(nope\) could not be found"):
+        ObjectLocation(s3_url).exists("zarr.json")
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_read_their_runs_from_s3(s3_url, tmp_path):
+    write_synthetic_runs(tmp_path / "runs", 5, n_frames=80, height=48, width=64, seed=33)
+    assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=s3_url)).ok
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
+           "-m", "driver.cli", "train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left",
+           "--stack", "1", "--clip-length", "1", "--horizon", "1", "--batch-size", "4", "--epochs", "1",
+           "--steps-per-epoch", "3", "--val-fraction", "0.2", "--precision", "fp32", "--out", str(tmp_path),
+           "--name", "ddp", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    split = json.loads((tmp_path / "ddp" / "split.json").read_text())
+    parts = split["rank_runs"]
+    assert len(parts) == 2 and all(parts) and set(parts[0]).isdisjoint(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(split["train"])
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["training"]["step"] == 3
