@@ -13,6 +13,7 @@ from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.object_store import ObjectLocation, StoreIOError
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
+
 from driver.training import load_checkpoint
 
 from .conftest import s3_objects
