@@ -42,6 +42,8 @@ def _client(spec: str):
         from distributed import Client, LocalCluster
     except ImportError:
         raise ValueError(f"--dask {spec}: Dask is not installed: pip install 'driver[dask]'") from None
+    if not log.isEnabledFor(logging.DEBUG):  # the scheduler's and nannies' chatter only with -v
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     m = _LOCAL.fullmatch(spec)
     if m is None:
         try:

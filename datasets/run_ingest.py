@@ -138,7 +138,8 @@ def ingest_run_file(job: RunJob) -> dict:
 
     Returns a result dict: status ``unchanged`` when the content hash matches the run already stored,
     else ``ingested``/``replaced`` with the staging folder. Raises RunFormatError for a bad run; any
-    partial staging folder is removed before the error propagates.
+    partial staging folder is removed before the error propagates. On object storage there is no staging
+    folder: the run is written in place and committed here, under its lease (:mod:`.object_ingest`).
     """
     src = job.origin or Hdf5Source(job.source)
     size = src.fingerprint()["size"]
