@@ -56,8 +56,9 @@ def _client(spec: str):
         dashboard = ":8787"  # another free port when that one is taken
     except ImportError:
         dashboard = None
+    quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL  # failures come back per task
     cluster = LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=dashboard, silence_logs=logging.ERROR)
+                           dashboard_address=dashboard, silence_logs=quiet)
     return Client(cluster), cluster
 
 

@@ -114,7 +114,7 @@ class RemoteFrames(ShardedFrames):
 
     # -- reading ---------------------------------------------------------------------------------------
     def _fetch(self, shard: int, start: int, stop: int, pieces) -> bytes:
-        pending = self._pending.pop((shard, start, stop), None)
+        pending = self._pending.get((shard, start, stop))  # kept for the batch: an index may repeat
         if pending is not None:
             return pending
         key = self._cache_key(shard)

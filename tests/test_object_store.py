@@ -216,3 +216,16 @@ def test_cli_on_a_url(s3_url, tmp_path):
     assert r.returncode == 2 and "nothing.zarr: not a store" in r.stderr
     r = subprocess.run([*run, "info", "s3://AKIA:secret@bucket/x"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "credentials do not belong in a store URL" in r.stderr and "secret" not in r.stderr
+
+
+def test_a_runs_prefix_is_only_its_own(s3_url):
+    """Listing or deleting runs/r/ never touches runs/r1/ or runs/r.x/ (prefixes end at a '/')."""
+    from driver.datasets.object_store import ObjectLocation
+
+    loc = ObjectLocation(s3_url)
+    for key in ("runs/r/a", "runs/r/b/c", "runs/r1/a", "runs/r.x/a", "runs/rr"):
+        loc.write(key, b"x")
+    assert sorted(k for k, _ in loc.list("runs/r/")) == ["runs/r/a", "runs/r/b/c"]
+    assert loc.list_dirs("runs") == ["r", "r.x", "r1"]
+    assert loc.delete_prefix("runs/r/") == 2
+    assert sorted(k for k, _ in loc.list("")) == ["runs/r.x/a", "runs/r1/a", "runs/rr"]
