@@ -1,13 +1,12 @@
 """Reading a store on S3: one range request per clip, a batch's requests in flight together, a second epoch
-from the cache, retries through a faulty network, one clear error when it stays down, DataLoader workers
-(forkserver), and a forked child that fails fast instead of hanging."""
+from the cache, retries through a faulty network, one clear error when it stays down, and a forked child that
+fails fast instead of hanging. (DataLoader workers and torchrun ranks reading from S3: test_remote_training.)"""
 
 import multiprocessing as mp
 import time
 
 import numpy as np
 import pytest
-import torch
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.object_store import ForkedClientError, StoreIOError
@@ -15,7 +14,6 @@ from driver.datasets.shard_cache import ShardCache
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.verify import VerifyConfig, verify_store
-from torch.utils.data import DataLoader
 
 from .faultproxy import FaultProxy
 
@@ -81,7 +79,7 @@ def test_a_batch_is_fetched_in_parallel(stores, s3_endpoint, monkeypatch):
 
 @pytest.mark.parametrize("faults", [{"503": 0.1, "500": 0.05, "drop": 0.05, "cut": 0.05, "lost": 0.05}])
 def test_a_faulty_network_is_retried(s3_url, s3_endpoint, tmp_path, monkeypatch, faults):
-    write_synthetic_runs(tmp_path / "runs", 2, n_frames=48, height=24, width=32, stereo=True, seed=12)
+    write_synthetic_runs(tmp_path / "runs", 2, n_frames=32, height=24, width=32, stereo=True, seed=12)
     src = [str(tmp_path / "runs")]
     assert ingest(IngestConfig(sources=src, out=str(tmp_path / "ref.zarr"), shard_frames=16)).ok
     monkeypatch.setenv("DRIVER_STORE_BACKOFF_S", "0.01")
@@ -131,14 +129,3 @@ def test_a_forked_child_fails_fast_instead_of_hanging(stores):
     p.join(120)
     assert not p.is_alive()
     assert "multiprocessing_context='forkserver'" in q.get(timeout=5)
-
-
-def test_dataloader_workers_read_from_s3(stores, tmp_path):
-    url, ref = stores
-    st = Store(url, cache=ShardCache(tmp_path / "cache", 10**8))
-    ds, want = ClipDataset(st, CFG), ClipDataset(ref, CFG)
-    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=2, multiprocessing_context="forkserver")
-    got = torch.cat([b["frames"] for b in loader])
-    assert got.shape[0] == len(ds)
-    assert all(np.array_equal(got[i].numpy(), want[i]["frames"].numpy()) for i in range(0, len(ds), 5))
-    assert ShardCache(tmp_path / "cache", 10**8).cached_bytes() > 0  # the workers filled the shared cache

@@ -1,4 +1,4 @@
-"""Training and replay straight from a store on S3 (DataLoader workers, torchrun ranks), with credentials from
+"""Training and replay straight from a store on S3 (torchrun ranks with DataLoader workers), with credentials from
 the environment or an AWS profile that never end up in the store, the checkpoints or the logs."""
 
 import json
@@ -19,37 +19,42 @@ from driver.training import load_checkpoint
 from .conftest import s3_objects
 from .faultproxy import FaultProxy
 
-CLI = [sys.executable, "-m", "driver.cli", "-v"]
-
 
 def _files_under(root) -> dict[str, bytes]:
     return {os.path.join(r, f): open(os.path.join(r, f), "rb").read() for r, _, fs in os.walk(root) for f in fs}
 
 
 @pytest.mark.slow
-def test_ingest_train_replay_from_s3_without_leaking_the_secret(s3_url, s3_endpoint, s3_bucket, tmp_path, caplog,
-                                                                  monkeypatch):
+def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_endpoint, s3_bucket, tmp_path, caplog,
+                                                                     monkeypatch):
+    """The CLI end to end on a bucket: ingest; train with 2 torchrun ranks, each with a forkserver DataLoader
+    worker reading its own runs through the node's cache; replay. Then look for the secret everywhere."""
     key_id, secret = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"SECRET{uuid.uuid4().hex}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "OMP_NUM_THREADS": "1",
            "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
-    write_synthetic_runs(tmp_path / "runs", 4, n_frames=80, height=48, width=64, seed=31)
+    write_synthetic_runs(tmp_path / "runs", 5, n_frames=80, height=48, width=64, seed=31)
     outputs = []
 
-    def run(*args):
-        r = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+    def run(*args, launcher=(sys.executable, "-m")):
+        r = subprocess.run([*launcher, "driver.cli", "-v", *args], env=env, capture_output=True, text=True,
+                           timeout=600)
         outputs.append(r.stdout + r.stderr)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        return r
 
     run("ingest", str(tmp_path / "runs"), "--out", s3_url)
-    run("info", s3_url)
-    run("verify", s3_url)
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
+                "-m")
     run("train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left", "--stack", "1", "--clip-length", "2",
-        "--horizon", "2", "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "3", "--val-fraction", "0.25",
-        "--precision", "fp32", "--num-workers", "2", "--out", str(tmp_path / "train"), "--name", "s3",
-        "--no-progress")
+        "--horizon", "2", "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "3", "--val-fraction", "0.2",
+        "--precision", "fp32", "--num-workers", "1", "--out", str(tmp_path / "train"), "--name", "s3",
+        "--no-progress", launcher=torchrun)
+    split = json.loads((tmp_path / "train" / "s3" / "split.json").read_text())
+    parts = split["rank_runs"]
+    assert len(parts) == 2 and all(parts) and set(parts[0]).isdisjoint(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(split["train"])
     ckpt = load_checkpoint(tmp_path / "train" / "s3" / "last.pt")
-    assert ckpt["dataset"]["store"] == s3_url and ckpt["training"]["step"] == 3
+    assert ckpt["dataset"]["store"] == s3_url and ckpt["training"]["step"] == 3 and len(ckpt["training"]["rng"]) == 2
+    assert (tmp_path / "cache" / "index.sqlite").is_file() and os.listdir(tmp_path / "cache" / "data")  # workers
     run("replay", "--model", str(tmp_path / "train" / "s3" / "best.pt"), "--data", s3_url, "--runs", "run_000",
         "--no-video", "--out", str(tmp_path / "replay"))
     report = json.loads((tmp_path / "replay" / "report.json").read_text())
@@ -84,22 +89,3 @@ def test_credentials_from_an_aws_profile(s3_url, s3_endpoint, tmp_path, monkeypa
     monkeypatch.setenv("AWS_PROFILE", "nope")
     with pytest.raises(StoreIOError, match=r"AWS credentials: The config profile \(nope\) could not be found"):
         ObjectLocation(s3_url).exists("zarr.json")
-
-
-@pytest.mark.slow
-def test_torchrun_ranks_read_their_runs_from_s3(s3_url, tmp_path):
-    write_synthetic_runs(tmp_path / "runs", 5, n_frames=80, height=48, width=64, seed=33)
-    assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=s3_url)).ok
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
-           "-m", "driver.cli", "train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left",
-           "--stack", "1", "--clip-length", "1", "--horizon", "1", "--batch-size", "4", "--epochs", "1",
-           "--steps-per-epoch", "3", "--val-fraction", "0.2", "--precision", "fp32", "--out", str(tmp_path),
-           "--name", "ddp", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    split = json.loads((tmp_path / "ddp" / "split.json").read_text())
-    parts = split["rank_runs"]
-    assert len(parts) == 2 and all(parts) and set(parts[0]).isdisjoint(parts[1])
-    assert sorted(parts[0] + parts[1]) == sorted(split["train"])
-    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["training"]["step"] == 3
