@@ -14,6 +14,7 @@ from driver.datasets.object_store import ObjectLocation, StoreIOError
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 
+from driver.export.common import parity_inputs, resolve_checkpoint
 from driver.training import load_checkpoint
 
 from .conftest import s3_objects
@@ -55,6 +56,8 @@ def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_en
     ckpt = load_checkpoint(tmp_path / "train" / "s3" / "last.pt")
     assert ckpt["dataset"]["store"] == s3_url and ckpt["training"]["step"] == 3 and len(ckpt["training"]["rng"]) == 2
     assert (tmp_path / "cache" / "index.sqlite").is_file() and os.listdir(tmp_path / "cache" / "data")  # workers
+    ckpt, model = resolve_checkpoint(tmp_path / "train" / "s3" / "best.pt")  # export and int8 calibration frames
+    assert parity_inputs(ckpt, model, steps=2, sequences=1)[1] == f"store {s3_url}"
     run("replay", "--model", str(tmp_path / "train" / "s3" / "best.pt"), "--data", s3_url, "--runs", "run_000",
         "--no-video", "--out", str(tmp_path / "replay"))
     report = json.loads((tmp_path / "replay" / "report.json").read_text())
