@@ -1,11 +1,11 @@
 """Stores on object storage: ``s3://bucket/prefix`` and every other URL obstore opens (``gs://``, ``az://``,
 ``abfs://``, ``http(s)://``, ``memory://``), behind the same location interface as a local folder.
 
-Why obstore (a Rust client, ``pip install 'driver[s3]'``): measured against the same S3 server, its range
-GETs cost about a third of the client CPU per GB of boto3 or s3fs, it retries dropped connections, cut
-bodies and 5xx answers with backoff by default and its final error names the object's URL, and it does
-conditional writes (``If-None-Match: *`` and ``If-Match: <etag>``) that the lock and commit protocol of
-``object_ingest`` need (docs/object-storage.md).
+Why obstore (a Rust client, ``pip install 'driver[s3]'``): measured against the same S3 server
+(bench/object_store.py), its range GETs cost half the client CPU per GB of boto3 or s3fs, it retries
+dropped connections and 5xx answers with backoff by default and its final error names the object's URL,
+and it does the conditional writes (``If-None-Match: *``, ``If-Match: <etag>``) that the lease and
+commit protocol of ``object_ingest`` need (docs/object-storage.md). Retries: :mod:`.object_retries`.
 
 Credentials come the way users already have them and are never stored here: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``) in the environment; else, when boto3 is installed,
@@ -19,19 +19,16 @@ tries fails at once with a message naming the fix (a ``forkserver`` or ``spawn``
 
 from __future__ import annotations
 
-import functools
 import os
-import random
 import re
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import timedelta
 
 from driver.errors import DriverError
 
+from .object_retries import RetryPolicy, retrying_zarr_store, transient
 from .storage import url_scheme
 
 OBSTORE_SCHEMES = ("s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https", "memory")
@@ -48,53 +45,6 @@ class WriteConflict(DriverError, OSError):
 
 class ForkedClientError(DriverError, RuntimeError):
     """obstore used in a process forked from one that had used it (it would hang)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How requests are retried (5xx answers, dropped connections, timeouts): exponential backoff with
-    jitter from ``backoff_s`` up to ``max_backoff_s``, at most ``retries`` times and ``timeout_s`` in all.
-    Environment: DRIVER_STORE_RETRIES, DRIVER_STORE_RETRY_TIMEOUT_S, DRIVER_STORE_BACKOFF_S."""
-
-    retries: int = 10
-    timeout_s: float = 180.0
-    backoff_s: float = 0.1
-    max_backoff_s: float = 15.0
-
-    def __post_init__(self):
-        for name, lo, hi in (("retries", 0, 100), ("timeout_s", 0.1, 86400), ("backoff_s", 0.001, 60),
-                             ("max_backoff_s", 0.001, 600)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"{name}={v!r} must be in {lo}..{hi}")
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        def num(var: str, default, kind):
-            raw = os.environ.get(var, "")
-            try:
-                return kind(raw) if raw else default
-            except ValueError:
-                raise ValueError(f"{var}={raw!r} must be a number") from None
-
-        d = cls()
-        return cls(num("DRIVER_STORE_RETRIES", d.retries, int), num("DRIVER_STORE_RETRY_TIMEOUT_S", d.timeout_s, float),
-                   num("DRIVER_STORE_BACKOFF_S", d.backoff_s, float), d.max_backoff_s)
-
-    def delays(self):
-        """Waits before each further try of an error obstore gave up on at once: exponential with jitter,
-        ``retries`` of them, within ``timeout_s`` in all."""
-        start = time.monotonic()
-        for i in range(self.retries):
-            delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**i)
-            if time.monotonic() + delay - start > self.timeout_s:
-                return
-            yield delay
-
-    def obstore_config(self) -> dict:
-        return {"max_retries": self.retries, "retry_timeout": timedelta(seconds=self.timeout_s),
-                "backoff": {"init_backoff": timedelta(seconds=self.backoff_s),
-                            "max_backoff": timedelta(seconds=self.max_backoff_s), "base": 2}}
 
 
 # -- fork guard --------------------------------------------------------------------------------------
@@ -120,22 +70,6 @@ def _first_line(e: BaseException) -> str:
     if code and code.group(1) not in line:
         line += f" ({code.group(1)})"
     return line[:500]
-
-
-def _retried_already(e: BaseException) -> bool:
-    """Whether obstore itself retried this error up to its limit ("after 10 retries, max_retries: 10")."""
-    m = re.search(r"after (\d+) retries, max_retries: (\d+)", str(e).split("\n", 1)[0])
-    return m is not None and int(m.group(1)) >= int(m.group(2))
-
-
-def _transient(e: BaseException) -> bool:
-    """An error worth another try that obstore gave up on at once: a body cut short, a connection dropped
-    while the answer was being read. (Definite answers, such as not found or refused, are not.)"""
-    import obstore.exceptions as oe
-
-    definite = (FileNotFoundError, oe.AlreadyExistsError, oe.PreconditionError, oe.PermissionDeniedError,
-                oe.UnauthenticatedError, oe.NotSupportedError, oe.InvalidPathError, oe.NotModifiedError)
-    return isinstance(e, oe.BaseError) and not isinstance(e, definite) and not _retried_already(e)
 
 
 def _s3_options() -> dict:
@@ -269,7 +203,7 @@ class ObjectLocation:
             except (ForkedClientError, StoreIOError, StopIteration):
                 raise
             except Exception as e:  # noqa: BLE001 - every obstore error becomes one line naming the object
-                delay = next(delays, None) if _transient(e) else None
+                delay = next(delays, None) if transient(e) else None
                 if delay is None:
                     raise self._fail(op, key, e) from e
                 time.sleep(delay)
@@ -296,11 +230,6 @@ class ObjectLocation:
             return True
         except FileNotFoundError:
             return False
-
-    def size(self, key: str) -> int:
-        import obstore as obs
-
-        return int(self._call("HEAD", key, lambda c: obs.head(c, key))["size"])
 
     def read_range(self, key: str, start: int, stop: int):
         """Bytes ``start..stop-1`` of ``key`` (one range GET; a zero-copy buffer)."""
@@ -413,76 +342,4 @@ class ObjectLocation:
         retries as this location's own requests."""
         from zarr.storage import ObjectStore
 
-        return _retrying_class()(ObjectStore(self.client, read_only=read_only), self.retry)
-
-
-@functools.cache
-def _retrying_class():
-    from zarr.storage import WrapperStore
-
-    class Retrying(WrapperStore):
-        """A zarr store whose reads and writes are tried again on the errors obstore does not retry."""
-
-        def __init__(self, store, retry: RetryPolicy):
-            super().__init__(store)
-            self.retry = retry
-
-        def _with_store(self, store):
-            return type(self)(store, self.retry)
-
-        async def _again(self, call):
-            import asyncio
-
-            delays = self.retry.delays()
-            while True:
-                try:
-                    return await call()
-                except Exception as e:
-                    delay = next(delays, None) if _transient(e) else None
-                    if delay is None:
-                        raise
-                    await asyncio.sleep(delay)
-
-        async def get(self, key, prototype, byte_range=None):
-            return await self._again(lambda: self._store.get(key, prototype, byte_range))
-
-        async def get_partial_values(self, prototype, key_ranges):
-            return await self._again(lambda: self._store.get_partial_values(prototype, key_ranges))
-
-        async def exists(self, key):
-            return await self._again(lambda: self._store.exists(key))
-
-        async def set(self, key, value):
-            return await self._again(lambda: self._store.set(key, value))
-
-        async def set_if_not_exists(self, key, value):
-            return await self._again(lambda: self._store.set_if_not_exists(key, value))
-
-        async def delete(self, key):
-            return await self._again(lambda: self._store.delete(key))
-
-        async def delete_dir(self, prefix):
-            return await self._again(lambda: self._store.delete_dir(prefix))
-
-        async def is_empty(self, prefix):
-            return await self._again(lambda: self._store.is_empty(prefix))
-
-        async def _listed(self, listing) -> list:
-            async def collect():
-                return [k async for k in listing()]
-
-            return await self._again(collect)
-
-        async def list(self):
-            for k in await self._listed(lambda: self._store.list()):
-                yield k
-
-        async def list_prefix(self, prefix):
-            for k in await self._listed(lambda: self._store.list_prefix(prefix)):
-                yield k
-
-        async def list_dir(self, prefix):
-            for k in await self._listed(lambda: self._store.list_dir(prefix)):
-                yield k
-
-    return Retrying
+        return retrying_zarr_store(ObjectStore(self.client, read_only=read_only), self.retry)

@@ -357,10 +357,6 @@ class LocalLocation:
             raise ValueError(f"{path}: {size >> 20} MiB, more than this file may hold ({limit >> 20} MiB)")
         return read_bytes(path)
 
-    def map(self, fn, items) -> list:
-        """``[fn(x) for x in items]`` (the object-store location runs them concurrently)."""
-        return [fn(x) for x in items]
-
     def exists(self, key: str) -> bool:
         return (self.path / key).is_file()
 

@@ -60,7 +60,7 @@ def _read_json(location, key: str) -> dict:
     except ValueError as e:
         raise StoreError(f"{e} of metadata") from e
     except OSError as e:
-        if getattr(location, "remote", False):
+        if location.remote:
             raise
         raise StoreError(f"{where}: unreadable store metadata: {e}") from e
     return _parse_json(raw, where)
@@ -86,7 +86,7 @@ class Store:
             from .shard_cache import ShardCache
 
             cache = ShardCache.from_env()
-        self.cache = cache if self.remote and cache != "auto" else None
+        self.cache = cache if self.remote else None
         try:
             attrs = _read_json(self.location, "zarr.json").get("attributes", {})
         except FileNotFoundError:
@@ -273,7 +273,10 @@ class Store:
 
     def update_source(self, run: str, source: dict) -> None:
         """Record a new path/mtime for an unchanged source (same sha256), atomically."""
-        self._rewrite_json(self._marker(run), lambda doc: doc["attributes"]["driver_run"].__setitem__("source", source))
+        def set_source(doc: dict) -> None:
+            doc["attributes"]["driver_run"]["source"] = source
+
+        self._rewrite_json(self._marker(run), set_source)
         self._meta.pop(run, None)
 
     def forget_run(self, name: str) -> None:
@@ -288,8 +291,10 @@ class Store:
 
     def set_format_version(self, version: int) -> None:
         """Record the store's format version (ingest raises it to 2 once every run is checksummed)."""
-        self._rewrite_json("zarr.json", lambda doc: doc.setdefault("attributes", {}).__setitem__(
-            STORE_ATTR, {"format_version": version}))
+        def set_version(doc: dict) -> None:
+            doc.setdefault("attributes", {})[STORE_ATTR] = {"format_version": version}
+
+        self._rewrite_json("zarr.json", set_version)
         self.format_version = version
 
 
