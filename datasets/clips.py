@@ -157,6 +157,8 @@ class ClipDataset(Dataset):
             raise StoreError(f"{self.store.path}: the store holds no runs")
         self._runs: list[_RunArrays] = []
         before, after = config.span()
+        needed = ["steer", "motor", "segment"] + (["valid"] if config.validity is None else ["state", "timestamp"])
+        self.store.load_series(names, needed)  # on object storage: all at once, not one request after another
         for name in names:
             meta = self.store.run_meta(name)
             labels = active_labels(meta["labels"])
@@ -275,6 +277,22 @@ class ClipDataset(Dataset):
             out[:, :C] = span[:, :-1].swapaxes(0, 1)
             out[:, C:] = span[:, 1:].swapaxes(0, 1)
         return out
+
+    def _reads(self, index: int) -> list[tuple[str, str, int, int]]:
+        """The (run, camera, first frame, count) reads of item ``index``, as :meth:`read_frames` makes them."""
+        cfg = self.config
+        name, s = self.runs[self._run_index[index]], int(self._starts[index])
+        if cfg.frame_stride == 1:
+            return [(name, cam, s - (cfg.stack - 1), cfg.clip_length + cfg.stack - 1) for cam in cfg.cameras]
+        return [(name, cam, int(f), 1) for cam in cfg.cameras for j in range(cfg.stack)
+                for f in s - (cfg.stack - 1 - j) + np.arange(cfg.clip_length) * cfg.frame_stride]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch of items (the DataLoader calls this). On object storage the byte ranges of the whole batch
+        are fetched first, in parallel, one request each, instead of one after another item by item."""
+        if self.store.remote:
+            self.store.prefetch([r for i in indices for r in self._reads(int(i) % len(self))])
+        return [self[i] for i in indices]
 
     def __getitem__(self, index: int) -> dict:
         n = len(self._starts)

@@ -4,7 +4,10 @@ sharded zarr v3 store, one atomic run at a time.
 Each source file is validated, then written into ``STORE/.staging/`` and renamed into
 ``STORE/runs/<run>`` only when complete, so a killed ingest never leaves a half-written run visible;
 re-running skips what is done (same size and mtime, or same sha256) and finishes the rest. A bad file
-fails alone with one line naming it and the problem. Runs ingest in parallel processes with ``jobs``.
+fails alone with one line naming it and the problem. Runs ingest in parallel processes with ``jobs``, or
+as one task each on a Dask cluster with ``dask`` (:mod:`.dask_ingest`). A store on object storage has no
+rename: there each run is written in place and committed by its metadata object, written last
+(:mod:`.object_ingest`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -54,6 +58,8 @@ class IngestConfig:
     force_runs: tuple[str, ...] = ()
     format: str = "auto"  # auto (per path) | hdf5 | tub | lerobot
     mapping: str | None = None  # TOML/YAML mapping for tub and LeRobot sources (docs/import-export.md)
+    dask: str = ""  # "" (local processes, ``jobs``) | "local:N" (a local Dask cluster) | a scheduler address
+    lock_ttl_s: float = 60.0  # lease of a run being written to object storage: a dead writer's expires after this
 
     def __post_init__(self):
         self.sources = list(self.sources or [])
@@ -68,6 +74,15 @@ class IngestConfig:
             raise ValueError(f"codec={self.codec!r} must be one of {', '.join(CODECS)}")
         if self.shard_frames is not None and not 1 <= self.shard_frames <= 65536:
             raise ValueError(f"shard_frames={self.shard_frames} must be in 1..65536")
+        if self.dask:
+            from .dask_ingest import check_scheduler
+
+            check_scheduler(self.dask)
+            if self.jobs != 1:
+                raise ValueError(f"jobs={self.jobs} with dask={self.dask!r}: choose one (the cluster's workers "
+                                 "are the parallelism)")
+        if not 0.5 <= self.lock_ttl_s <= 86400:
+            raise ValueError(f"lock_ttl_s={self.lock_ttl_s} must be in 0.5..86400 seconds")
 
 
 @dataclass
@@ -161,10 +176,11 @@ def _plan(store: Store, config: IngestConfig, sources: list[RunSource | str]
                                         stored["size"]))
                 continue
         jobs.append(RunJob(
-            source=os.path.abspath(path), run=name, store=str(store.path), codec=config.codec,
-            shard_frames=config.shard_frames, validity=config.validity.to_dict(),
+            source=os.path.abspath(path), run=name, store=store.url if store.remote else os.path.abspath(store.url),
+            codec=config.codec, shard_frames=config.shard_frames, validity=config.validity.to_dict(),
             previous_sha256=None if (previous is None or forced) else previous["source"]["sha256"],
             replaces=previous is not None, origin=None if isinstance(src, Hdf5Source) else src,
+            write_id=uuid.uuid4().hex, lock_ttl_s=config.lock_ttl_s,
         ))
     return jobs, known
 
@@ -246,24 +262,28 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
         raise StoreError(f"no runs found in {config.sources} (HDF5 files, donkeycar tubs or LeRobot datasets)")
     store, created = open_or_create_store(config.out)
     outcomes: list[RunOutcome] = []
-    # Only the lock holder may remove the store: a creator that loses the race for the lock leaves the store
-    # to the ingest that holds it (removing it then would pull the store from under a running ingest).
-    with locked(store):
-        empty = created or not store.runs
-        try:
-            _ingest_locked(store, config, files, outcomes, progress)
-        finally:
-            if empty and not store.runs:  # a failed first ingest leaves no (empty) store behind
-                remove_store(store)
+    if store.remote:  # no store-wide lock there: every run is written under its own lease
+        _ingest_into(store, config, files, outcomes, progress)
+    else:
+        # Only the lock holder may remove the store: a creator that loses the race for the lock leaves the store
+        # to the ingest that holds it (removing it then would pull the store from under a running ingest).
+        with locked(store):
+            empty = created or not store.runs
+            try:
+                _ingest_into(store, config, files, outcomes, progress)
+            finally:
+                if empty and not store.runs:  # a failed first ingest leaves no (empty) store behind
+                    remove_store(store)
     order = {(f.run, os.path.abspath(f.path)): i for i, f in enumerate(files)}
     outcomes.sort(key=lambda o: order.get((o.run, os.path.abspath(o.source)), len(order)))
-    return IngestReport(str(store.path), outcomes, time.perf_counter() - t0)
+    return IngestReport(store.url, outcomes, time.perf_counter() - t0)
 
 
-def _ingest_locked(store: Store, config: IngestConfig, files: list[RunSource], outcomes: list[RunOutcome],
-                   progress: bool) -> None:
-    """The ingest proper, under the store's lock."""
-    sweep_leftovers(store)
+def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], outcomes: list[RunOutcome],
+                 progress: bool) -> None:
+    """The ingest proper (under the store's lock for a local store)."""
+    if not store.remote:
+        sweep_leftovers(store)
     files.extend(_recorded_sources(store, config, files))
     jobs, known = _plan(store, config, files)
     outcomes.extend(known)
@@ -277,7 +297,10 @@ def _ingest_locked(store: Store, config: IngestConfig, files: list[RunSource], o
                        result.get("bytes_in", 0), result.get("bytes_out", 0), result["seconds"],
                        result.get("error", ""), result.get("staging", ""))
         if o.status in ("ingested", "replaced"):
-            commit_run(store, job.run, o.staging)
+            if store.remote:  # committed by the task itself
+                store.forget_run(job.run)
+            else:
+                commit_run(store, job.run, o.staging)
         elif o.status == "unchanged":
             store.update_source(job.run, result["source"])
             o.frames, o.valid = store.run_meta(job.run)["n_frames"], store.run_meta(job.run)["n_valid"]
@@ -288,11 +311,17 @@ def _ingest_locked(store: Store, config: IngestConfig, files: list[RunSource], o
             bar.advance(task)
 
     try:
-        _run_jobs(jobs, config.jobs, on_done)
+        if config.dask:
+            from .dask_ingest import run_on_dask
+
+            run_on_dask(jobs, config.dask, on_done, _safe_ingest)
+        else:
+            _run_jobs(jobs, config.jobs, on_done)
     finally:
         if bar is not None:
             bar.stop()
-    sweep_leftovers(store)
+    if not store.remote:
+        sweep_leftovers(store)
     if store.format_version < FORMAT_VERSION and store.runs and all(store.run_verified(r) for r in store.runs):
         store.set_format_version(FORMAT_VERSION)  # every run now checksummed: the store is verified
 

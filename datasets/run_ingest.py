@@ -24,7 +24,7 @@ import zarr
 
 from . import array_writer, storage
 from .interop.sources import Hdf5Source, RunSource
-from .layout import FORMAT_VERSION, STAGING, create_series_array, shard_frames_for
+from .layout import FORMAT_VERSION, STAGING, create_frames_array, create_series_array, shard_frames_for
 from .run_format import RunFormatError, RunInfo
 from .series import speed_series_name
 from .shard_writer import FramesShardWriter
@@ -47,6 +47,8 @@ class RunJob:
     previous_sha256: str | None  # skip the write when the content hash matches
     replaces: bool = False  # a run of this name is already stored
     origin: RunSource | None = None  # where the run is read from; None = the HDF5 file at ``source``
+    write_id: str = ""  # this ingest of this run (recorded in its metadata; a retried task recognises its commit)
+    lock_ttl_s: float = 60.0  # lease of a run being written to object storage (run_lease)
 
 
 def file_sha256(path: str) -> str:
@@ -136,22 +138,32 @@ def _copy_frames(h5, info: RunInfo, camera: str, writer: FramesShardWriter, buf:
         writer.write_shard(index, buf[:filled])
 
 
-def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
+def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta, zarr_store=None, shard_sink=None) -> dict:
     """Write the full run group at ``path`` (a fresh folder); returns its metadata attributes.
 
     ``source_meta`` is the source's description, or a callable returning it (the hash still running).
+    On object storage ``path`` is the run's key in ``zarr_store`` and ``shard_sink(camera)`` gives the
+    frames writer its sink (``object_ingest``).
     """
     rules = ValidityRules.from_dict(job.validity)
     n = info.n_frames
     frame_bytes = info.height * info.width * 3
     shard = min(job.shard_frames or shard_frames_for(frame_bytes), max(n, 1))
-    os.makedirs(path, exist_ok=True)
+    group = None if zarr_store is None else zarr.open_group(zarr_store, path=path, mode="w")  # object storage
+    if group is None:
+        os.makedirs(path, exist_ok=True)
     buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
     writers = []
     with info.open() as h5, ThreadPoolExecutor(max_workers=2) as sync:  # the HDF5 file, or a run shaped like it
         for cam in info.cameras:
-            array_writer.write_frames_metadata(os.path.join(path, cam), n, info.height, info.width, shard, job.codec)
-            writers.append(FramesShardWriter(os.path.join(path, cam), n, shard, job.codec, sync))
+            if group is None:
+                array_writer.write_frames_metadata(os.path.join(path, cam), n, info.height, info.width, shard,
+                                                   job.codec)
+            else:
+                create_frames_array(group, cam, n, info.height, info.width, shard, job.codec)  # metadata only
+            sink = shard_sink(cam) if shard_sink is not None else None
+            writers.append(FramesShardWriter(os.path.join(path, cam), n, shard, job.codec,
+                                             sync if sink is None else None, sink))
             _copy_frames(h5, info, cam, writers[-1], buf)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
@@ -167,16 +179,25 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
             "segment": segment,
             "valid": valid,
         }
-        for name, data in series.items():
-            array_writer.write_series(os.path.join(path, name), data)
-        if info.extras:
-            array_writer.write_group(os.path.join(path, "extra"))
-            for e in info.extras:
-                data = np.concatenate([h5["segments"][seg.name][e.name][()] for seg in info.segments])
-                if array_writer.can_write_series(data):
-                    array_writer.write_series(os.path.join(path, "extra", e.name), data)
-                else:  # a dtype the direct writer does not encode: zarr-python does
-                    create_series_array(zarr.open_group(os.path.join(path, "extra"), mode="a"), e.name, data)
+        extras = {e.name: np.concatenate([h5["segments"][seg.name][e.name][()] for seg in info.segments])
+                  for e in info.extras}
+        if group is not None:  # object storage: zarr-python writes through the store
+            for name, data in series.items():
+                create_series_array(group, name, data)
+            if extras:
+                extra = group.create_group("extra")
+                for name, data in extras.items():
+                    create_series_array(extra, name, data)
+        else:
+            for name, data in series.items():
+                array_writer.write_series(os.path.join(path, name), data)
+            if extras:
+                array_writer.write_group(os.path.join(path, "extra"))
+                for name, data in extras.items():
+                    if array_writer.can_write_series(data):
+                        array_writer.write_series(os.path.join(path, "extra", name), data)
+                    else:  # a dtype the direct writer does not encode: zarr-python does
+                        create_series_array(zarr.open_group(os.path.join(path, "extra"), mode="a"), name, data)
         for w in writers:
             w.finish()
     starts = np.cumsum([0] + [seg.n_frames for seg in info.segments])
@@ -197,8 +218,12 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta) -> dict:
         "codec": job.codec,
         "shard_frames": shard,
         "ingested_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "write_id": job.write_id or uuid.uuid4().hex,
     }
-    array_writer.write_group(path, {"driver_run": meta})  # last: the run group is complete
+    if group is None:
+        array_writer.write_group(path, {"driver_run": meta})  # last: the run group is complete
+    else:
+        group.attrs["driver_run"] = meta
     return meta
 
 
@@ -207,7 +232,8 @@ def ingest_run_file(job: RunJob) -> dict:
 
     Returns a result dict: status ``unchanged`` when the content hash matches the run already stored,
     else ``ingested``/``replaced`` with the staging folder. Raises RunFormatError for a bad run; any
-    partial staging folder is removed before the error propagates.
+    partial staging folder is removed before the error propagates. On object storage there is no staging
+    folder: the run is written in place and committed here, under its lease (:mod:`.object_ingest`).
     """
     src = job.origin or Hdf5Source(job.source)
     size = src.fingerprint()["size"]
@@ -219,6 +245,10 @@ def ingest_run_file(job: RunJob) -> dict:
         else:  # hash while the frames are read and written (hashlib releases the GIL)
             source_meta = hasher.submit(src.describe).result
         info = src.inspect()
+        if storage.is_remote(job.store):  # no rename there: write in place, commit by a marker written last
+            from .object_ingest import write_and_commit
+
+            return {**write_and_commit(job, info, source_meta), "bytes_in": size}
         staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
         os.makedirs(staging)
         try:

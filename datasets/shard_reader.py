@@ -122,11 +122,7 @@ class ShardedFrames:
         self.where = where or _describe(self.path)
         self.checksums = checksum_policy(checksums)
         self._checked: dict[int, _Checked] = {}  # per shard: which chunks were checked, of which file
-        meta_path = self.path / "zarr.json"
-        try:
-            meta = json.loads(storage.read_bytes(meta_path).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ShardReadError(f"{self.where}: cannot read array metadata {meta_path}: {e}") from e
+        meta = self._read_meta()
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["data_type"]) if meta["data_type"] != "bool" else np.dtype(bool)
         self.frame_shape = self.shape[1:]
@@ -159,6 +155,14 @@ class ShardedFrames:
                 self._stride = self.frame_bytes * self.chunk_frames + (4 if checksummed else 0)
                 self._strides = (self._stride, *np.empty((1, *self.frame_shape), self.dtype).strides[1:])
         self._reset()
+
+    def _read_meta(self) -> dict:
+        """The array's zarr.json (a store on object storage reads it by request: ``remote_frames``)."""
+        meta_path = self.path / "zarr.json"
+        try:
+            return json.loads(storage.read_bytes(meta_path).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ShardReadError(f"{self.where}: cannot read array metadata {meta_path}: {e}") from e
 
     def _reset(self):
         self._pid = os.getpid()
@@ -251,6 +255,11 @@ class ShardedFrames:
         if size < total:
             raise self._damaged(shard, f"file is {size} bytes, too short for its index (truncated)")
         raw = bytes(data[size - total :] if self._index_at_end else data[:total])
+        return self._index_from(shard, raw, size)
+
+    def _index_from(self, shard: int, raw: bytes, size: int) -> _Shard:
+        """A shard's index from its stored bytes (and the shard's size in bytes), checked."""
+        n = self.chunks_per_shard * 16
         if self._index_crc and crc32c.crc32c(raw[:n]) != int.from_bytes(raw[n:], "little"):
             raise self._damaged(shard, "shard index checksum mismatch", ChecksumError)
         index = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
@@ -300,14 +309,21 @@ class ShardedFrames:
         while pos < count:
             shard, first = divmod(start + pos, self.shard_frames)
             take = min(count - pos, self.shard_frames - first)
-            entry, mapping = self._load_index(shard)
-            if entry is None:  # a shard never written: the fill value
-                fn(pos, np.full((take, *self.frame_shape), self.fill_value, dtype=self.dtype))
-            elif entry.index is None:
-                self._visit_regular(shard, entry, mapping, first, take, pos, fn)
-            else:
-                self._visit_chunks(shard, entry, mapping, first, take, pos, fn)
+            self._visit_in_shard(shard, first, take, pos, fn)
             pos += take
+
+    def _visit_in_shard(self, shard: int, first: int, count: int, pos: int, fn) -> None:
+        """:meth:`visit` within one shard (a store on object storage reads it by request: ``remote_frames``)."""
+        entry, mapping = self._load_index(shard)
+        if entry is None:  # a shard never written: the fill value
+            fn(pos, self._fill(count))
+        elif entry.index is None:
+            self._visit_regular(shard, entry, mapping, first, count, pos, fn)
+        else:
+            self._visit_chunks(shard, entry, mapping, first, count, pos, fn)
+
+    def _fill(self, count: int) -> np.ndarray:
+        return np.full((count, *self.frame_shape), self.fill_value, dtype=self.dtype)
 
     def read_frames(self, frames, out: np.ndarray | None = None) -> np.ndarray:
         """Arbitrary frame indices (sorted or not); consecutive runs are read with one call each."""
@@ -383,19 +399,23 @@ class ShardedFrames:
             at = pos + lo - first
             off, nbytes = entry.index[c]
             if off == _MISSING:
-                fn(at, np.full((hi - lo, *self.frame_shape), self.fill_value, dtype=self.dtype))
+                fn(at, self._fill(hi - lo))
                 continue
             check = self.checksums == "always" or not entry.checked.bits[c]
-            raw = self._chunk_bytes(shard, data, int(off), int(nbytes), c, check)
+            chunk = self._chunk_frames(shard, data, int(off), int(nbytes), c, check)
             if check:
                 entry.checked.bits[c] = True
                 entry.checked.recount()
-            chunk = np.frombuffer(raw, dtype=self.dtype)
-            if chunk.size != self.chunk_frames * self.frame_bytes // self.dtype.itemsize:
-                raise self._damaged(shard, f"chunk {c} decodes to {chunk.nbytes} bytes, not a whole chunk")
-            chunk = chunk.reshape(self.chunk_frames, *self.frame_shape)
             a = lo - c * self.chunk_frames
             fn(at, chunk[a : a + (hi - lo)])
+
+    def _chunk_frames(self, shard: int, data: np.ndarray, off: int, nbytes: int, c: int,
+                      check: bool = True) -> np.ndarray:
+        """A stored chunk as ``(chunk_frames, *frame_shape)`` frames: checked (see :meth:`_chunk_bytes`)."""
+        chunk = np.frombuffer(self._chunk_bytes(shard, data, off, nbytes, c, check), dtype=self.dtype)
+        if chunk.size != self.chunk_frames * self.frame_bytes // self.dtype.itemsize:
+            raise self._damaged(shard, f"chunk {c} decodes to {chunk.nbytes} bytes, not a whole chunk")
+        return chunk.reshape(self.chunk_frames, *self.frame_shape)
 
     # -- verification -------------------------------------------------------------------------------
     def verify(self, on_bytes=None) -> tuple[list[str], int]:

@@ -41,8 +41,12 @@ class FramesShardWriter:
     """Writes shard ``i`` of a one-frame-per-chunk array created by ``layout.create_frames_array``."""
 
     def __init__(self, array_dir: str | os.PathLike, n_frames: int, shard_frames: int, codec: str,
-                 sync: Executor | None = None):
+                 sync: Executor | None = None, sink=None):
+        """``sync``: fsync each shard file there, in the background (``finish`` waits for them).
+        ``sink(key, buffers) -> bytes written`` stores a shard elsewhere than in a file under ``array_dir``
+        (``key`` is relative to the array, e.g. ``c/0/0/0/0``): a store on object storage."""
         self.path = Path(array_dir)
+        self._sink = sink
         self.n_frames = n_frames
         self.shard_frames = shard_frames
         self._encode = _encoder(codec)
@@ -68,11 +72,14 @@ class FramesShardWriter:
             offset += size
         raw_index = index.tobytes()
         buffers += [raw_index, crc32c.crc32c(raw_index).to_bytes(4, "little")]
-        folder = self.path / "c" / str(shard) / "0" / "0"
-        folder.mkdir(parents=True, exist_ok=True)
-        n = storage.create_file(folder / "0", buffers)
-        if self._sync is not None:
-            self._pending.append(self._sync.submit(storage.fsync_file, folder / "0"))
+        if self._sink is not None:
+            n = self._sink(f"c/{shard}/0/0/0", buffers)
+        else:
+            folder = self.path / "c" / str(shard) / "0" / "0"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = storage.create_file(folder / "0", buffers)
+            if self._sync is not None:
+                self._pending.append(self._sync.submit(storage.fsync_file, folder / "0"))
         self.bytes_written += n
         return n
 

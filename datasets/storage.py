@@ -1,8 +1,11 @@
 """The one place where the store touches files: memory maps and positioned reads through a bounded
-cache of open files, durable writes, renames and fsyncs.
+cache of open files, durable writes, renames and fsyncs; and where a store's location (a folder or an
+object-storage URL) is opened.
 
-Everything else in ``driver.datasets`` reads and writes store files through these functions, so a
-store on another backend (object storage) needs a second implementation of this module, nothing more.
+Everything else in ``driver.datasets`` reads and writes store files through these functions and through a
+*location* (:func:`open_location`): :class:`LocalLocation` for a folder, ``object_store.ObjectLocation`` for
+``s3://``, ``gs://``, ``az://`` and the other URLs obstore opens. Both answer the same small set of questions
+(read a metadata object, does it exist, list child folders, total bytes, a zarr store over it).
 
 Open files are bounded per process: a least-recently-used cache keeps at most ``max_open_files()``
 (default 64, or ``DRIVER_MAX_OPEN_FILES``) shard files open (a descriptor, or a read-only mapping that
@@ -18,9 +21,11 @@ import ctypes.util
 import errno
 import mmap
 import os
+import re
 import shutil
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -345,3 +350,81 @@ def drop_from_page_cache(path: str | os.PathLike) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+# -- locations: where a store lives -------------------------------------------------------------------
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(url: str | os.PathLike) -> str:
+    """The URL scheme of ``url`` ("s3", "gs", ...), or "" for a plain path."""
+    m = _URL.match(os.fspath(url))
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    """Whether ``url`` names a store on object storage rather than a folder (``file://`` is a folder)."""
+    return url_scheme(url) not in ("", "file")
+
+
+class LocalLocation:
+    """A store in a folder of this machine (or of a mounted network filesystem). Keys are '/'-separated
+    paths relative to the folder."""
+
+    remote = False
+
+    def __init__(self, path: str | os.PathLike):
+        path = os.fspath(path)
+        if url_scheme(path) == "file":
+            path = path[len("file://"):]
+        self.path = Path(path)
+        self.url = str(self.path)
+
+    def __repr__(self) -> str:
+        return f"LocalLocation({self.url!r})"
+
+    def name(self, key: str = "") -> str:
+        """What messages call the object ``key``: its path."""
+        return str(self.path / key) if key else self.url
+
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """The bytes of ``key``; FileNotFoundError if absent, ValueError past ``limit`` bytes."""
+        path = self.path / key
+        if limit is not None and (size := file_size(path)) > limit:
+            raise ValueError(f"{path}: {size >> 20} MiB, more than this file may hold ({limit >> 20} MiB)")
+        return read_bytes(path)
+
+    def exists(self, key: str) -> bool:
+        return (self.path / key).is_file()
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the visible (not dot-) folders directly under ``prefix``."""
+        d = self.path / prefix
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list(self, prefix: str = ""):
+        """(key, size) of every file under the folder ``prefix``."""
+        for root, _, files in os.walk(self.path / prefix):
+            for f in files:
+                path = os.path.join(root, f)
+                yield os.path.relpath(path, self.path).replace(os.sep, "/"), os.path.getsize(path)
+
+    def tree_bytes(self, prefix: str = "", skip_hidden: bool = False) -> int:
+        return tree_bytes(self.path / prefix, skip_hidden)
+
+    def zarr_store(self, read_only: bool = True):
+        from zarr.storage import LocalStore
+
+        return LocalStore(self.path, read_only=read_only)
+
+
+def open_location(url: str | os.PathLike, **options):
+    """The location of a store: a :class:`LocalLocation` for a path (or ``file://``), else an
+    ``ObjectLocation`` (needs ``pip install 'driver[s3]'``) for ``s3://``, ``gs://``, ``az://``, ... URLs."""
+    if not is_remote(url):
+        return LocalLocation(url)
+    from .object_store import ObjectLocation
+
+    return ObjectLocation(os.fspath(url), **options)

@@ -9,12 +9,11 @@ their format allows (index checksums, decoding, impossible values) and reported 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
 from .layout import RUNS, SERIES_ARRAYS
-from .shard_reader import ShardedFrames, ShardReadError
+from .shard_reader import ShardReadError
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 class VerifyConfig:
     """What to verify."""
 
-    store: str                                      # store path (driver ingest output)
+    store: str                                      # store path or URL (driver ingest output)
     runs: list[str] = field(default_factory=list)   # runs to check (default: every run)
 
     def __post_init__(self):
@@ -68,18 +67,18 @@ def _check_run(store: Store, run: str, on_bytes) -> RunCheck:
         n = int(meta["n_frames"])
         cameras = list(meta["cameras"])
     except (StoreError, KeyError, TypeError, ValueError) as e:
-        check.status, check.problems = "damaged", [f"{store.path}: run {run!r}: metadata: {e}"]
+        check.status, check.problems = "damaged", [f"{store.url}: run {run!r}: metadata: {e}"]
         return check
     check.frames = n
     for cam in cameras:
         check.arrays += 1
         try:
-            frames = ShardedFrames(store.path / RUNS / run / cam, where=f"{store.path}: run {run!r}, array {cam!r}")
+            frames = store.open_frames(run, cam)
         except ShardReadError as e:
             check.problems.append(str(e))
             continue
         if len(frames) != n:
-            check.problems.append(f"{store.path}: run {run!r}, array {cam!r}: {len(frames)} frames, metadata says {n}")
+            check.problems.append(f"{store.url}: run {run!r}, array {cam!r}: {len(frames)} frames, metadata says {n}")
         problems, nbytes = frames.verify(on_bytes)
         check.problems += problems
         check.bytes += nbytes
@@ -92,7 +91,7 @@ def _check_run(store: Store, run: str, on_bytes) -> RunCheck:
             continue
         check.bytes += data.nbytes
         if len(data) != n:
-            check.problems.append(f"{store.path}: run {run!r}, array {name!r}: {len(data)} values, metadata says {n}")
+            check.problems.append(f"{store.url}: run {run!r}, array {name!r}: {len(data)} values, metadata says {n}")
     if check.problems:
         check.status = "damaged"
     elif not store.run_verified(run):
@@ -101,11 +100,8 @@ def _check_run(store: Store, run: str, on_bytes) -> RunCheck:
 
 
 def _total_bytes(store: Store, runs: list[str]) -> int:
-    total = 0
-    for run in runs:
-        for root, _, files in os.walk(store.path / RUNS / run):
-            total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f != "zarr.json")
-    return total
+    return sum(size for run in runs for key, size in store.location.list(f"{RUNS}/{run}/")
+               if not key.endswith("zarr.json"))
 
 
 def verify_store(config: VerifyConfig, progress: bool = False) -> VerifyReport:
@@ -115,7 +111,7 @@ def verify_store(config: VerifyConfig, progress: bool = False) -> VerifyReport:
     runs = config.runs or store.runs
     missing = [r for r in runs if not store.has_run(r)]
     if missing:
-        raise StoreError(f"{store.path}: no run named {missing[0]!r} (runs: {', '.join(store.runs) or 'none'})")
+        raise StoreError(f"{store.url}: no run named {missing[0]!r} (runs: {', '.join(store.runs) or 'none'})")
     bar = None
     on_bytes = None
     if progress:
@@ -139,7 +135,7 @@ def verify_store(config: VerifyConfig, progress: bool = False) -> VerifyReport:
     finally:
         if bar is not None:
             bar.stop()
-    return VerifyReport(str(store.path), store.format_version, checks, time.perf_counter() - t0)
+    return VerifyReport(store.url, store.format_version, checks, time.perf_counter() - t0)
 
 
 def verify_table(report: VerifyReport):

@@ -24,6 +24,9 @@ INGEST_EXAMPLES = """examples:
   driver ingest runs/ --out data/store.zarr --force             # re-ingest everything
   driver ingest ~/mycar/data/tub_3 --out store.zarr              # a donkeycar tub: one run per session
   driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
+  driver ingest runs/*.h5 --out s3://lab/driving.zarr            # a store on object storage (driver[s3])
+  driver ingest runs/ --out s3://lab/driving.zarr --dask local:4  # 4 Dask worker processes (driver[dask])
+  driver ingest /shared/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests
@@ -34,11 +37,13 @@ run leaves no store behind.
 VERIFY_EXAMPLES = """examples:
   driver verify data/store.zarr                       # every run; exit code 1 if any is damaged
   driver verify data/store.zarr --runs run_003 run_007
+  driver verify s3://lab/driving.zarr                 # a store on object storage
 Repair a damaged run with `driver ingest --out data/store.zarr --force RUN` (re-read from its source).
 """
 
 TRAIN_EXAMPLES = """examples:
   driver train --data store.zarr --arch squeezenet_lstm
+  driver train --data s3://lab/driving.zarr --num-workers 4    # from object storage, through a local cache
   driver train --data store.zarr --arch squeezenet --stack 2 --epochs 20 --batch-size 64 --name sq1
   driver train --config train.toml --lr 3e-4          # flags override the file
   driver train --resume runs/train/sq1                # after a crash or kill -9: continues exactly
@@ -77,7 +82,8 @@ def _ingest(args: argparse.Namespace) -> int:
     force_all = args.force is not None and not args.force  # a bare --force: every run, as before
     config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
                           shard_frames=args.shard_frames, validity=rules, force=force_all,
-                          force_runs=tuple(args.force or ()), format=args.format, mapping=args.mapping)
+                          force_runs=tuple(args.force or ()), format=args.format, mapping=args.mapping,
+                          dask=args.dask, lock_ttl_s=args.lock_ttl)
     report = ingest(config, progress=sys.stderr.isatty())
     console = Console()
     console.print(summary_table(report))
@@ -331,8 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to read the sources (default auto: detected per path)")
     s.add_argument("--mapping", default=None, metavar="FILE",
                    help="TOML/YAML mapping of tub/LeRobot fields to the run format (docs/import-export.md)")
-    s.add_argument("--out", required=True, help="store path (created if missing)")
+    s.add_argument("--out", required=True, help="store path or URL (s3://bucket/prefix, gs://, az://; created if "
+                   "missing)")
     s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
+    s.add_argument("--dask", default="", metavar="SCHEDULER",
+                   help="one task per run on a Dask cluster: local:N (N local worker processes) or a scheduler "
+                   "address tcp://HOST:8786 (pip install 'driver[dask]')")
+    s.add_argument("--lock-ttl", type=float, default=60.0, metavar="S",
+                   help="object storage: seconds a run's lease lasts unless renewed; a dead writer's run is taken "
+                   "over after 1.5x this (default 60)")
     s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",
                    help="frame compression (default none: fastest reads; see docs/dataset-format.md)")
     s.add_argument("--shard-frames", type=int, default=None, help="frames per shard file (default: ~24 MiB)")
@@ -353,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=VERIFY_EXAMPLES, formatter_class=fmt,
                        description="Reads every byte of the store's runs and checks it against its CRC32Cs; prints a "
                        "table and exits 1 when any run is damaged.")
-    s.add_argument("store", help="store path")
+    s.add_argument("store", help="store path or URL")
     s.add_argument("--runs", nargs="+", default=None, metavar="RUN", help="runs to check (default: every run)")
     s.set_defaults(func=_verify)
     s = sub.add_parser("export-dataset", help="write a store as a LeRobot v3 dataset (parquet + MP4)",
@@ -386,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size, and the "
                        "frames each validity rule removes; --lint flags where the driver lost control.")
-    s.add_argument("store", help="store path")
+    s.add_argument("store", help="store path or URL")
     s.add_argument("--lint", action="store_true", help="flag windows of saturated steering and of throttle "
                    "without progress (the driver lost control); driver train drops them by default")
     s.add_argument("--lint-json", default=None, metavar="FILE", help="also write the lint report as JSON")
@@ -446,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "beside the constant predictor (the training mean) and with R² per target. "
                        "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
     s.add_argument("--model", required=True, help=MODEL_FILES)
-    s.add_argument("--data", required=True, help="store (driver ingest output)")
+    s.add_argument("--data", required=True, help="store path or URL (driver ingest output)")
     s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
     s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv (default replay_out)")
     s.add_argument("--mode", default=None, help="condition on this behavioral mode only (default: every mode "

@@ -94,10 +94,17 @@ def resolve_checkpoint(source: str | os.PathLike | dict) -> tuple[dict, nn.Modul
     return ckpt, model_from_checkpoint(ckpt).float().eval()
 
 
+def _store_reachable(store: str | None) -> bool:
+    """The checkpoint's store is there to read: a folder that exists, or an object-storage URL."""
+    from driver.datasets.storage import is_remote
+
+    return bool(store) and (is_remote(store) or Path(store).exists())
+
+
 def _store_frames(ckpt: dict, steps: int, sequences: int) -> tuple[Tensor, Tensor] | None:
     """(sequences, steps, V, H, W, 3) uint8 and (sequences, M) modes from the checkpoint's store, or None."""
     store_path = ckpt.get("dataset", {}).get("store")
-    if not store_path or not Path(store_path).exists():
+    if not _store_reachable(store_path):
         return None
     from driver.datasets.clips import ClipConfig, ClipDataset
 
@@ -202,7 +209,7 @@ def heldout_metrics(net: Any, ckpt: dict, max_clips: int = 512) -> dict:
 
     dataset = ckpt.get("dataset", {})
     val_runs = list(dataset.get("val_runs") or [])
-    if not val_runs or not dataset.get("store") or not Path(dataset["store"]).exists():
+    if not val_runs or not _store_reachable(dataset.get("store")):
         return {}
     config = TrainConfig.from_dict({**ckpt["config"], "channels_last": False})
     config = TrainConfig.from_dict({**config.to_dict(), "val_clips": max_clips})

@@ -18,7 +18,7 @@ from typing import Any
 @dataclass
 class TrainConfig:
     # data
-    data: str = ""                      # store path (driver ingest output)
+    data: str = ""                      # store path or URL (s3://..., driver ingest output)
     cameras: str = "auto"               # auto (both when every run is stereo, else left) | both | left | right
     stack: int = 2                      # 1, or 2 for the lab's previous+current frame stacking
     clip_seconds: float = 0.3           # clip (TBPTT chunk) length in seconds, at the store's frame rate
