@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from driver.sim.car import G, Car, CarSpec, DynamicCar, DynamicSpec, KinematicCar, make_car
+from driver.sim.car import Car, CarSpec, DynamicCar, DynamicSpec, G, KinematicCar, make_car
 
 DT = 1 / 30
 
@@ -67,7 +67,8 @@ def test_dynamic_step_response_is_the_dc_motor_lag():
 def test_dynamic_terminal_speed_balances_motor_drag_and_rolling():
     """F (1 - v/v_top) = M c_rr g + k v²: the positive root of k v² + (F/v_top) v + M c_rr g - F = 0."""
     sp = DynamicSpec()
-    a, b, c = sp.drag_n_s2_m2, sp.drive_force_n / sp.top_speed, sp.mass_kg * sp.rolling_resistance * G - sp.drive_force_n
+    a, b = sp.drag_n_s2_m2, sp.drive_force_n / sp.top_speed
+    c = sp.mass_kg * sp.rolling_resistance * G - sp.drive_force_n
     v_end = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)  # 3.60 m/s
     assert v_end == pytest.approx(3.60, abs=0.01)
     assert drive(0.0, motor=1.0, seconds=15.0, car=DynamicCar()).speed == pytest.approx(v_end, rel=2e-3)
