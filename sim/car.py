@@ -64,9 +64,9 @@ class CarSpec:
         """No rolling resistance or drag in the kinematic model."""
         return 0.0
 
-    def motor_for(self, speed: float, accel: float) -> float:
+    def motor_for(self, speed: float, accel: float, coast_band: float = 0.0) -> float:
         """The motor command that gives acceleration ``accel`` (m/s²) at ``speed``: a target speed that the
-        first-order lag approaches at that rate."""
+        first-order lag approaches at that rate (continuous already: ``coast_band`` is not used)."""
         target = speed + accel * self.speed_tau_s
         return max(-1.0, min(1.0, target / (self.max_speed if target >= 0 else max(self.max_reverse, 1e-9))))
 
@@ -117,15 +117,20 @@ class DynamicSpec:
         v = abs(speed)
         return 0.0 if v == 0 else self.rolling_resistance * G + self.drag_n_s2_m2 * v * v / self.mass_kg
 
-    def motor_for(self, speed: float, accel: float) -> float:
-        """The motor command that gives acceleration ``accel`` (m/s²) at forward ``speed`` on a straight:
-        the inverse of the drive and brake laws (clipped to [-1, 1]; grip may still limit it)."""
+    def motor_for(self, speed: float, accel: float, coast_band: float = 0.0) -> float:
+        """The motor command that gives acceleration ``accel`` (m/s²) at forward ``speed`` on a straight: the
+        inverse of the drive and brake laws (clipped to [-1, 1]; grip may still limit it). Every motor in
+        ``0..v/v_top`` gives no force (coasting), so the exact inverse jumps from ``v/v_top`` to braking;
+        ``coast_band`` (m/s²) spreads the first ``coast_band`` of wanted braking over that dead zone (coasting
+        instead of braking lightly), which makes the command continuous in ``accel``."""
         v = max(0.0, speed)
         need = accel + self.resistance(v)  # tyre force per mass that the motor or brake must give
         if need >= 0:
             m = v / self.top_speed + need * self.mass_kg / self.drive_force_n
+        elif need > -coast_band:
+            m = v / self.top_speed * (1.0 + need / coast_band)
         else:
-            m = need * self.mass_kg / max(self.brake_force_n, 1e-9)
+            m = (need + coast_band) * self.mass_kg / max(self.brake_force_n, 1e-9)
         return max(-1.0, min(1.0, m))
 
 

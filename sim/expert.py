@@ -6,8 +6,8 @@ ahead. Speed: the plan's speed ``v_ref`` a little ahead (``preview_s * v``, cove
 a desired tyre force per mass ``(v_ref - v) / speed_tau_s`` plus rolling resistance and drag, limited to
 ``brake_accel`` when braking and, when accelerating, to what the turn leaves of the grip (friction circle,
 no wheelspin), and the motor command that gives it at the current speed (the car model's inverse,
-``spec.motor_for``): it brakes (motor < 0) when the car is faster than the plan and accelerates out of
-corners. So the motor label depends on the
+``spec.motor_for``, with the lightest braking given as coasting so the command is continuous in the speed
+error): it brakes (motor < 0) when the car is faster than the plan and accelerates out of corners. So the motor label depends on the
 current speed, not only on the picture. On the kinematic car (motor = target speed) the command is exactly
 ``v_ref / max_speed``.
 
@@ -43,6 +43,7 @@ class ExpertSpec:
     grip_fraction: float = 0.8  # share of the tyres' grip the expert uses
     preview_s: float = 0.15  # the speed reference is read this many seconds ahead
     speed_tau_s: float = 0.3  # speed controller time constant
+    coast_band: float = 1.0  # m/s² of wanted braking given as coasting, so the motor label is continuous
 
     def __post_init__(self):
         if not 0.1 <= self.lookahead_m <= 5.0:
@@ -57,6 +58,8 @@ class ExpertSpec:
                 raise ValueError(f"{name}={v} must be in 0.05..100 m/s² (or None: from the car's grip)")
         if not 0.05 <= self.grip_fraction <= 1.0:
             raise ValueError(f"grip_fraction={self.grip_fraction} must be in 0.05..1")
+        if not 0.0 <= self.coast_band <= 10.0:
+            raise ValueError(f"coast_band={self.coast_band} must be in 0..10 m/s²")
         if not 0.0 <= self.preview_s <= 2.0 or not 0.01 <= self.speed_tau_s <= 5.0:
             raise ValueError(f"preview_s={self.preview_s} must be in 0..2 s and speed_tau_s={self.speed_tau_s} "
                              "in 0.01..5 s")
@@ -118,7 +121,7 @@ class Expert:
             tyre = min(tyre, math.sqrt(max(0.0, self.grip * self.grip - a_lat * a_lat)))
         else:  # too fast: brake, even where that costs cornering grip
             tyre = max(tyre, -self.brake_accel)
-        return steer, self.car.motor_for(v, tyre - resist)
+        return steer, self.car.motor_for(v, tyre - resist, sp.coast_band)
 
 
 @dataclass(frozen=True)

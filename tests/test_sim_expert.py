@@ -43,6 +43,10 @@ def test_motor_label_depends_on_the_current_speed(track):
     assert slow > hold > fast
     assert hold == pytest.approx(ex.car.motor_for(v_plan, 0.0), abs=0.05)  # steady throttle at the plan speed
     assert fast < 0  # brake: in run units below 49
+    speeds = np.arange(0.5 * v_plan, v_plan + 1.0, 0.02)
+    sweep = np.array([ex.command(_state(track, p, speed=v))[1] for v in speeds])
+    assert np.abs(np.diff(sweep)).max() < 0.1  # a continuous function of the speed (learnable)
+    assert (np.diff(sweep[speeds >= 0.9 * v_plan]) <= 1e-9).all()  # near the plan: less motor when faster
 
 
 def test_speed_plan_respects_grip_and_brakes_before_corners(track):
