@@ -7,9 +7,9 @@ a desired tyre force per mass ``(v_ref - v) / speed_tau_s`` plus rolling resista
 ``brake_accel`` when braking and, when accelerating, to what the turn leaves of the grip (friction circle,
 no wheelspin), and the motor command that gives it at the current speed (the car model's inverse,
 ``spec.motor_for``, with the lightest braking given as coasting so the command is continuous in the speed
-error): it brakes (motor < 0) when the car is faster than the plan and accelerates out of corners. So the motor label depends on the
-current speed, not only on the picture. On the kinematic car (motor = target speed) the command is exactly
-``v_ref / max_speed``.
+error): it brakes (motor < 0) when the car is faster than the plan and accelerates out of corners. So the
+motor label depends on the current speed, not only on the picture. On the kinematic car (motor = target
+speed) the command is exactly ``v_ref / max_speed``.
 
 :meth:`Expert.command` labels ANY car state (pose and speed), which is what DAgger needs.
 
