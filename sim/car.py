@@ -121,17 +121,25 @@ class DynamicSpec:
         """The motor command that gives acceleration ``accel`` (m/s²) at forward ``speed`` on a straight: the
         inverse of the drive and brake laws (clipped to [-1, 1]; grip may still limit it). Every motor in
         ``0..v/v_top`` gives no force (coasting), so the exact inverse jumps from ``v/v_top`` to braking;
-        ``coast_band`` (m/s²) spreads the first ``coast_band`` of wanted braking over that dead zone (coasting
-        instead of braking lightly), which makes the command continuous in ``accel``."""
+        within ``coast_band`` (m/s²) of wanted braking the command moves linearly from ``v/v_top`` to the
+        brake command for ``coast_band`` (coasting, then braking lightly), which makes it continuous in
+        ``accel``; beyond it, and for driving, the inverse is exact."""
         v = max(0.0, speed)
         need = accel + self.resistance(v)  # tyre force per mass that the motor or brake must give
+        brake_per_mps2 = self.mass_kg / max(self.brake_force_n, 1e-9)
         if need >= 0:
             m = v / self.top_speed + need * self.mass_kg / self.drive_force_n
-        elif need > -coast_band:
-            m = v / self.top_speed * (1.0 + need / coast_band)
+        elif need > -coast_band:  # from coasting (v/v_top) to the brake command at -coast_band
+            f = -need / coast_band
+            m = (1.0 - f) * v / self.top_speed - f * coast_band * brake_per_mps2
         else:
-            m = (need + coast_band) * self.mass_kg / max(self.brake_force_n, 1e-9)
+            m = need * brake_per_mps2
         return max(-1.0, min(1.0, m))
+
+    def max_accel(self, speed: float) -> float:
+        """The largest forward acceleration at ``speed`` on a straight (full throttle, before the grip limit)."""
+        v = max(0.0, speed)
+        return self.drive_force_n * max(0.0, 1.0 - v / self.top_speed) / self.mass_kg - self.resistance(v)
 
 
 @dataclass

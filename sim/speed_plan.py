@@ -1,21 +1,24 @@
 """The speed plan: the fastest speed at each point of a track that the tyres can hold through every corner
-ahead, given how hard the car can brake.
+ahead, given how hard the car can brake and (optionally) accelerate.
 
-Two limits, per centreline sample ``i`` (spacing ``ds``):
+Per centreline sample ``i`` (spacing ``ds``):
 
 * cornering: ``v_corner[i] = min(v_max, sqrt(a_lat / |curvature[i]|))`` (at least ``v_min``);
+* acceleration (when ``accel(v)`` is given: the largest forward acceleration at speed ``v`` on a straight):
+  ``v[i+1] <= sqrt(v[i]^2 + 2 * ds * accel(v[i]) * sqrt(1 - (v[i]^2 * k / a_lat)^2))``, swept forwards;
 * braking: the car must be able to slow to every later corner's speed. Braking shares the tyres with
   cornering (a friction ellipse), so at speed ``v`` on curvature ``k`` only
   ``a_brake * sqrt(1 - (v^2 * k / a_lat)^2)`` is left for it, and
-  ``v[i] = min(v_corner[i], sqrt(v[i+1]^2 + 2 * ds * that))``, swept backwards around the closed track
-  until it settles (twice round is enough): braking ends before the car turns in.
+  ``v[i] = min(v[i], sqrt(v[i+1]^2 + 2 * ds * that))``, swept backwards: braking ends before the car turns in.
 
-The plan brakes before corners and lets the car accelerate out of them (the speed controller does that).
+Both sweeps go twice round the closed track (forwards, then backwards). The plan's slope gives the
+acceleration it asks for, ``v * dv/ds``, the expert's feed-forward.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,34 +28,50 @@ from .track import Track
 
 @dataclass(frozen=True)
 class SpeedPlan:
-    """Planned speed (m/s) per centreline sample of one track."""
+    """Planned speed (m/s) per centreline sample of one track, and its slope dv/ds (1/s)."""
 
     speed: np.ndarray
+    slope: np.ndarray
     ds: float
     length: float
 
+    def _lerp(self, a: np.ndarray, progress: float) -> float:
+        p = (float(progress) % self.length) / self.ds
+        i = int(p) % len(a)
+        f = p - math.floor(p)
+        return float(a[i] * (1 - f) + a[(i + 1) % len(a)] * f)
+
     def at(self, progress: float) -> float:
         """Planned speed at arc length ``progress`` (wraps around; linear between samples)."""
-        p = (float(progress) % self.length) / self.ds
-        i = int(p) % len(self.speed)
-        f = p - math.floor(p)
-        return float(self.speed[i] * (1 - f) + self.speed[(i + 1) % len(self.speed)] * f)
+        return self._lerp(self.speed, progress)
+
+    def accel_at(self, progress: float) -> float:
+        """The acceleration the plan asks for at ``progress``: ``v dv/ds`` (m/s², < 0 = braking)."""
+        return self._lerp(self.speed, progress) * self._lerp(self.slope, progress)
 
 
-def plan_speed(track: Track, lateral_accel: float, brake_accel: float, v_max: float, v_min: float = 0.0) -> SpeedPlan:
+def plan_speed(track: Track, lateral_accel: float, brake_accel: float, v_max: float, v_min: float = 0.0,
+               accel: Callable[[float], float] | None = None) -> SpeedPlan:
     """The speed plan of ``track`` (see module docstring); accelerations in m/s², speeds in m/s."""
     if not lateral_accel > 0 or not brake_accel > 0:
         raise ValueError(f"lateral_accel={lateral_accel} and brake_accel={brake_accel} must be > 0 m/s²")
     if not 0 <= v_min <= v_max:
         raise ValueError(f"v_min={v_min}, v_max={v_max} must satisfy 0 <= v_min <= v_max")
     k = np.abs(track.curvature)
-    corner = np.sqrt(lateral_accel / np.maximum(k, 1e-9))
-    v = np.clip(corner, v_min, v_max)
+    v = np.clip(np.sqrt(lateral_accel / np.maximum(k, 1e-9)), v_min, v_max)
     n, ds = len(v), track.ds
-    two_a_ds = 2.0 * brake_accel * ds
+
+    def left(speed: float, j: int) -> float:  # share of the grip not used by cornering
+        used = min(1.0, speed * speed * k[j] / lateral_accel)
+        return math.sqrt(1.0 - used * used)
+
+    if accel is not None:
+        for i in range(2 * n):  # forwards, twice round the closed loop
+            j, nxt = i % n, (i + 1) % n
+            reach = v[j] * v[j] + 2.0 * ds * max(0.0, accel(v[j])) * left(v[j], j)
+            v[nxt] = min(v[nxt], math.sqrt(reach))
     for i in range(2 * n - 1, -1, -1):  # backwards, twice round the closed loop
         j, nxt = i % n, (i + 1) % n
-        v2 = v[nxt] * v[nxt]
-        used = min(1.0, v2 * k[j] / lateral_accel)
-        v[j] = min(v[j], math.sqrt(v2 + two_a_ds * math.sqrt(1.0 - used * used)))
-    return SpeedPlan(v, ds, track.length)
+        v[j] = min(v[j], math.sqrt(v[nxt] * v[nxt] + 2.0 * ds * brake_accel * left(v[nxt], j)))
+    slope = (np.roll(v, -1) - np.roll(v, 1)) / (2.0 * ds)
+    return SpeedPlan(v, slope, ds, track.length)

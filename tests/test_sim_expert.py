@@ -52,7 +52,8 @@ def test_motor_label_depends_on_the_current_speed(track):
 def test_speed_plan_respects_grip_and_brakes_before_corners(track):
     spec, ex_spec = DynamicSpec(), ExpertSpec()
     a_lat, a_brake = ex_spec.accelerations(spec)
-    assert a_lat == pytest.approx(0.8 * spec.mu * 9.81) and a_brake == pytest.approx(0.8 * spec.mu * 9.81)
+    share = ex_spec.grip_fraction * spec.mu * 9.81
+    assert a_lat == pytest.approx(share) and a_brake == pytest.approx(share)
     plan = plan_speed(track, a_lat, a_brake, ex_spec.v_max, ex_spec.v_min)
     v, k = plan.speed, np.abs(track.curvature)
     assert (v <= np.sqrt(a_lat / np.maximum(k, 1e-9)) + 1e-9).all() and v.max() <= ex_spec.v_max
@@ -63,6 +64,13 @@ def test_speed_plan_respects_grip_and_brakes_before_corners(track):
     before = v[(tight - int(4.0 / track.ds)) % len(v)]  # 4 m before the tightest point: still faster
     assert before > v[tight] + 0.3
     assert plan.at(track.length + 1.0) == pytest.approx(plan.at(1.0))  # wraps
+    # the expert's own plan also accelerates out of corners no faster than the motor and tyres allow
+    ev = Expert(track).plan.speed
+    gain = (np.roll(ev, -1) ** 2 - ev**2) / (2 * track.ds)
+    limit = np.minimum(spec.grip_mps2, [spec.max_accel(v) for v in ev])
+    assert (gain <= limit + 1e-6).all() and (gain < -0.5).any() and (gain > 0.5).any()
+    i = int(np.argmin(gain))  # hardest braking: the feed-forward asks for it
+    assert Expert(track).plan.accel_at(i * track.ds) < -0.5
 
 
 def test_kinematic_car_keeps_the_original_gentle_expert(track):
