@@ -1,7 +1,7 @@
 """Benchmark the driving world: how hard it is (the expert and speed-control baselines, scored closed-loop) and
 what it costs (car model and renderer per simulated frame, as ratios measured in one run).
 
-    OMP_NUM_THREADS=1 python bench/sim.py [--tracks 10] [--variants 20 21 22 23 24] [--repeats 5]
+    OMP_NUM_THREADS=1 python bench/sim.py [--tracks 10] [--variants 20 21 22 23 24] [--repeats 200]
 
 Drivers, each on eval tracks 0..N-1 in held-out eval variants (paired in turn), dynamic car:
 the clean expert (the pace reference), the expert with DART noise 0.15 (what recording executes), and the
@@ -69,18 +69,22 @@ def costs(args) -> None:
     pose = world.track.point_at(3.0)
     parts["render 94×168 mono"] = lambda: renderer.render(*pose)
     best = dict.fromkeys(parts, float("inf"))
-    for _ in range(args.repeats):  # interleaved, best of repeats: a shared machine's noise only ever adds time
+    ratios: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(args.repeats):  # short interleaved rounds: each round's ratios share the machine's state
+        took = {}
         for name, fn in parts.items():
             t0 = time.perf_counter()
-            for _ in range(300):
+            for _ in range(50):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / 300)
-    base = best["render 94×168 mono"]
-    print(f"\n### Cost per simulated frame (30 Hz), one thread, best of {args.repeats} interleaved rounds\n")
-    print("| part | µs per frame | × the 94×168 render |")
+            took[name] = (time.perf_counter() - t0) / 50
+            best[name] = min(best[name], took[name])
+        for name in parts:
+            ratios[name].append(took[name] / took["render 94×168 mono"])
+    print(f"\n### Cost per simulated frame (30 Hz), one thread, {args.repeats} interleaved rounds\n")
+    print("| part | best µs per frame | median ratio to the 94×168 render |")
     print("|---|---|---|")
     for name, sec in best.items():
-        print(f"| {name} | {sec * 1e6:.1f} | {sec / base:.3f} |")
+        print(f"| {name} | {sec * 1e6:.1f} | {np.median(ratios[name]):.3f} |")
 
 
 def main() -> int:
@@ -88,7 +92,7 @@ def main() -> int:
     ap.add_argument("--tracks", type=int, default=10)
     ap.add_argument("--variants", type=int, nargs="+", default=[20, 21, 22, 23, 24])
     ap.add_argument("--constant", type=float, nargs="+", default=[0.6, 0.65, 0.7, 0.75, 0.8])
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
