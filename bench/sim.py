@@ -91,7 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracks", type=int, default=10)
     ap.add_argument("--variants", type=int, nargs="+", default=[20, 21, 22, 23, 24])
-    ap.add_argument("--constant", type=float, nargs="+", default=[0.6, 0.65, 0.7, 0.75, 0.8])
+    ap.add_argument("--constant", type=float, nargs="+", default=[0.5, 0.55, 0.6, 0.65, 0.7, 0.75])
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -86,7 +86,7 @@ class DynamicSpec:
     reverse_top_speed: float = 1.0  # m/s
     rolling_resistance: float = 0.03  # c_rr: rolling + drivetrain resistance, in units of mass * g
     drag_n_s2_m2: float = 0.012  # k_drag: air drag force = k_drag * v² (0.5 * 1.2 kg/m³ * Cd 0.6 * 0.033 m²)
-    mu: float = 0.25  # tyre-floor friction coefficient: at most mu * g of combined acceleration
+    mu: float = 0.2  # tyre-floor friction coefficient: at most mu * g of combined acceleration
     substep_s: float = 0.002  # integration step
 
     def __post_init__(self):

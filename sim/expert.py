@@ -2,9 +2,8 @@
 braking distance, :mod:`.speed_plan`), a speed controller, and DART-style noise injection for recording.
 
 Steering: pure pursuit from the rear axle towards the centreline point ``max(lookahead_m, lookahead_s * v)``
-ahead. Speed: the plan's speed ``v_ref`` and acceleration ``a_plan`` a little ahead (``preview_s * v``,
-covering the drivetrain's lag), a desired tyre force per mass ``a_plan + (v_ref - v) / speed_tau_s`` plus
-rolling resistance and drag (feed-forward from the plan, feedback on the speed error), limited to
+ahead. Speed: the plan's speed ``v_ref`` a little ahead (``preview_s * v``, covering the drivetrain's lag),
+a desired tyre force per mass ``(v_ref - v) / speed_tau_s`` plus rolling resistance and drag, limited to
 ``brake_accel`` when braking and, when accelerating, to what the turn leaves of the grip (friction circle,
 no wheelspin), and the motor command that gives it at the current speed (the car model's inverse,
 ``spec.motor_for``, with the lightest braking given as coasting so the command is continuous in the speed
@@ -37,15 +36,14 @@ class ExpertSpec:
 
     lookahead_m: float = 0.7  # shortest pure-pursuit look-ahead along the centreline from the rear axle
     lookahead_s: float = 0.35  # look-ahead grows with speed: max(lookahead_m, lookahead_s * v)
-    v_max: float = 3.0  # m/s on straights
+    v_max: float = 2.7  # m/s on straights
     v_min: float = 0.5  # m/s, floor of the plan
     lateral_accel: float | None = None  # m/s² used in corners; None = grip_fraction * mu * g of the car
     brake_accel: float | None = None  # m/s² used to brake; None = grip_fraction * the car's braking limit
-    grip_fraction: float = 0.85  # share of the tyres' grip the expert uses
+    grip_fraction: float = 0.8  # share of the tyres' grip the expert uses
     preview_s: float = 0.15  # the speed reference is read this many seconds ahead
     speed_tau_s: float = 0.3  # speed controller time constant
     coast_band: float = 1.0  # m/s² of wanted braking blended from coasting, so the motor label is continuous
-    feedforward: bool = True  # add the plan's own acceleration (v dv/ds) to the speed controller
 
     def __post_init__(self):
         if not 0.1 <= self.lookahead_m <= 5.0:
@@ -71,8 +69,7 @@ class ExpertSpec:
         """Defaults for ``car``: at the grip limit for the dynamic car; the original gentle plan (0.8..1.8 m/s,
         1.6 m/s² in corners) for the kinematic car, which has no grip limit."""
         if car.kind == "kinematic":
-            return cls(lookahead_s=0.0, v_max=1.8, v_min=0.8, lateral_accel=1.6, brake_accel=1.5, preview_s=0.0,
-                       feedforward=False)
+            return cls(lookahead_s=0.0, v_max=1.8, v_min=0.8, lateral_accel=1.6, brake_accel=1.5, preview_s=0.0)
         return cls()
 
     def accelerations(self, car: CarSpec | DynamicSpec) -> tuple[float, float]:
@@ -122,11 +119,9 @@ class Expert:
         curvature = 2.0 * left / ld2  # pure pursuit: arc through the target, + = left
         delta = math.atan(curvature * self.car.wheelbase_m)
         steer = max(-1.0, min(1.0, -delta / self.car.max_steer_rad))
-        ahead = loc.progress + max(v, 0.0) * sp.preview_s
-        v_ref = self.plan.at(ahead)
-        feedforward = self.plan.accel_at(ahead) if sp.feedforward else 0.0
+        v_ref = self.plan.at(loc.progress + max(v, 0.0) * sp.preview_s)
         resist = self.car.resistance(v)  # rolling resistance and drag help braking and cost traction
-        tyre = feedforward + (v_ref - v) / sp.speed_tau_s + resist  # tyre force per mass wanted
+        tyre = (v_ref - v) / sp.speed_tau_s + resist  # tyre force per mass wanted
         if tyre >= 0:  # accelerate with what the turn leaves of the grip (the friction circle): no wheelspin
             a_lat = v * v * abs(math.tan(steer * self.car.max_steer_rad)) / self.car.wheelbase_m
             tyre = min(tyre, math.sqrt(max(0.0, self.grip * self.grip - a_lat * a_lat)))

@@ -11,8 +11,7 @@ Per centreline sample ``i`` (spacing ``ds``):
   ``a_brake * sqrt(1 - (v^2 * k / a_lat)^2)`` is left for it, and
   ``v[i] = min(v[i], sqrt(v[i+1]^2 + 2 * ds * that))``, swept backwards: braking ends before the car turns in.
 
-Both sweeps go twice round the closed track (forwards, then backwards). The plan's slope gives the
-acceleration it asks for, ``v * dv/ds``, the expert's feed-forward.
+Both sweeps go twice round the closed track (forwards, then backwards).
 """
 
 from __future__ import annotations
@@ -28,26 +27,18 @@ from .track import Track
 
 @dataclass(frozen=True)
 class SpeedPlan:
-    """Planned speed (m/s) per centreline sample of one track, and its slope dv/ds (1/s)."""
+    """Planned speed (m/s) per centreline sample of one track."""
 
     speed: np.ndarray
-    slope: np.ndarray
     ds: float
     length: float
 
-    def _lerp(self, a: np.ndarray, progress: float) -> float:
-        p = (float(progress) % self.length) / self.ds
-        i = int(p) % len(a)
-        f = p - math.floor(p)
-        return float(a[i] * (1 - f) + a[(i + 1) % len(a)] * f)
-
     def at(self, progress: float) -> float:
         """Planned speed at arc length ``progress`` (wraps around; linear between samples)."""
-        return self._lerp(self.speed, progress)
-
-    def accel_at(self, progress: float) -> float:
-        """The acceleration the plan asks for at ``progress``: ``v dv/ds`` (m/s², < 0 = braking)."""
-        return self._lerp(self.speed, progress) * self._lerp(self.slope, progress)
+        p = (float(progress) % self.length) / self.ds
+        i = int(p) % len(self.speed)
+        f = p - math.floor(p)
+        return float(self.speed[i] * (1 - f) + self.speed[(i + 1) % len(self.speed)] * f)
 
 
 def plan_speed(track: Track, lateral_accel: float, brake_accel: float, v_max: float, v_min: float = 0.0,
@@ -73,5 +64,4 @@ def plan_speed(track: Track, lateral_accel: float, brake_accel: float, v_max: fl
     for i in range(2 * n - 1, -1, -1):  # backwards, twice round the closed loop
         j, nxt = i % n, (i + 1) % n
         v[j] = min(v[j], math.sqrt(v[nxt] * v[nxt] + 2.0 * ds * brake_accel * left(v[nxt], j)))
-    slope = (np.roll(v, -1) - np.roll(v, 1)) / (2.0 * ds)
-    return SpeedPlan(v, slope, ds, track.length)
+    return SpeedPlan(v, ds, track.length)

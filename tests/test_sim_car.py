@@ -79,7 +79,7 @@ def test_dynamic_braking_distance():
     """Full brake from v0 on a straight: the brake asks 6 N / 1.5 kg = 4 m/s² but the tyres give mu g; rolling
     resistance and drag add, so d = M/(2k) ln(1 + (k/M) v0² / (a_b + c_rr g))."""
     sp = DynamicSpec()
-    a_b = min(sp.brake_force_n / sp.mass_kg, sp.mu * G)  # 2.4525 m/s² (grip-limited)
+    a_b = min(sp.brake_force_n / sp.mass_kg, sp.mu * G)  # 1.962 m/s² (grip-limited)
     kk = sp.drag_n_s2_m2 / sp.mass_kg
     for v0 in (1.0, 2.5):
         expected = math.log(1 + kk * v0 * v0 / (a_b + sp.rolling_resistance * G)) / (2 * kk)
@@ -93,7 +93,7 @@ def test_dynamic_braking_distance():
         assert car.state.speed == 0.0  # the brake stops the car, it does not throw it backwards
         assert car.state.x == pytest.approx(expected, abs=0.01)
         assert sum(slid) > 0.9 * len(slid)  # braking at the grip limit
-    assert expected == pytest.approx(1.127, abs=0.001)  # metres from 2.5 m/s
+    assert expected == pytest.approx(1.370, abs=0.001)  # metres from 2.5 m/s
 
 
 def test_negative_motor_brakes_then_reverses_at_limited_speed():
@@ -123,11 +123,11 @@ def _circle(spec: DynamicSpec, steer: float, v: float, seconds: float = 1.0):
 
 def test_slide_threshold_is_mu_g_on_the_friction_circle():
     """Steer 0.5 (14° road wheels): radius L / tan(14°) = 1.043 m; the tyres hold it up to v* = sqrt(mu g R)
-    = 1.60 m/s. Above v* the car slides on the circle a_lat = mu g: radius v²/(mu g), yaw rate mu g / v."""
+    = 1.43 m/s. Above v* the car slides on the circle a_lat = mu g: radius v²/(mu g), yaw rate mu g / v."""
     spec = DynamicSpec(rolling_resistance=0.0, drag_n_s2_m2=0.0, steer_tau_s=0.0)
     radius = spec.wheelbase_m / math.tan(0.5 * spec.max_steer_rad)
     v_star = math.sqrt(spec.mu * G * radius)
-    assert radius == pytest.approx(1.043, abs=1e-3) and v_star == pytest.approx(1.599, abs=1e-3)
+    assert radius == pytest.approx(1.043, abs=1e-3) and v_star == pytest.approx(1.430, abs=1e-3)
     rate, v, all_slid, any_slid = _circle(spec, -0.5, 0.97 * v_star)  # left turn: yaw rate +
     assert not any_slid and v == pytest.approx(0.97 * v_star, rel=1e-9)
     assert rate == pytest.approx(0.97 * v_star / radius, rel=1e-3)

@@ -83,11 +83,16 @@ def test_expert_holds_autonomy_at_its_pace(expert_result):
 
 
 def test_constant_throttle_is_beaten_on_pace_or_slides_off():
+    """No constant throttle reaches the expert's standard (autonomy >= 99% at >= 90% of its pace): slow enough
+    for every corner is far slower than the expert, faster slides off in the corners."""
     cfg = ClosedLoopConfig(tracks=[0, 1, 2, 3], max_seconds=40, **SMALL)
+    for motor in (0.5, 0.6, 0.65, 0.7, 0.8):
+        res = drive_closed_loop(ConstantThrottle(motor), cfg)
+        assert res.autonomy < 99.0 or res.pace < 0.9, motor
+        if res.autonomy < 99.0:
+            assert res.causes["slid"] >= 2  # too fast into corners leaves the road
     safe = drive_closed_loop(ConstantThrottle(0.6), cfg)
-    assert safe.autonomy >= 99.0 and safe.pace < 0.85  # slow enough for every corner: far slower than the expert
-    fast = drive_closed_loop(ConstantThrottle(0.9), cfg)  # as fast as the expert on straights, also in corners
-    assert fast.causes["slid"] >= 2 and fast.autonomy < 80.0  # too fast into corners leaves the road
+    assert safe.autonomy == 100.0 and safe.pace < 0.87
 
 
 def test_interventions_by_cause_and_resets():
