@@ -67,6 +67,14 @@ LINK_EXAMPLES = """examples:
   python -m driver.vehicle.fake_mcu driver link --port {port}      # no hardware: the firmware's logic on a pty
 """
 
+SIM_DRIVE_EXAMPLES = """examples:
+  driver sim drive --model expert --tracks 6                         # the expert: the pace reference
+  driver sim drive --model best.pt --tracks 6 --out drive6           # held-out tracks in their own variants
+  driver sim drive --model best.pt --tracks 6 --variants 10 11 --variant-split eval   # other held-out looks
+Prints a table per track (autonomy, pace vs the expert, lap times, interventions by cause, corner/straight
+speeds) and writes summary.json, top-down maps, speed profiles and videos to --out.
+"""
+
 DEMO_EXAMPLES = """examples:
   driver demo                  # sim record -> ingest -> train -> open-loop replay -> closed-loop sim drive
   driver demo --workdir /tmp/d --runs 24 --steps 1200 --eval-tracks 10
@@ -190,7 +198,9 @@ def _sim_record(args: argparse.Namespace) -> int:
 
     paths = record_runs(SimRecordConfig(out=args.out, runs=args.runs, seconds=args.seconds, fps=args.fps,
                                         height=args.height, width=args.width, stereo=args.stereo, seed=args.seed,
-                                        noise=args.noise, split=args.split, progress=sys.stderr.isatty()))
+                                        noise=args.noise, split=args.split, variants=args.variants or None,
+                                        variant_split=args.variant_split, car=args.car,
+                                        progress=sys.stderr.isatty()))
     print(f"wrote {len(paths)} runs to {args.out}")  # noqa: T201 - the command's output
     return 0
 
@@ -199,8 +209,10 @@ def _sim_drive(args: argparse.Namespace) -> int:
     from driver.sim.evaluate_policy import SimDriveConfig, format_sim_drive, sim_drive
 
     result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
-                                      split=args.split, max_seconds=args.max_seconds, mode=args.mode,
-                                      media=not args.no_media, seed=args.seed, runtime=args.runtime,
+                                      split=args.split, variants=args.variants or [],
+                                      variant_split=args.variant_split or "", car=args.car,
+                                      max_seconds=args.max_seconds, mode=args.mode, media=not args.no_media,
+                                      seed=args.seed, runtime=args.runtime,
                                       view=args.view or ""))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
@@ -321,6 +333,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _world_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--variants", type=int, nargs="*", default=None, metavar="V",
+                   help="world variant seeds, paired with the tracks in turn (default: each track's own)")
+    s.add_argument("--variant-split", choices=("train", "eval"), default=None,
+                   help="split of --variants (default: --split)")
+    s.add_argument("--car", choices=("dynamic", "kinematic"), default="dynamic",
+                   help="car model: dynamic (force, brake, grip limit; default) or kinematic (motor = speed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driver", description="Behavioral cloning for small autonomous cars.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -438,15 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="run i drives track seed+i of the split")
     s.add_argument("--noise", type=float, default=0.15, help="DART steering noise (normalised, 0 = clean)")
     s.add_argument("--split", choices=("train", "eval"), default="train")
+    _world_flags(s)
     s.set_defaults(func=_sim_record)
-    s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: PilotNet autonomy")
+    s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: autonomy, pace, laps",
+                           epilog=SIM_DRIVE_EXAMPLES, formatter_class=fmt)
     s.add_argument("--model", required=True, help=f"{MODEL_FILES}, or 'expert'")
     s.add_argument("--tracks", type=int, default=3)
     s.add_argument("--laps", type=float, default=1.0)
     s.add_argument("--split", choices=("train", "eval"), default="eval")
+    _world_flags(s)
     s.add_argument("--max-seconds", type=float, default=120.0, help="per track")
     s.add_argument("--mode", default="direct", help="behavioral mode given to the model")
-    s.add_argument("--out", default="sim_drive_out", help="summary.json, top-down PNGs and MP4s")
+    s.add_argument("--out", default="sim_drive_out", help="summary.json, top-down and speed-profile PNGs, MP4s")
     s.add_argument("--no-media", action="store_true")
     s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")

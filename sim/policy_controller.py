@@ -1,6 +1,9 @@
-"""Drive the simulator with a trained Policy: the model sees only the rendered pixels."""
+"""Drive the simulator with a trained Policy: the model sees only the rendered pixels (and, once models take
+it, the measured wheel speed)."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 
@@ -8,17 +11,23 @@ from driver.policy import Policy
 
 
 class PolicyController:
-    """Adapts :class:`driver.policy.Policy` to the closed-loop controller interface."""
+    """Adapts :class:`driver.policy.Policy` to the closed-loop controller interface.
+
+    ``act`` receives the wheel speed an encoder measures (``speed``, m/s); it is passed on as ``speed=`` to a
+    policy whose ``act`` takes that argument, and dropped otherwise (today's models see pixels only).
+    """
 
     def __init__(self, policy: Policy, mode: str | None = "direct"):
         self.policy = policy
         self.mode = mode if mode in policy.modes else None
         self.latencies: list[float] = []
+        self._pass_speed = "speed" in inspect.signature(policy.act).parameters
 
     def reset(self) -> None:
         self.policy.reset()
 
-    def act(self, left: np.ndarray, right: np.ndarray | None) -> tuple[float, float]:
-        action = self.policy.act(left, right=right if self.policy.stereo else None, mode=self.mode)
+    def act(self, left: np.ndarray, right: np.ndarray | None, speed: float | None = None) -> tuple[float, float]:
+        extra = {"speed": speed} if self._pass_speed else {}
+        action = self.policy.act(left, right=right if self.policy.stereo else None, mode=self.mode, **extra)
         self.latencies.append(action.latency_s)
         return action.steer_norm, action.motor_norm

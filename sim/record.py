@@ -1,16 +1,20 @@
 """Record expert driving in the sim as lab-format HDF5 runs that ``driver ingest`` reads as is.
 
-Each run drives one procedural track (seed ``config.seed + i`` of ``config.split``) with the expert and
-DART noise: the EXECUTED command is the expert's plus correlated noise, the RECORDED ``steer``/``motor``
-are the expert's clean command at the state reached. When the noise pushes the car past
-``reset_fraction`` of the half lane width, the segment ends, the car is put back on the centre line and
-a new segment starts one second later (so runs may have several segments).
+Each run drives one procedural track (seed ``config.seed + i`` of ``config.split``) in a world variant
+(by default the track's own; see ``SimRecordConfig.variants``) with the expert and DART noise: the
+EXECUTED command is the expert's plus correlated noise, the RECORDED ``steer``/``motor`` are the expert's
+clean command at the state reached (``motor`` below 49 when the expert brakes). When the car passes
+``reset_fraction`` of the half road width, the segment ends, the car is put back on the centre line (at
+the planned speed there if it was faster) and a new segment starts one second later (so runs may have
+several segments).
 
-Labels: ``direct`` = 1, ``sim`` = 1. ``state`` = 1 (human). Extra series per frame: ``speed`` (m/s),
-``cte`` (m, + left of centre), ``heading_error`` (rad, + pointing left of the lane direction),
-``progress`` (m along the track), ``curvature`` (1/m at the projection, + left), ``pose_x``,
-``pose_y``, ``pose_yaw`` (world, m and rad), ``sim_executed_steer`` and ``sim_executed_motor``
-(normalised commands actually applied).
+Labels: ``direct`` = 1, ``sim`` = 1. ``state`` = 1 (human). Extra series per frame: ``encoder`` (the wheel
+speed a car's encoder measures, m/s, >= 0: see docs/sim.md for a real car's encoder), ``speed`` (m/s,
+signed), ``cte`` (m, + left of centre), ``heading_error`` (rad, + pointing left of the lane direction),
+``progress`` (m along the track), ``curvature`` (1/m at the projection, + left), ``pose_x``, ``pose_y``,
+``pose_yaw`` (world, m and rad), ``sim_executed_steer`` and ``sim_executed_motor`` (normalised commands
+actually applied), ``sim_target_speed`` (the expert's speed plan, m/s) and ``sim_sliding`` (1 while the
+tyres are past their grip).
 """
 
 from __future__ import annotations
@@ -26,20 +30,22 @@ from driver.datasets.run_writer import write_run
 
 from driver.units import norm_to_run
 
-from .camera import Renderer
-from .car import Car, CarSpec
-from .expert import DartNoise, Expert, ExpertSpec, NoiseSpec
-from .track import SPLITS, make_track, split_rng
+from .car import CAR_MODELS, make_car
+from .expert import DartNoise, Expert, NoiseSpec
+from .track import SPLITS, split_rng
+from .variant import make_world
 
 log = logging.getLogger(__name__)
 
-EXTRAS = ("speed", "cte", "heading_error", "progress", "curvature", "pose_x", "pose_y", "pose_yaw",
-          "sim_executed_steer", "sim_executed_motor")
+EXTRAS = ("encoder", "speed", "cte", "heading_error", "progress", "curvature", "pose_x", "pose_y", "pose_yaw",
+          "sim_executed_steer", "sim_executed_motor", "sim_target_speed", "sim_sliding")
 
 
 @dataclass
 class SimRecordConfig:
-    """What to record. Run ``i`` drives track ``seed + i`` of ``split`` for ``seconds``."""
+    """What to record. Run ``i`` drives track ``seed + i`` of ``split`` for ``seconds``, in its own variant
+    or, with ``variants`` (a count n = seeds 0..n-1, or a list), in variant ``variants[i % len]`` of
+    ``variant_split`` (default: ``split``)."""
 
     out: str | Path
     runs: int = 4
@@ -51,8 +57,18 @@ class SimRecordConfig:
     seed: int = 0
     noise: float = 0.15  # DART steering noise std, normalised units (0 = clean expert)
     split: str = "train"
+    variants: int | list[int] | None = None
+    variant_split: str | None = None
+    car: str = "dynamic"  # dynamic | kinematic
     reset_fraction: float = 0.9  # segment ends when |cte| > this × half the lane width
     progress: bool = False  # show a rich progress bar
+
+    def variant_of(self, index: int) -> int | None:
+        """Variant seed of run ``index`` (None: the track's own)."""
+        if self.variants is None:
+            return None
+        seeds = list(range(self.variants)) if isinstance(self.variants, int) else [int(v) for v in self.variants]
+        return seeds[index % len(seeds)]
 
     def __post_init__(self):
         if not 1 <= self.runs <= 100000:
@@ -70,6 +86,14 @@ class SimRecordConfig:
             raise ValueError(f"noise={self.noise} must be in 0..1 (normalised steer units)")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} must be one of {', '.join(SPLITS)}")
+        if self.variant_split is not None and self.variant_split not in SPLITS:
+            raise ValueError(f"variant_split={self.variant_split!r} must be one of {', '.join(SPLITS)}")
+        if isinstance(self.variants, int) and not 1 <= self.variants <= 100000:
+            raise ValueError(f"variants={self.variants} must be in 1..100000 (or a list of seeds)")
+        if isinstance(self.variants, list | tuple) and (not self.variants or min(self.variants) < 0):
+            raise ValueError(f"variants={self.variants} must be a non-empty list of seeds >= 0")
+        if self.car not in CAR_MODELS:
+            raise ValueError(f"car={self.car!r} must be one of {', '.join(CAR_MODELS)}")
         if not 0.1 <= self.reset_fraction <= 2.0:
             raise ValueError(f"reset_fraction={self.reset_fraction} must be in 0.1..2.0")
 
@@ -103,20 +127,23 @@ class _Segment:
         seg["state"] = np.ones(n, np.float32)
         seg["left_timestamp"] = s["left_timestamp"][:n]
         seg.update({k: s[k][:n].astype(np.float32) for k in EXTRAS})
+        seg["sim_sliding"] = s["sim_sliding"][:n].astype(np.uint8)
         return seg
 
 
 def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     """Record run ``index`` of ``config`` and write it; returns its path."""
     track_seed = config.seed + index
-    track = make_track(track_seed, config.split)
-    renderer = Renderer(track, config.height, config.width, config.stereo, seed=track_seed)
-    car = Car(CarSpec())
-    expert = Expert(track, car.spec, ExpertSpec())
+    world = make_world(track_seed, config.split, config.variant_of(index), config.variant_split)
+    track = world.track
+    renderer = world.renderer(config.height, config.width, config.stereo, seed=track_seed)
+    car = make_car(config.car)
+    expert = Expert(track, car.spec)
     dart = DartNoise(NoiseSpec(scale=config.noise), config.fps, seed=track_seed)
     rng = split_rng(track_seed, config.split, stream=3)
-    x, y, yaw = track.point_at(rng.uniform(0, track.length))
-    car.reset(x, y, yaw, speed=float(rng.uniform(0.0, 1.0)))
+    start = float(rng.uniform(0, track.length))
+    x, y, yaw = track.point_at(start)
+    car.reset(x, y, yaw, speed=float(rng.uniform(0.0, expert.plan.at(start))))
     dt = 1.0 / config.fps
     n_total = max(1, int(round(config.seconds * config.fps)))
     limit = config.reset_fraction * track.lane_width / 2
@@ -128,13 +155,14 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
         loc = track.locate(st.x, st.y)
         left, right = renderer.render(st.x, st.y, st.yaw)
         steer, motor = expert.command(st)
-        ns, nm = dart.sample()
+        ns, nm = dart.sample(st.speed)
         ex_steer = min(1.0, max(-1.0, steer + ns))
-        ex_motor = min(1.0, max(0.1, motor + nm))
+        ex_motor = min(1.0, max(-1.0, motor + nm))
         heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
-        seg.add(left, right, steer=steer, motor=motor, left_timestamp=t, speed=st.speed, cte=loc.lateral,
-                heading_error=heading_err, progress=loc.progress, curvature=loc.curvature, pose_x=st.x,
-                pose_y=st.y, pose_yaw=st.yaw, sim_executed_steer=ex_steer, sim_executed_motor=ex_motor)
+        seg.add(left, right, steer=steer, motor=motor, left_timestamp=t, encoder=abs(st.speed), speed=st.speed,
+                cte=loc.lateral, heading_error=heading_err, progress=loc.progress, curvature=loc.curvature,
+                pose_x=st.x, pose_y=st.y, pose_yaw=st.yaw, sim_executed_steer=ex_steer, sim_executed_motor=ex_motor,
+                sim_target_speed=expert.target_speed(st), sim_sliding=float(st.sliding))
         car.step(ex_steer, ex_motor, dt)
         t += dt
         if on_step is not None:
@@ -144,16 +172,21 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
             log.debug("run %d: reset at t=%.2f (cte %.2f m)", index, t, after.lateral)
             segments.append(seg.arrays())
             seg = _Segment(n_total, config.height, config.width, config.stereo)
-            nx, ny, nyaw = track.point_at(after.progress + 0.5)
-            car.reset(nx, ny, nyaw, speed=car.state.speed)
+            ahead = after.progress + 0.5
+            nx, ny, nyaw = track.point_at(ahead)
+            car.reset(nx, ny, nyaw, speed=min(max(car.state.speed, 0.0), expert.plan.at(ahead)))
             dart.reset()
             t += 1.0
     if seg.n:
         segments.append(seg.arrays())
-    meta = {"track_seed": track_seed, "split": config.split, "lane_width_m": track.lane_width,
-            "track_length_m": track.length, "fps": config.fps, "noise": config.noise,
-            "camera": asdict(renderer.spec), "car": asdict(car.spec), "expert": asdict(expert.spec)}
-    out = Path(config.out) / f"sim_{config.split}_{track_seed:05d}.h5"
+    v = world.variant
+    meta = {"track_seed": track_seed, "split": config.split, "world": world.name, "variant_seed": v.seed,
+            "variant_split": v.split, "lane_width_m": track.lane_width, "track_length_m": track.length,
+            "fps": config.fps, "noise": config.noise, "car_model": config.car, "camera": asdict(v.camera),
+            "car": asdict(car.spec), "expert": asdict(expert.spec)}
+    own = (v.seed, v.split) == (track_seed, config.split)
+    name = f"sim_{config.split}_{track_seed:05d}" + ("" if own else f"_v{v.split}{v.seed:05d}")
+    out = Path(config.out) / f"{name}.h5"
     write_run(out, segments, labels={"direct": 1, "sim": 1}, attrs={"sim": json.dumps(meta)})
     log.info("wrote %s: %d frames in %d segments", out, sum(len(s["steer"]) for s in segments), len(segments))
     return out

@@ -6,7 +6,10 @@ driven in the direction of increasing arc length ``s``. The signed lateral offse
 LEFT of the centreline (seen in the driving direction), negative to the right.
 
 A track is a deterministic function of ``(seed, split)``: ``split="train"`` and ``split="eval"`` draw from
-disjoint random streams, so evaluation tracks are never seen in training.
+disjoint random streams, so evaluation tracks are never seen in training. The road's width belongs to the
+world variant (:mod:`.variant`); ``make_track`` takes it as an argument and defaults to the width of the
+track's own variant (same seed and split). The geometry never depends on it: parts of a track that are far
+apart along it keep the widest road's clearance.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ SPLITS = {"train": 0, "eval": 1}
 SPACING = 0.05  # centreline sample spacing, metres
 TEXEL = 0.02  # raster cell size, metres
 MARGIN = 4.0  # raster margin around the centreline, metres
-MIN_RADIUS = 1.5  # smallest centreline radius of curvature, metres
+MIN_RADIUS = 1.0  # smallest centreline radius of curvature, metres (hairpins that need braking)
+LANE_WIDTHS = (0.6, 1.2)  # range of road widths a variant draws from, metres
+LANE_WIDTH_STREAM = 4  # random stream (of a variant's seed and split) that draws its road width
 
 
 def split_rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:
@@ -116,7 +121,7 @@ def _closed_curve(rng: np.random.Generator, n: int = 4096) -> np.ndarray:
     """A smooth star-shaped closed curve: a circle with random low-order Fourier radius wobble."""
     r0 = rng.uniform(3.5, 8.5)
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    amp = rng.uniform(0.2, 0.45)
+    amp = rng.uniform(0.3, 0.6)
     r = np.ones(n)
     for k in range(2, 6):
         r += amp * rng.uniform(-1, 1) / (k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
@@ -161,7 +166,7 @@ def _too_close(xy: np.ndarray, length: float, gap: float) -> bool:
     return bool((dist[sep > 6.0] < gap).any())
 
 
-def _rasters(xy: np.ndarray, s: np.ndarray, heading: np.ndarray, lane_width: float):
+def _rasters(xy: np.ndarray, s: np.ndarray, heading: np.ndarray):
     """Nearest-index, signed lateral distance and arc-length rasters around the centreline."""
     origin = xy.min(0) - MARGIN
     size = np.ceil((xy.max(0) + MARGIN - origin) / TEXEL).astype(int)
@@ -194,10 +199,18 @@ def _rasters(xy: np.ndarray, s: np.ndarray, heading: np.ndarray, lane_width: flo
     return origin, nearest, lateral.astype(np.float32), progress.astype(np.float32)
 
 
-def make_track(seed: int, split: str = "train") -> Track:
-    """Build the track for ``seed`` of ``split`` (deterministic; about 0.1–0.3 s)."""
+def draw_lane_width(seed: int, split: str) -> float:
+    """The road width of variant ``seed`` of ``split``, metres."""
+    return float(split_rng(seed, split, LANE_WIDTH_STREAM).uniform(*LANE_WIDTHS))
+
+
+def make_track(seed: int, split: str = "train", lane_width: float | None = None) -> Track:
+    """Build the track for ``seed`` of ``split`` (deterministic; about 0.1–0.3 s). ``lane_width`` (metres)
+    defaults to that of the track's own variant, :func:`draw_lane_width` ``(seed, split)``."""
+    lane_width = draw_lane_width(seed, split) if lane_width is None else float(lane_width)
+    if not 0.2 <= lane_width <= 3.0:
+        raise ValueError(f"lane_width={lane_width} must be in 0.2..3 m")
     rng = split_rng(seed, split)
-    lane_width = float(rng.uniform(0.6, 1.2))
     clockwise = bool(rng.integers(0, 2))
     for attempt in range(50):
         curve = _closed_curve(rng)
@@ -206,11 +219,11 @@ def make_track(seed: int, split: str = "train") -> Track:
         xy, length = _resample(curve, SPACING)
         heading, curv = _geometry(xy, length)
         ok_len = 20.0 <= length <= 60.0
-        if ok_len and np.abs(curv).max() <= 1 / MIN_RADIUS and not _too_close(xy, length, lane_width + 1.5):
+        if ok_len and np.abs(curv).max() <= 1 / MIN_RADIUS and not _too_close(xy, length, LANE_WIDTHS[1] + 1.5):
             break
         log.debug("track %s/%d attempt %d rejected (length %.1f m)", split, seed, attempt, length)
     else:
         raise RuntimeError(f"could not build a valid track for seed={seed} split={split}")
     s = np.arange(len(xy)) * (length / len(xy))
-    origin, nearest, lateral, progress = _rasters(xy, s, heading, lane_width)
+    origin, nearest, lateral, progress = _rasters(xy, s, heading)
     return Track(seed, split, lane_width, xy, s, heading, curv, length, origin, TEXEL, nearest, lateral, progress)

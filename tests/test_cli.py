@@ -1,5 +1,6 @@
 """The `driver` console script, run as a real subprocess."""
 
+import json
 import subprocess
 import sys
 
@@ -48,6 +49,11 @@ def test_demo_runs_end_to_end(tmp_path):
                 "--eval-tracks", "1", "--jobs", "1")
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "d" / "report.md").read_text()
-    assert "3 simulated runs" in report and "autonomy" in report and "| train |" in report
-    assert (tmp_path / "d" / "sim_drive" / "summary.json").exists()
+    assert "3 simulated runs" in report and "| train |" in report
+    assert "held-out tracks in held-out world variants: autonomy" in report and "of the expert" in report
+    assert "track eval/0: autonomy" in report and "(expert " in report
+    summary = json.loads((tmp_path / "d" / "sim_drive" / "summary.json").read_text())
+    assert summary["car"] == "dynamic" and summary["pace"] is not None and set(summary["causes"]) == {
+        "off_road", "slid", "wrong_way", "stopped"}
+    assert (tmp_path / "d" / "sim_drive" / "speed_eval_0.png").is_file()
     assert "parity with PyTorch" in report and (tmp_path / "d" / "export" / "demo.onnx").is_file()

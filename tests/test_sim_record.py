@@ -1,12 +1,16 @@
-"""Sim recording writes lab-format runs that pass inspect_run and ingest with high validity."""
+"""Sim recording writes lab-format runs that pass inspect_run and ingest, with honest braking labels and the
+wheel-speed (encoder) series."""
 
 from __future__ import annotations
+
+import json
 
 import h5py
 import numpy as np
 import pytest
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_format import inspect_run
+from driver.datasets.validity import ValidityRules
 from driver.sim.record import EXTRAS, SimRecordConfig, record_runs
 
 from driver.units import run_to_norm
@@ -30,7 +34,9 @@ def test_runs_pass_inspect_and_ingest(noisy_runs, tmp_path):
         assert info.labels == {"direct": 1, "sim": 1}
         assert set(EXTRAS) <= {e.name for e in info.extras}
         assert info.n_frames == 120
-    report = ingest(IngestConfig(sources=[str(p) for p in noisy_runs], out=str(tmp_path / "store.zarr")))
+    rules = ValidityRules(min_motor=0.0)  # keep braking frames (the lab's min_motor rule would drop them)
+    report = ingest(IngestConfig(sources=[str(p) for p in noisy_runs], out=str(tmp_path / "store.zarr"),
+                                 validity=rules))
     assert report.ok, report.failures
     for o in report.outcomes:
         assert o.valid / o.frames > 0.95
@@ -42,7 +48,29 @@ def test_dart_label_differs_from_executed_with_noise(noisy_runs):
     label = run_to_norm(series(noisy_runs[0], "steer"))
     executed = series(noisy_runs[0], "sim_executed_steer")
     assert np.abs(label - executed).mean() > 0.02
-    assert (series(noisy_runs[0], "motor") >= 53).all()
+
+
+def test_encoder_is_the_wheel_speed_and_braking_is_recorded_honestly(tmp_path):
+    (p,) = record_runs(SimRecordConfig(out=tmp_path, runs=1, seconds=12, height=24, width=32, seed=3, noise=0.0))
+    encoder, speed = series(p, "encoder"), series(p, "speed")
+    assert np.allclose(encoder, np.abs(speed)) and encoder.max() > 2.0  # m/s
+    motor, state = series(p, "motor"), series(p, "state")
+    braking = motor < 49
+    assert braking.any() and (state == 1).all()  # a human-state (1) run whose driver brakes
+    assert (series(p, "sim_executed_motor")[braking] < 0).all()  # the label is what was done (noise 0)
+    t = series(p, "left_timestamp")
+    dv = np.diff(speed) / np.diff(t)
+    assert (dv[braking[:-1]] < 0).mean() > 0.9  # and the car slowed down under it
+    assert set(np.unique(series(p, "sim_sliding"))) <= {0, 1}
+
+
+def test_runs_in_other_variants_are_named_and_described(tmp_path):
+    paths = record_runs(SimRecordConfig(out=tmp_path, runs=2, seconds=0.5, height=24, width=32, variants=[4],
+                                        variant_split="eval", car="kinematic"))
+    assert [p.name for p in paths] == ["sim_train_00000_veval00004.h5", "sim_train_00001_veval00004.h5"]
+    with h5py.File(paths[1], "r") as f:
+        meta = json.loads(f.attrs["sim"])
+    assert meta["world"] == "train/1@eval/4" and meta["car_model"] == "kinematic" and meta["variant_seed"] == 4
 
 
 def test_label_equals_executed_without_noise(tmp_path):
@@ -63,6 +91,8 @@ def test_recording_is_deterministic(tmp_path):
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("fps", 5, r"fps=5 must be in \(10, 240\]"), ("noise", -1, "noise=-1 must be in 0..1"),
     ("split", "test", "split='test' must be one of train, eval"), ("runs", 0, "runs=0 must be in"),
+    ("car", "bus", "car='bus' must be one of dynamic, kinematic"), ("variants", [], r"variants=\[\] must be"),
+    ("variant_split", "x", "variant_split='x' must be one of train, eval"),
 ])
 def test_config_validation_names_field_and_range(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
