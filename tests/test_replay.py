@@ -121,7 +121,8 @@ def test_replay_scores_against_the_training_mean(sim_store, tmp_path):
     human = np.concatenate([Store(sim_store).series(r, "motor") for r in Store(sim_store).runs])
     valid = np.concatenate([Store(sim_store).series(r, "valid") for r in Store(sim_store).runs])
     assert o["constant"] == [49.0, 74.0] or o["constant"] == (49.0, 74.0)
-    assert o["throttle"]["const_mae"] == pytest.approx(np.abs(74.0 - human[valid]).mean(), abs=5e-5)  # reported to 4 decimals
+    # reported to 4 decimals
+    assert o["throttle"]["const_mae"] == pytest.approx(np.abs(74.0 - human[valid]).mean(), abs=5e-5)
     assert all(m["steer"]["r2"] is not None for m in report.per_run.values())
     assert "R²" in format_replay_report(report) and "training mean (steer 49.0, throttle 74.0)" in \
         format_replay_report(report)
