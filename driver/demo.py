@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    workdir: str = "demo_out"
-    runs: int = 32
-    seconds: float = 15.0
-    height: int = 48
-    width: int = 64
-    steps: int = 2400
-    eval_tracks: int = 6
-    jobs: int = 2
-    seed: int = 0
+    workdir: str = "demo_out"  # where runs, store and report go
+    runs: int = 32  # simulated runs (training tracks) to record
+    seconds: float = 15.0  # seconds per run
+    height: int = 48  # frame height in pixels
+    width: int = 64  # frame width in pixels
+    steps: int = 2400  # training steps
+    eval_tracks: int = 6  # held-out tracks driven closed-loop
+    jobs: int = 2  # ingest processes
+    seed: int = 0  # seed of tracks, split and training
 
     def __post_init__(self):
         if not 3 <= self.runs <= 1000:

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from driver.datasets.modes import active_labels
 from driver.datasets.store import Store
-
 from driver.policy import Policy, load_policy
 
 from . import replay_metrics as rm
@@ -36,19 +36,20 @@ READ_BLOCK = 256  # frames read from the store at once
 class ReplayConfig:
     """What to replay. ``runs`` empty = every run in the store; ``mode`` None = from each run's labels."""
 
-    model: str
-    data: str
-    runs: list[str] = field(default_factory=list)
-    out: str = "replay_out"
-    mode: str | None = None
-    video: bool = True
+    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz
+    data: str  # store path or URL (driver ingest output)
+    runs: list[str] = field(default_factory=list)  # runs to replay (empty: all)
+    out: str = "replay_out"  # report.json, plots, video, worst.csv
+    mode: str | None = None  # condition on this behavioral mode only (None: every mode label of each run, the input
+                             # training gave it)
+    video: bool = True  # write the overlay video
     video_run: str | None = None  # None = the first replayed run
-    max_video_frames: int = 600
-    worst: int = 20
+    max_video_frames: int = 600  # frames in the overlay video
+    worst: int = 20  # rows in worst.csv (the largest errors)
     max_lag: int = 30  # frames searched either way for the best alignment
     max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
-    plots: bool = True
-    runtime: str = "torch"  # torch | onnx
+    plots: bool = True  # write the plots
+    runtime: str = "torch"  # inference runtime
     view: str = ""  # Rerun view: "" off, "file" = OUT/replay.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+
 from driver.vehicle.carlink import MAX_FRAME, Cmd, CmdFlags, Mode, MsgType, StateFlags, cobs_encode, encode, encode_body
 from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError

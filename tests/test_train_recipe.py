@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.synthetic import synthetic_segments
-
 from driver.models import InputSpec, create_model
 from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from driver.datasets.clips import run_units_to_norm
 
+from driver.datasets.clips import run_units_to_norm
 from driver.units import norm_to_permille, norm_to_run, permille_to_norm, run_to_norm
 
 

@@ -12,9 +12,8 @@ import os
 import typing
 from dataclasses import asdict, dataclass, field
 
-from driver.vehicle.link import DEFAULT_BAUD
-
 from driver.file_checks import read_config_file
+from driver.vehicle.link import DEFAULT_BAUD
 
 from .camera import CameraConfig
 from .limits import LimitsConfig

@@ -23,12 +23,12 @@ import threading
 import time
 
 import numpy as np
-from driver.vehicle.carlink import Mode, StateFlags
-from driver.vehicle.link import CarLink, LinkError
 
 from driver.policy import NonFiniteOutput
 from driver.preprocess import prepare_frame
 from driver.units import norm_to_run
+from driver.vehicle.carlink import Mode, StateFlags
+from driver.vehicle.link import CarLink, LinkError
 
 from .calibration import Calibration
 from .camera import CameraError, EndOfStream, Frame, LatestFrame, open_camera

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
+from driver.errors import DriverError
 from driver.vehicle.calibration import Calibration
 from driver.vehicle.carlink import (
     PROTO_MINOR,
@@ -38,8 +39,6 @@ from driver.vehicle.carlink import (
     encode,
 )
 from driver.vehicle.mcu_watch import McuWatch
-
-from driver.errors import DriverError
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,13 @@ MIN_OPSET, MAX_OPSET = 14, 20
 class OnnxExportConfig:
     """Where and how to export. ``tolerance`` is the max |Δ| allowed against PyTorch (fp32: 1e-4)."""
 
-    out: str = ""
-    opset: int = 17
-    tolerance: float = 1e-4
-    parity_steps: int = 8
-    parity_sequences: int = 2
-    dynamic_batch: bool = True
-    threads: int = 1
+    out: str = ""  # output file (empty: beside the checkpoint, e.g. best.onnx)
+    opset: int = 17  # ONNX opset
+    tolerance: float = 1e-4  # max |diff| vs PyTorch
+    parity_steps: int = 8  # recurrent steps compared against PyTorch per sequence
+    parity_sequences: int = 2  # sequences of real frames compared against PyTorch
+    dynamic_batch: bool = True  # ONNX: a dynamic batch dimension
+    threads: int = 1  # ONNX Runtime threads of the parity check
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:

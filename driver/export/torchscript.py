@@ -48,10 +48,10 @@ MAX_TORCHSCRIPT_BYTES = 2 * GiB
 
 @dataclass
 class TorchScriptConfig:
-    out: str = ""
-    tolerance: float = 1e-4
-    parity_steps: int = 8
-    parity_sequences: int = 2
+    out: str = ""  # output file (empty: beside the checkpoint, e.g. best.onnx)
+    tolerance: float = 1e-4  # max |diff| vs PyTorch
+    parity_steps: int = 8  # recurrent steps compared against PyTorch per sequence
+    parity_sequences: int = 2  # sequences of real frames compared against PyTorch
     freeze: bool = True  # torch.jit.freeze: constant weights, faster at batch 1
 
     def __post_init__(self) -> None:
