@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from driver.errors import DriverError
+
 from . import storage
 from .layout import FORMAT_VERSION, READABLE_VERSIONS, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
 from .object_store import StoreIOError, WriteConflict
@@ -22,7 +24,7 @@ from .shard_reader import REPAIR_HINT, ChecksumError, ShardedFrames, ShardReadEr
 from .storage import fsync_dir, fsync_tree
 
 
-class StoreError(ValueError):
+class StoreError(DriverError, ValueError):
     """A store that is missing, not a driver store, or damaged; the message names the path."""
 
 

@@ -171,3 +171,31 @@ def test_verbose_shows_the_traceback_behind_the_one_line_error(tmp_path):
     assert "missing.zarr" in quiet.stderr and "Traceback" not in quiet.stderr
     assert len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
     assert "Traceback" in loud.stderr and "missing.zarr" in loud.stderr
+
+
+@pytest.mark.slow  # imports every module of driver
+def test_every_error_class_derives_from_driver_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import driver
+    import driver.datasets
+    import driver.sim
+    import driver.vehicle
+    from driver.errors import DriverError
+
+    outside, seen = [], 0
+    packages = [(driver, "driver."), (driver.datasets, "driver.datasets."), (driver.sim, "driver.sim."),
+                (driver.vehicle, "driver.vehicle.")]  # the last three live in their own top-level folders
+    for info in (i for package, prefix in packages for i in pkgutil.walk_packages(package.__path__, prefix)):
+        seen += 1
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra (rerun, dask, ...) that is not installed
+            continue
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == info.name
+                    and name != "EndOfStream" and not issubclass(obj, DriverError)):  # EndOfStream: a signal
+                outside.append(f"{info.name}.{name}")
+    assert seen > 100 and not outside
