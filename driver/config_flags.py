@@ -161,7 +161,7 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                              _prefix=dest + ".")
             continue
         default = field_default(f)
-        about = " ".join(x for x in (comments.get(f.name, ""), notes.get(f.name, "")) if x)
+        about = "; ".join(x for x in (comments.get(f.name, ""), notes.get(f.name, "")) if x)
         if f.name in positional:
             text = about if default is dataclasses.MISSING else f"{about} (default: {_show(default)})"
             parser.add_argument(dest, nargs="*" if kind.container else None if default is dataclasses.MISSING
