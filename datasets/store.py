@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from driver.atomic_write import write_atomic
 from driver.errors import DriverError
 
 from . import storage
@@ -260,7 +261,7 @@ class Store:
         if not self.remote:
             doc = _read_json(self.location, key)
             change(doc)
-            storage.write_durable(self.path / key, json.dumps(doc, indent=2).encode("utf-8"))
+            write_atomic(self.path / key, json.dumps(doc, indent=2).encode("utf-8"))
             return
         for _ in range(8):
             raw, etag = self.location.read_versioned(key, MAX_JSON_BYTES)

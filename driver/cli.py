@@ -263,7 +263,7 @@ def _compress(args: argparse.Namespace) -> int:
                               progress=sys.stderr.isatty())
     result = compress_checkpoint(args.checkpoint, config)
     if args.report:
-        from driver.export.onnx_export import write_atomic
+        from driver.atomic_write import write_atomic
 
         write_atomic(args.report, json.dumps(result.to_dict(), indent=1, default=str).encode())
     print(format_compress_result(result, layers=args.layers))  # noqa: T201

@@ -14,14 +14,13 @@ import io
 import json
 import logging
 import os
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from driver.atomic_write import write_atomic
 from driver.export.common import (
     StepModule,
     check_parity,
@@ -72,19 +71,6 @@ class ExportReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def example_args(model: nn.Module, batch: int = 1) -> tuple[torch.Tensor, ...]:

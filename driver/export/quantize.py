@@ -121,8 +121,9 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from driver.atomic_write import write_atomic
     from driver.export.common import heldout_metrics
-    from driver.export.onnx_export import set_metadata, write_atomic
+    from driver.export.onnx_export import set_metadata
 
     if not config.out:
         raise ValueError("out is empty: name the int8 .onnx file to write")

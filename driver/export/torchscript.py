@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from driver.atomic_write import write_atomic
 from driver.export.common import (
     ExportError,
     StepModule,
@@ -35,7 +36,7 @@ from driver.export.common import (
     validate_parity,
 )
 from driver.export.meta import check_metadata
-from driver.export.onnx_export import ExportReport, example_args, write_atomic
+from driver.export.onnx_export import ExportReport, example_args
 from driver.export.ort_backend import parse_metadata
 from driver.file_checks import GiB, check_size, check_zip
 from driver.models.spec import InputSpec
