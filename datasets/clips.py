@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from driver.units import run_to_norm
+
 from .augment import Jitter, flip_clip, item_uniforms, jitter_, jitter_colors, mirror_  # noqa: F401 - re-exported
 from .lint import LintRules, lint_run
 from .modes import MODES, active_labels, mode_vector
@@ -35,15 +37,6 @@ from .validity import ValidityRules, validity_mask
 DEFAULT_EXCLUDE = ("reject_run",)
 
 _scratch = threading.local()  # per thread: one reused buffer for the cameras' T+1 frames
-
-_NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
-
-
-def run_units_to_norm(v: np.ndarray) -> np.ndarray:
-    """Run units (0..99, 49 neutral) to [-1, 1]; the same piecewise map as ``driver.units.run_to_norm``."""
-    c = v.astype(np.float32) - np.float32(_NEUTRAL)
-    return np.where(c < 0, c / np.float32(_BELOW), c / np.float32(_ABOVE)).astype(np.float32)
-
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -182,7 +175,8 @@ class ClipDataset(Dataset):
             if config.exclude_flagged is not None:
                 valid = valid & ~lint_run(self.store, name, config.exclude_flagged)[1]
             modes = mode_vector(labels, config.modes)
-            arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
+            steer_n, motor_n = (run_to_norm(v.astype(np.float32)) for v in (steer, motor))
+            arrays = _RunArrays(name, steer_n, motor_n, modes, len(steer),
                                 eligible_starts(valid, segment, before, after))
             self._runs.append(arrays)
         if not self._runs:
