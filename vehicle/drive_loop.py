@@ -79,8 +79,8 @@ class DriveLoop:
         self._prev_left: np.ndarray | None = None
         self._identical = 0
         self._overruns = 0
-        self._lost_acks = 0
-        self._pending: dict[int, float] = {}
+        self._lost_before = link.counters.lost_acks  # the link counts lost CMDs; this session's share is new
+        self._pending: dict[int, float] = {}  # seq -> send time, until its ack's round trip is timed
         self._was_model = False
         self._t_start = time.monotonic()
         self._wall0 = time.time() - self._t_start
@@ -227,13 +227,12 @@ class DriveLoop:
             if ack is not None:
                 self.timer.add("ack_rtt", ack.rtt_s)
                 self.report.acks += 1
-                self._lost_acks = 0
                 del self._pending[s]
             elif now - t > self.safety.ack_timeout_ms / 1000.0:
-                self._lost_acks += 1
-                self.report.lost_acks += 1
-                del self._pending[s]
-        h.lost_acks = self._lost_acks
+                del self._pending[s]  # lost: the link counted it (CarLink._count_lost)
+        counters = self.link.counters
+        h.lost_acks = counters.lost_in_a_row
+        self.report.lost_acks = counters.lost_acks - self._lost_before
 
     def _record(self, frame, left, right, state, controller, action, steer, thr, auto, latency) -> None:
         s_end, t_end = self.cal.steer, self.cal.throttle
@@ -362,7 +361,8 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
         _warm_up(policy, config.warmup, config.mode if policy.modes else None)
         view = _open_view(config.view)  # a bad view sink fails before anything opens
         try:
-            link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
+            link = (CarLink(config.port, config.baud, ack_timeout_s=config.safety.ack_timeout_ms / 1000.0,
+                            estop_on_close=False) if config.port else SimLink())
             link.open()
             try:
                 source = open_camera(cam_cfg, actuator=actuator_from_link(link))
