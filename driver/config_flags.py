@@ -33,8 +33,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 @functools.cache
 def field_comments(cls) -> dict[str, str]:
-    """The ``# comment`` after each field in a config dataclass's source: the flag's help text."""
+    """The ``# comment`` after each field in a config dataclass's source (and its bases'): the flag's help."""
     comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):  # inherited fields keep their own class's comments
+        if dataclasses.is_dataclass(base):
+            comments.update(field_comments(base))
     last = None  # a comment-only line right after a commented field continues its comment
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s+(\w+): [^#]+?#\s*(.+)$", line)
@@ -150,7 +153,8 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     notes = dict(notes or {})
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
-    for f in dataclasses.fields(cls):
+    own = set(vars(cls).get("__annotations__", {}))
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):  # own fields first, then inherited
         if f.name in skip or not f.init:
             continue
         kind = flag_type(hints[f.name])

@@ -199,3 +199,21 @@ def test_every_error_class_derives_from_driver_error():
                     and name != "EndOfStream" and not issubclass(obj, DriverError)):  # EndOfStream: a signal
                 outside.append(f"{info.name}.{name}")
     assert seen > 100 and not outside
+
+
+def test_drive_config_declares_its_parts_fields_once():
+    from driver.vehicle.drive_config import DriveConfig
+    from driver.vehicle.limits import LimitsConfig
+    from driver.vehicle.safety import SafetyConfig
+
+    own = set(vars(DriveConfig)["__annotations__"])
+    for part in (LimitsConfig, SafetyConfig):
+        names = {f.name for f in dataclasses.fields(part)}
+        assert not own & names and names <= {f.name for f in dataclasses.fields(DriveConfig)}
+    c = DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "ack_timeout_ms": 300})
+    assert c.limits == LimitsConfig(max_throttle=0.2)
+    assert c.safety == SafetyConfig(ack_timeout_ms=300, deadline_ms=pytest.approx(1000 / 30))
+    with pytest.raises(ValueError, match="max_throttle=2"):
+        DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 2})  # LimitsConfig's own check
+    args = build_parser().parse_args(["drive", "--model", "m.pt", "--camera", "sim", "--max-throttle", "0.2"])
+    assert given_values(args, DriveConfig) == {"model": "m.pt", "camera": "sim", "max_throttle": 0.2}
