@@ -323,7 +323,8 @@ def _view_flags(s: argparse.ArgumentParser) -> None:
 
     add_config_flags(s, ViewConfig, positional=("store",), skip=("sink",))
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--save", default=None, metavar="OUT.rrd", help="write a recording (default: view.rrd)")
+    sink = next(f.default for f in dataclasses.fields(ViewConfig) if f.name == "sink")
+    where.add_argument("--save", default=None, metavar="OUT.rrd", help=f"write a recording (default: {sink})")
     where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine (default: off)")
     where.add_argument("--web", action="store_true",
                        help="serve Rerun's web viewer on --port (Ctrl-C stops) (default: off)")
