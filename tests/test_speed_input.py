@@ -166,3 +166,25 @@ def test_drive_refuses_a_speed_model_before_anything_moves():
     model = create_model("squeezenet_gru", SPEC, hidden_size=8, speed_input=True)
     with pytest.raises(SpeedRequired, match="carlink v1.1 carries no wheel speed"):
         drive(DriveConfig(model="speed.pt", camera="sim", record_dir="", seconds=1.0), policy=_policy(model))
+
+
+def test_sim_closed_loop_feeds_a_speed_model_the_cars_speed_through_the_view_wrapper():
+    from driver.sim.closed_loop import ClosedLoopConfig, drive_closed_loop
+    from driver.sim.policy_controller import PolicyController
+
+    from driver.view.sim_view import ViewedController
+
+    model = create_model("squeezenet_gru", SPEC, hidden_size=8, speed_input=True)
+    seen = []
+    policy = _policy(model)
+    act = policy.act
+
+    def recording_act(frame, right=None, mode=None, speed=None):
+        seen.append(speed)
+        return act(frame, right, mode, speed=speed)
+
+    policy.act = recording_act
+    controller = ViewedController(PolicyController(policy), every=10)
+    drive_closed_loop(controller, ClosedLoopConfig(tracks=1, height=48, width=64, max_seconds=2.0, reference=False,
+                                                   video_frames=0))
+    assert len(seen) == 60 and seen[0] == 0.0 and all(s is not None and s >= 0 for s in seen)
