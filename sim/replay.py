@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from driver.datasets.modes import active_labels
+from driver.datasets.series import stored_speed_name
 from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
 
@@ -127,6 +128,13 @@ def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, 
     if need_right and "right" not in meta["cameras"]:
         raise ValueError(f"run {run!r} has cameras {meta['cameras']} but the model needs the right camera")
     mode = resolve_mode(policy, meta.get("labels", {}), mode)
+    speed = None
+    if policy.speed_input:  # the model reads the car's speed: the run's own series, as in training
+        speed_name = stored_speed_name(meta)
+        if speed_name is None:
+            raise ValueError(f"run {run!r} has no speed series (encoder or speed) but the model was trained with "
+                             "the car's speed as an input (speed_input)")
+        speed = store.series(run, speed_name).astype(np.float64)
     ts = store.series(run, "timestamp").astype(np.float64)
     chunk = rm.chunk_ids(store.series(run, "segment"), ts, max_gap_s)
     left_frames = store.frames(run, "left") if "left" in policy.cameras else None
@@ -143,7 +151,8 @@ def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, 
                 policy.reset()
                 resets += 1
             frame = left[j] if left is not None else right[j]
-            action = policy.act(frame, right=right[j] if right is not None else None, mode=mode)
+            action = policy.act(frame, right=right[j] if right is not None else None, mode=mode,
+                                speed=None if speed is None else speed[i])
             pred[i] = action.steer, action.motor
     return RunTrace(run, ts - ts[0] if n else ts, store.series(run, "steer").astype(np.float64),
                     store.series(run, "motor").astype(np.float64), pred[:, 0], pred[:, 1],

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from driver.errors import SpeedRequired
 from driver.policy import NonFiniteOutput
 from driver.preprocess import prepare_frame
 from driver.units import norm_to_run
@@ -354,6 +355,10 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
     # first: every thread started below (serial reader, camera grabber, recorder) inherits CPUs and policy
     with pinned(parse_cpus(config.cpus)) as cpus, realtime_loop(config.realtime) as rt:
         policy = policy or _load_policy(config)
+        if getattr(policy, "speed_input", False):
+            raise SpeedRequired(f"{config.model}: the model takes the car's speed (trained with speed input), "
+                                "but carlink v1.1 carries no wheel speed; drive a model trained with "
+                                "--speed-input off (see docs/carlink.md)")
         cam_cfg = config.camera_config(stereo=policy.stereo)
         if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
             raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "

@@ -78,6 +78,8 @@ def example_args(model: nn.Module, batch: int = 1) -> tuple[torch.Tensor, ...]:
     args = [torch.zeros(batch, spec.channels, spec.height, spec.width)]
     if spec.n_modes:
         args.append(torch.zeros(batch, spec.n_modes))
+    if getattr(model, "speed_input", False):
+        args.append(torch.ones(batch))  # m/s
     if getattr(model, "is_recurrent", False):
         state = model.initial_state(batch)
         args.extend([state] if isinstance(state, torch.Tensor) else list(state))
@@ -92,8 +94,8 @@ def onnx_bytes(model: nn.Module, meta: dict, config: OnnxExportConfig) -> bytes:
     names_in, names_out = input_names(model), output_names(model)
     dynamic = None
     if config.dynamic_batch:
-        dynamic = {n: {0: "batch"} for n in ("frame", "modes", "out") if n in names_in + names_out}
-        dynamic.update({n: {1: "batch"} for n in names_in[1:] + names_out[1:] if n not in ("modes",)})
+        dynamic = {n: {0: "batch"} for n in ("frame", "modes", "speed", "out") if n in names_in + names_out}
+        dynamic.update({n: {1: "batch"} for n in names_in[1:] + names_out[1:] if n not in ("modes", "speed")})
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
