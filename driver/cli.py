@@ -13,6 +13,7 @@ from rich.console import Console
 from driver.config_flags import add_config_flags
 from driver.errors import DriverError
 
+THREADS_HELP = "compute threads (default 0 = auto: physical cores minus DataLoader workers, 1 on a busy machine)"
 MODEL_FILES = "checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz"
 
 INGEST_EXAMPLES = """examples:
@@ -92,7 +93,7 @@ def _ingest(args: argparse.Namespace) -> int:
                           shard_frames=args.shard_frames, validity=rules, force=force_all,
                           force_runs=tuple(args.force or ()), format=args.format, mapping=args.mapping,
                           dask=args.dask, lock_ttl_s=args.lock_ttl)
-    report = ingest(config, progress=sys.stderr.isatty())
+    report = ingest(config, progress=True)
     console = Console()
     console.print(summary_table(report))
     for o in report.failures:
@@ -200,7 +201,7 @@ def _sim_record(args: argparse.Namespace) -> int:
                                         height=args.height, width=args.width, stereo=args.stereo, seed=args.seed,
                                         noise=args.noise, split=args.split, variants=args.variants or None,
                                         variant_split=args.variant_split, car=args.car,
-                                        progress=sys.stderr.isatty()))
+                                        progress=True, threads=args.threads))
     print(f"wrote {len(paths)} runs to {args.out}")  # noqa: T201 - the command's output
     return 0
 
@@ -212,7 +213,7 @@ def _sim_drive(args: argparse.Namespace) -> int:
                                       split=args.split, variants=args.variants or [],
                                       variant_split=args.variant_split or "", car=args.car,
                                       max_seconds=args.max_seconds, mode=args.mode, media=not args.no_media,
-                                      seed=args.seed, runtime=args.runtime,
+                                      seed=args.seed, runtime=args.runtime, threads=args.threads,
                                       view=args.view or ""))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
@@ -222,10 +223,11 @@ def _replay(args: argparse.Namespace) -> int:
     from driver.policy import load_policy
     from driver.sim.replay import ReplayConfig, format_replay_report, replay
     from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
+    from driver.threads import apply_threads
 
     if args.closed_loop and args.view:
         raise ValueError("--view shows the open-loop replay; it does not apply to --closed-loop")
-    policy = load_policy(args.model, runtime=args.runtime, threads=args.threads)
+    policy = load_policy(args.model, runtime=args.runtime, threads=apply_threads(args.threads))
     if args.closed_loop:
         report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
                                               threshold_m=args.threshold, mode=args.mode, out=args.out),
@@ -307,7 +309,7 @@ def _compress(args: argparse.Namespace) -> int:
                             layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
                             prune_rounds=args.prune_rounds, prune_steps=args.prune_steps,
                             centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
-                            sim_tracks=args.sim_tracks, seed=args.seed, progress=sys.stderr.isatty())
+                            sim_tracks=args.sim_tracks, seed=args.seed, progress=True, threads=args.threads)
     result = compress_checkpoint(args.checkpoint, config)
     if args.report:
         from driver.export.onnx_export import write_atomic
@@ -329,7 +331,7 @@ def _demo(args: argparse.Namespace) -> int:
     from driver.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, seconds=args.seconds, steps=args.steps,
-                        eval_tracks=args.eval_tracks, jobs=args.jobs, seed=args.seed))
+                        eval_tracks=args.eval_tracks, jobs=args.jobs, seed=args.seed, threads=args.threads))
     return 0
 
 
@@ -460,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise", type=float, default=0.15, help="DART steering noise (normalised, 0 = clean)")
     s.add_argument("--split", choices=("train", "eval"), default="train")
     _world_flags(s)
+    s.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     s.set_defaults(func=_sim_record)
     s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: autonomy, pace, laps",
                            epilog=SIM_DRIVE_EXAMPLES, formatter_class=fmt)
@@ -474,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-media", action="store_true")
     s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
+    s.add_argument("--threads", type=int, default=1,
+                   help="compute threads (default 1: fastest for batch-1 inference; 0 = auto)")
     s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
                    help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_sim_drive)
@@ -492,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
     s.add_argument("--threshold", type=float, default=0.3,
                    help="closed loop: intervention when |offset| exceeds this, in m (default 0.3)")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="compute threads (default 1: fastest for batch-1 inference; 0 = auto)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
     s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
                    help="Rerun view (driver[view]): OUT/replay.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
@@ -549,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sim-tracks", type=int, default=0, help="> 0: sim autonomy before and after")
     s.add_argument("--layers", action="store_true", help="also print one line per tensor (kept, bits, bytes)")
     s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON")
+    s.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     s.set_defaults(func=_compress)
 
     from driver.vehicle.link_check import LinkCheckConfig
@@ -569,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-tracks", type=int, default=6, help="held-out tracks driven closed-loop (default 6)")
     s.add_argument("--jobs", type=int, default=2, help="ingest processes")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     s.set_defaults(func=_demo)
     return p
 
