@@ -6,10 +6,12 @@ import sys
 
 from driver.datasets.synthetic import write_synthetic_runs
 
+from tests.conftest import SAFETY_S
+
 
 def _driver(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "driver.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=SAFETY_S)
 
 
 def test_help_lists_subcommands_with_examples():

@@ -21,9 +21,11 @@ from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError
 from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
+from tests.conftest import SAFETY_S
+
 WATCHDOG_MS = 150
 FW_VERSION = 2
-WAIT_S = 2.0  # generous: how long to wait for something that should take ~tens of ms
+WAIT_S = SAFETY_S  # a safety net: waits end as soon as the awaited thing (~tens of ms) happens
 RC_NEUTRAL = (1500, 1500)
 MANUAL, AUTO = 1000, 2000
 

@@ -20,6 +20,8 @@ from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.verify import VerifyConfig, verify_store
 
+from tests.conftest import SAFETY_S
+
 from .conftest import read_run_frames, read_run_series, s3_objects
 from .faultproxy import FaultProxy
 
@@ -181,7 +183,7 @@ def test_killed_ingest_on_object_storage_resumes(s3_url, s3_endpoint, tmp_path):
         cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", s3_url,
                "--shard-frames", "16", "--lock-ttl", "1"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+        deadline = time.time() + SAFETY_S
         while time.time() < deadline and not slow.requests("PUT", "runs/run_001/left/c/"):
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)

@@ -15,6 +15,7 @@ from driver.datasets.synthetic import write_synthetic_runs
 
 from driver.models import list_models
 from driver.training import CheckpointError, TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
+from tests.conftest import SAFETY_S
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -91,7 +92,7 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
     proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed"), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + SAFETY_S
     while time.time() < deadline and not ckpt.exists():
         time.sleep(0.01)
     time.sleep(0.3)
@@ -123,7 +124,7 @@ def test_ddp_two_gloo_processes(store48, tmp_path):
            "--stack", "1", "--clip-length", "1", "--horizon", "1", "--batch-size", "4", "--epochs", "1",
            "--steps-per-epoch", "3", "--val-fraction", "0.25", "--precision", "fp32", "--out", str(tmp_path),
            "--name", "ddp", "--no-progress"]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=SAFETY_S)
     assert r.returncode == 0, r.stderr[-3000:]
     split = json.loads((tmp_path / "ddp" / "split.json").read_text())
     parts = split["rank_runs"]
