@@ -27,7 +27,7 @@ INGEST_EXAMPLES = """examples:
   driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
   driver ingest runs/*.h5 --out s3://lab/driving.zarr            # a store on object storage (driver[s3])
   driver ingest runs/ --out s3://lab/driving.zarr --dask local:4  # 4 Dask worker processes (driver[dask])
-  driver ingest /shared/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
+  driver ingest /nfs/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests

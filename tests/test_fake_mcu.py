@@ -308,3 +308,16 @@ def test_check_link_reports_and_never_moves_the_car(mcu):
 def test_check_link_names_the_port_when_nothing_answers(tmp_path):
     with pytest.raises(LinkError, match="nope"):
         check_link(LinkCheckConfig(str(tmp_path / "nope"), seconds=0.2))
+
+
+def test_driver_link_without_hardware_runs_as_documented(host_mcu_bin):
+    """README and `driver link --help`: `python -m driver.vehicle.fake_mcu driver link --port {port}`."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run([sys.executable, "-m", "driver.vehicle.fake_mcu", "--build-dir", str(host_mcu_bin.parent),
+                        "driver", "link", "--port", "{port}", "--seconds", "1"], capture_output=True, text=True,
+                       env=env, timeout=SAFETY_S)
+    assert r.returncode == 0, r.stderr
+    assert "fake MCU on /dev/pts/" in r.stderr and "link OK" in r.stdout

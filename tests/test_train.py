@@ -192,3 +192,25 @@ def test_disk_full_keeps_the_last_good_checkpoint(store64, tmp_path):
         assert "the previous checkpoint is intact" in r.stderr and "--resume" in r.stderr
     else:  # the first checkpoint failed: nothing to resume, no half-made run folder left behind
         assert "no checkpoint was saved" in r.stderr and not (tmp_path / "full").exists()
+
+
+def test_resume_with_other_flags_warns_and_epochs_extend(store64, tmp_path, caplog):
+    from driver.training.metrics import summary_table
+
+    first = train(_cfg(store64, tmp_path, arch="squeezenet", name="r"))
+    caplog.set_level("INFO")
+    again = train(resume=first.run_dir, overrides={"lr": 0.5, "batch_size": None, "epochs": 1})
+    assert "ignored: --lr" in caplog.text and again.steps == first.steps
+    assert again.samples_per_s is None  # nothing left to train: no "0 frames/s"
+    rows = [str(c._cells) for c in summary_table(again).columns]
+    assert "no steps run in this process" in " ".join(rows) and "0 frames/s" not in " ".join(rows)
+    longer = train(resume=first.run_dir, overrides={"epochs": 2})
+    assert "extending" in caplog.text and longer.epochs == 2 and longer.steps == 2 * first.steps
+    with pytest.raises(ValueError, match="fewer than the run's 2"):
+        train(resume=first.run_dir, overrides={"epochs": 1})
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    with pytest.raises((StoreError, ValueError)):
+        train(_cfg(tmp_path / "missing.zarr", tmp_path / "out", arch="squeezenet", name="never"))
+    assert not (tmp_path / "out" / "never").exists()
