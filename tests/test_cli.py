@@ -66,8 +66,8 @@ def test_demo_runs_end_to_end_and_its_next_step_runs_as_printed(tmp_path):
     command = re.search(r"`(driver drive [^`]*--camera sim[^`]*)`", report).group(1)
     drive = _driver(*shlex.split(command)[1:], cwd=tmp_path)
     assert drive.returncode == 0, drive.stderr
-    said = drive.stderr + drive.stdout
-    assert re.search(r"sim track \d+: autonomy [0-9.]+% .* cross-track \|e\| mean [0-9.]+ m", said)
+    said = drive.stderr + drive.stdout  # (4 training steps drive badly: PilotNet's autonomy may be negative)
+    assert re.search(r"sim track \d+: autonomy -?[0-9.]+% .* cross-track \|e\| mean [0-9.]+ m", said)
     assert "held-out tracks in held-out world variants: autonomy" in report and "of the expert" in report
     assert "track eval/0: autonomy" in report and "(expert " in report
     summary = json.loads((tmp_path / "d" / "sim_drive" / "summary.json").read_text())

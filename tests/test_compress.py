@@ -149,6 +149,7 @@ def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48):
     assert bad.returncode == 2 and "density=2.0 must be in 0.01..1.0" in bad.stderr
 
 
+@pytest.mark.slow
 def test_killed_compress_resumes_to_the_same_file(tmp_path, store48):
     """SIGKILL after a pruning round; the same job run again resumes there and writes the uninterrupted file."""
     import signal

@@ -132,6 +132,7 @@ def test_refuses_a_non_store_path(tmp_path):
         IngestConfig(sources=["a.h5"], out="s", jobs=0)
 
 
+@pytest.mark.slow
 def test_killed_ingest_resumes(tmp_path):
     runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=400, height=94, width=168, seed=6)
     out = tmp_path / "s.zarr"
@@ -189,6 +190,7 @@ def _dies_on_run_001(job):
     return _safe_ingest(job)
 
 
+@pytest.mark.slow
 def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     from driver.datasets.ingest import _plan, _run_jobs
     from driver.datasets.store import create_store

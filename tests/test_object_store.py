@@ -147,6 +147,7 @@ def test_clip_items_equal_a_local_store(store_url, tmp_path):
                 assert np.array_equal(ds[i][k].numpy(), v.numpy()), (i, k)
 
 
+@pytest.mark.slow
 def test_an_uncommitted_run_is_invisible(s3_url, s3_endpoint, tmp_path, monkeypatch):
     """Every object of run_001 is written, but its marker (the commit) never lands: nothing of it shows."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=7)

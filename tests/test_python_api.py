@@ -20,6 +20,7 @@ from tests.conftest import SAFETY_S
 DOC = Path(__file__).parent.parent / "docs" / "python-api.md"
 
 
+@pytest.mark.slow
 def test_docs_example_runs(tmp_path):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     script = tmp_path / "example.py"
@@ -81,6 +82,7 @@ def test_recurrent_policy_steps_equal_the_clip_forward(store, tmp_path):
     assert np.allclose(policy.act(left[0], right=right[0], mode="direct").horizon, expected[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_policy_matches_replay(store, tmp_path):
     from driver.sim.replay import ReplayConfig, replay
 

@@ -74,6 +74,7 @@ def _worker(root: str, seed: int, q) -> None:
     q.put((wrong, hits, cache.cached_bytes()))
 
 
+@pytest.mark.slow
 def test_processes_share_it_safely(tmp_path):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
