@@ -12,12 +12,6 @@ import torch
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
 
-# The one wall-clock limit of the suite: a safety net against a hung process or a wait that never ends, never
-# a speed limit (a busy 2-core machine can be 10x slower than an idle one; no test may fail because of that).
-# Every subprocess timeout and every wait-until deadline in the tests is this long; they return as soon as the
-# awaited thing happens, so a passing test never waits for it.
-SAFETY_S = 1800
-
 
 def read_run_frames(path, camera="left") -> np.ndarray:
     """All frames of one camera of an HDF5 run, concatenated over segments (reference reader)."""

@@ -15,7 +15,7 @@ import pytest
 
 from driver.cli import build_parser
 from driver.export.onnx_export import OnnxExportConfig, export_onnx
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 from tests.test_drive_fixtures import drive_assets  # noqa: F401 - fixture
 
 BLOCKED = ("torch", "zarr", "onnx", "tensorboard", "matplotlib", "numcodecs")
@@ -28,7 +28,7 @@ class NoTrainingStack(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is not installed on the car")
 sys.meta_path.insert(0, NoTrainingStack())
 from driver.cli import main
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 try:
     code = main(sys.argv[1:])
 except SystemExit as e:  # --help

@@ -11,7 +11,7 @@ import pytest
 import torch
 from driver.datasets.synthetic import write_synthetic_runs
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 
 def _driver(*args, cwd=None):

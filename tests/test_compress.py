@@ -16,7 +16,7 @@ from driver.export import (
 )
 from driver.export.codec import SharedTensor, gap_symbols, positions_from_gaps, write_compressed
 from driver.policy import Policy
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 from tests.test_export import store48 as store48  # noqa: F401 - a fixture, used by name
 from tests.test_export import tiny_checkpoint
 

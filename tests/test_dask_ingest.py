@@ -13,7 +13,7 @@ from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 from .conftest import s3_objects
 from .faultproxy import FaultProxy

@@ -18,7 +18,7 @@ from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.verify import VerifyConfig, verify_store
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
 

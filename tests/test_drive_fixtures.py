@@ -16,7 +16,7 @@ import torch
 
 from driver.models import InputSpec, create_model
 from driver.training.checkpoint import model_payload, preprocess_info, save_checkpoint
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 H, W = 48, 64  # model input
 VIDEO_H, VIDEO_W = 96, 128  # camera frames: crop + resize happen for real

@@ -24,7 +24,7 @@ from bench.extsim import geometry as geo  # noqa: E402
 from bench.extsim.env import STEER_LIMIT, RacetrackSim, SimConfig  # noqa: E402
 from bench.extsim.expert import Expert  # noqa: E402
 from bench.extsim.record import EXTRAS, LABELS, RecordConfig, record_runs  # noqa: E402
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 SMALL = SimConfig(height=32, width=32)
 

@@ -21,7 +21,7 @@ from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError
 from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 WATCHDOG_MS = 150
 FW_VERSION = 2

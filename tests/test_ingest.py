@@ -16,7 +16,7 @@ from driver.datasets.store import Store, StoreError
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.validity import ValidityRules, validity_mask
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
 

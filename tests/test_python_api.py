@@ -15,7 +15,7 @@ import driver
 from driver.models import InputSpec, create_model
 from driver.preprocess import frames_to_input
 from driver.training.checkpoint import CheckpointError, model_payload, preprocess_info, save_checkpoint
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 DOC = Path(__file__).parent.parent / "docs" / "python-api.md"
 

@@ -16,7 +16,7 @@ from driver.datasets.synthetic import write_synthetic_runs
 
 from driver.export.common import parity_inputs, resolve_checkpoint
 from driver.training import load_checkpoint
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 from .conftest import s3_objects
 from .faultproxy import FaultProxy

@@ -9,7 +9,7 @@ import pytest
 from driver.datasets.object_store import ObjectLocation
 from driver.datasets.run_lease import LeaseHeld, LeaseLost, RunLease, lock_key
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 
 @pytest.fixture

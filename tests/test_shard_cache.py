@@ -8,7 +8,7 @@ import random
 import pytest
 from driver.datasets.shard_cache import ShardCache, parse_bytes
 
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 
 def _content(key: str, offset: int, n: int) -> bytes:

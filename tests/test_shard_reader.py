@@ -15,7 +15,7 @@ from driver.datasets.shard_reader import ChecksumError, ShardedFrames, ShardRead
 from driver.datasets.shard_writer import FramesShardWriter
 
 from driver.errors import DriverError
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 
 def _data(n, h=6, w=8):

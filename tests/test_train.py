@@ -15,7 +15,7 @@ from driver.datasets.synthetic import write_synthetic_runs
 
 from driver.models import list_models
 from driver.training import CheckpointError, TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
-from tests.conftest import SAFETY_S
+from tests.limits import SAFETY_S
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 

@@ -20,7 +20,7 @@ from driver.errors import DriverError
 rr = pytest.importorskip("rerun")
 from rerun.chunk import RrdReader  # noqa: E402
 
-from tests.conftest import SAFETY_S  # noqa: E402
+from tests.limits import SAFETY_S  # noqa: E402
 from tests.test_drive_fixtures import H, W, drive_assets  # noqa: E402,F401 - fixture
 from tests.test_replay import checkpoint, sim_store  # noqa: E402,F401 - fixtures
 
