@@ -21,6 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from driver.progress import Progress
+
 from .interop import FORMATS, Hdf5Source, RunSource, run_sources
 from .layout import CODECS, FORMAT_VERSION
 from .run_format import RunFormatError
@@ -258,7 +260,9 @@ def _safe_ingest(job: RunJob) -> dict:
 
 
 def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
-    """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring)."""
+    """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring).
+
+    ``progress``: a bar on a terminal, else a progress line every 30 s."""
     t0 = time.perf_counter()
     files = run_sources(config.sources, config.format, config.mapping)
     if not files and not config.force_runs:
@@ -290,10 +294,7 @@ def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], out
     files.extend(_recorded_sources(store, config, files))
     jobs, known = _plan(store, config, files)
     outcomes.extend(known)
-    bar = _progress(progress, len(files))
-    if bar is not None:
-        bar.start()
-        task = bar.add_task("ingest", total=len(files), completed=len(known))
+    bar = Progress("ingest", total=len(files), done=len(known), unit="run", enabled=progress)
 
     def on_done(job: RunJob, result: dict) -> None:
         o = RunOutcome(job.source, job.run, result["status"], result.get("frames", 0), result.get("valid", 0),
@@ -310,8 +311,7 @@ def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], out
         if o.status == "failed":
             log.debug("%s", o.error)
         outcomes.append(o)
-        if bar is not None:
-            bar.advance(task)
+        bar.update(bar.done + 1, frames=f"{sum(x.frames for x in outcomes):,} frames")
 
     try:
         if config.dask:
@@ -321,21 +321,11 @@ def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], out
         else:
             _run_jobs(jobs, config.jobs, on_done)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     if not store.remote:
         sweep_leftovers(store)
     if store.format_version < FORMAT_VERSION and store.runs and all(store.run_verified(r) for r in store.runs):
         store.set_format_version(FORMAT_VERSION)  # every run now checksummed: the store is verified
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
 
 
 def summary_table(report: IngestReport):

@@ -25,7 +25,7 @@ INGEST_EXAMPLES = """examples:
   driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
   driver ingest runs/*.h5 --out s3://lab/driving.zarr            # a store on object storage (driver[s3])
   driver ingest runs/ --out s3://lab/driving.zarr --dask local:4  # 4 Dask worker processes (driver[dask])
-  driver ingest /shared/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
+  driver ingest /nfs/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
 
 A run that fails validation is reported on one line and skipped; the others are ingested and the exit
 code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests
@@ -85,7 +85,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     force_all = args.force is not None and not args.force  # a bare --force: every run, as before
     config = config_from_args(IngestConfig, args, force=force_all, force_runs=tuple(args.force or ()))
-    report = ingest(config, progress=sys.stderr.isatty())
+    report = ingest(config, progress=True)
     console = Console()
     console.print(summary_table(report))
     for o in report.failures:
@@ -178,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sim_record(args: argparse.Namespace) -> int:
     from driver.sim.record import SimRecordConfig, record_runs
 
-    config = config_from_args(SimRecordConfig, args, variants=args.variants or None, progress=sys.stderr.isatty())
+    config = config_from_args(SimRecordConfig, args, variants=args.variants or None, progress=True)
     paths = record_runs(config)
     print(f"wrote {len(paths)} runs to {config.out}")  # noqa: T201 - the command's output
     return 0
@@ -196,11 +196,12 @@ def _replay(args: argparse.Namespace) -> int:
     from driver.policy import load_policy
     from driver.sim.replay import ReplayConfig, format_replay_report, replay
     from driver.sim.warp_replay import WarpReplayConfig, format_warp_report, warp_replay
+    from driver.threads import apply_threads
 
     if args.closed_loop and args.view:
         raise ValueError("--view shows the open-loop replay; it does not apply to --closed-loop")
     config = config_from_args(ReplayConfig, args)
-    policy = load_policy(config.model, runtime=config.runtime, threads=args.threads)
+    policy = load_policy(config.model, runtime=config.runtime, threads=apply_threads(config.threads))
     if args.closed_loop:
         report = warp_replay(config_from_args(WarpReplayConfig, args, out=config.out), policy=policy)
         print(format_warp_report(report))  # noqa: T201 - the command's output
@@ -260,7 +261,7 @@ def _compress(args: argparse.Namespace) -> int:
     from driver.export.compress import CompressConfig, compress_checkpoint, format_compress_result
 
     config = config_from_args(CompressConfig, args, out=args.out or _beside(args.checkpoint, ".dcz"),
-                              progress=sys.stderr.isatty())
+                              progress=True)
     result = compress_checkpoint(args.checkpoint, config)
     if args.report:
         from driver.atomic_write import write_atomic
@@ -383,7 +384,6 @@ def _replay_flags(s: argparse.ArgumentParser) -> None:
 
     add_config_flags(s, ReplayConfig, optional_value={"view": "file"}, choices={"runtime": RUNTIMES},
                      rename={"max_gap_s": "max-gap"})
-    s.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, fastest at batch 1)")
     closed = s.add_argument_group("closed loop (--closed-loop)")
     closed.add_argument("--closed-loop", action="store_true",
                         help="closed-loop replay by viewpoint warping (default: off, open loop)")

@@ -37,7 +37,7 @@ class Progress:
         self.what, self.total, self.unit, self.every_s = what, max(int(total), 1), unit, every_s
         self.enabled = enabled
         self.tty = sys.stderr.isatty() if tty is None else tty
-        self._start_done = self.done = int(done)
+        self._start_done = self.done = self._logged = int(done)
         self._t0 = self._last_line = time.monotonic()
         self._fields: dict[str, str] = {}
         self._bar = None
@@ -82,7 +82,7 @@ class Progress:
         return text + (" | " + ", ".join(self._fields.values()) if self._fields else "")
 
     def _line(self) -> None:
-        self._last_line = time.monotonic()
+        self._last_line, self._logged = time.monotonic(), self.done
         log.info("%s", self.line())
 
     def close(self) -> None:
@@ -91,6 +91,6 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif self.done > self._start_done:
+        elif self.done > self._logged:
             self._line()
         self.enabled = False

@@ -11,7 +11,8 @@ and 20 s with one thread. So ``driver`` chooses the count itself:
   (the 1-minute load average when the command starts is at least half the usable CPUs).
 
 The chosen count is applied to torch (intra-op) and OpenCV, and handed to ONNX Runtime sessions by the
-callers; it is logged once so a slow run can be explained.
+callers; it is logged once so a slow run can be explained. DataLoader worker processes get one thread each
+(:func:`loader_worker_init`): they already run one per core.
 """
 
 from __future__ import annotations
@@ -79,16 +80,30 @@ def apply_threads(threads: int = 0, workers: int = 0) -> int:
     """Resolve ``threads`` (0 = automatic, see the module docstring), apply it to torch and OpenCV, return it."""
     check_threads(threads)
     n = threads or default_threads(workers)
-    import torch
+    _set_threads(n)
+    log.info("compute threads: %d (%s)", n, "as asked" if threads else
+             f"automatic: {physical_cores()} physical cores, {workers} loader workers, "
+             f"load {os.getloadavg()[0]:.1f}")
+    return n
 
-    torch.set_num_threads(n)
+
+def loader_worker_init(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: one torch and one OpenCV thread per worker process (the workers
+    already run one per core; more threads each would oversubscribe the machine)."""
+    _set_threads(1)
+
+
+def _set_threads(n: int) -> None:
+    """torch's intra-op and OpenCV's thread count, for whichever of them is installed (the car has no torch)."""
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
     try:
         import cv2
 
         cv2.setNumThreads(n)
     except ImportError:
         pass
-    log.info("compute threads: %d (%s)", n, "--threads" if threads else
-             f"automatic: {physical_cores()} physical cores, {workers} loader workers, "
-             f"load {os.getloadavg()[0]:.1f}")
-    return n

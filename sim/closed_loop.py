@@ -28,6 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
+from driver.progress import Progress
+
 from .car import CAR_MODELS, make_car
 from .expert import DartNoise, Expert, ExpertSpec, NoiseSpec
 from .media import write_closed_loop_media
@@ -246,7 +248,9 @@ def drive_closed_loop(controller: Controller, config: ClosedLoopConfig | None = 
     """Drive ``controller`` on every world of ``config``; score it (with the expert's pace as reference)."""
     config = config or ClosedLoopConfig()
     episodes = []
-    for track_seed, variant_seed in config.worlds():
+    worlds = list(config.worlds())
+    progress = Progress("sim drive", total=len(worlds), unit="track", tty=False)  # a line every 30 s
+    for track_seed, variant_seed in worlds:
         world = make_world(track_seed, config.split, variant_seed, config.variant_split)
         ep = drive_world(controller, world, config, render_seed=config.seed * 100003 + track_seed)
         if config.reference:
@@ -255,4 +259,5 @@ def drive_closed_loop(controller: Controller, config: ClosedLoopConfig | None = 
                  world.name, ep.elapsed_s, ep.interventions, ep.causes, ep.autonomy,
                  "-" if ep.pace is None else f"{ep.pace:.2f}", ep.laps, ep.mean_abs_cte)
         episodes.append(ep)
+        progress.update(len(episodes))
     return ClosedLoopResult(episodes, config.intervention_s)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from driver.policy import load_policy
+from driver.threads import apply_threads, check_threads
 
 from .car import CAR_MODELS
 from .closed_loop import ClosedLoopConfig, ExpertController, drive_closed_loop
@@ -40,11 +41,12 @@ class SimDriveConfig:
     mode: str | None = "direct"  # behavioral mode given to the model
     media: bool = True  # write top-down maps, speed profiles and videos
     seed: int = 0  # render-noise seed (tracks are always eval seeds 0..N-1)
-    threads: int = 1  # torch threads for batch-1 inference (1 is fastest on small CPUs)
+    threads: int = 1  # compute threads (1 is fastest for batch-1 inference on small CPUs; 0 = auto)
     runtime: str = "torch"  # inference runtime
     view: str = ""  # Rerun view: "" off, "file" = OUT/sim_drive.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):
+        check_threads(self.threads)
         if not self.model:
             raise ValueError("model is empty: name a checkpoint (best.pt) or 'expert'")
         if not 1 <= self.tracks <= 1000:
@@ -60,10 +62,11 @@ class SimDriveConfig:
 def sim_drive(config: SimDriveConfig) -> ClosedLoopResult:
     """Drive ``config.tracks`` worlds; the sim renders at the model's input size. Writes ``summary.json``
     (and media) to ``config.out``."""
+    threads = apply_threads(config.threads)
     if config.model == "expert":
         controller, height, width, stereo = ExpertController(fps=config.fps), 94, 168, False
     else:
-        policy = load_policy(config.model, runtime=config.runtime, threads=config.threads)
+        policy = load_policy(config.model, runtime=config.runtime, threads=threads)
         controller = PolicyController(policy, config.mode)
         height, width, stereo = policy.height, policy.width, policy.stereo
     loop = ClosedLoopConfig(tracks=config.tracks, split=config.split, variants=list(config.variants) or None,

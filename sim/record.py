@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from driver.datasets.run_writer import write_run
+from driver.progress import Progress
+from driver.threads import apply_threads, check_threads
 from driver.units import norm_to_run
 
 from .car import CAR_MODELS, make_car
@@ -62,7 +64,8 @@ class SimRecordConfig:
     variant_split: str | None = None  # split of --variants (None: --split)
     car: str = "dynamic"  # car model: dynamic (force, brake, grip limit) or kinematic (motor = speed)
     reset_fraction: float = 0.9  # segment ends when |cte| > this × half the lane width
-    progress: bool = False  # show a rich progress bar
+    progress: bool = False  # a progress bar on a terminal, else a progress line every 30 s
+    threads: int = 0  # compute threads (0 = auto: physical cores, 1 on a busy machine)
 
     def variant_of(self, index: int) -> int | None:
         """Variant seed of run ``index`` (None: the track's own)."""
@@ -72,6 +75,7 @@ class SimRecordConfig:
         return seeds[index % len(seeds)]
 
     def __post_init__(self):
+        check_threads(self.threads)
         if not 1 <= self.runs <= 100000:
             raise ValueError(f"runs={self.runs} must be in 1..100000")
         if not 0.1 <= self.seconds <= 36000:
@@ -195,16 +199,11 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
 
 def record_runs(config: SimRecordConfig) -> list[Path]:
     """Record ``config.runs`` runs into ``config.out`` (created if needed); returns the paths written."""
+    apply_threads(config.threads)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     per_run = max(1, int(round(config.seconds * config.fps)))
-    if not config.progress:
-        return [record_run(config, i) for i in range(config.runs)]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("[bold]sim record"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
-        task = bar.add_task("frames", total=config.runs * per_run)
-        return [record_run(config, i, on_step=lambda: bar.advance(task)) for i in range(config.runs)]
+    with Progress("sim record", total=config.runs * per_run, unit="frame", enabled=config.progress) as bar:
+        return [record_run(config, i, on_step=lambda: bar.update(bar.done + 1)) for i in range(config.runs)]
 
 
 __all__ = ["EXTRAS", "SimRecordConfig", "record_run", "record_runs"]

@@ -25,6 +25,8 @@ from driver.datasets.modes import active_labels
 from driver.datasets.series import stored_speed_name
 from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
+from driver.progress import Progress
+from driver.threads import apply_threads, check_threads
 
 from . import replay_metrics as rm
 
@@ -51,9 +53,11 @@ class ReplayConfig:
     max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
     plots: bool = True  # write the plots
     runtime: str = "torch"  # inference runtime
+    threads: int = 1  # compute threads (1 is fastest for batch-1 inference on small CPUs; 0 = auto)
     view: str = ""  # Rerun view: "" off, "file" = OUT/replay.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):
+        check_threads(self.threads)
         if not self.model:
             raise ValueError("model is empty: name a checkpoint (best.pt/last.pt or a training run folder)")
         if not self.data:
@@ -235,14 +239,15 @@ def replay(config: ReplayConfig, policy: Policy | None = None) -> ReplayReport:
     store, runs = open_runs(config.data, config.runs)
     if config.video and config.video_run is not None and config.video_run not in runs:
         raise ValueError(f"video_run={config.video_run!r} is not among the runs to replay {runs}")
-    policy = policy or load_policy(config.model, runtime=config.runtime, threads=1)
+    policy = policy or load_policy(config.model, runtime=config.runtime, threads=apply_threads(config.threads))
     t0 = time.perf_counter()
     traces = []
-    for run in runs:
-        t = replay_run(policy, store, run, config.mode, config.max_gap_s)
-        log.info("replayed %s: %d frames (%d scored), %d resets, mode %s", run, len(t.valid), int(t.valid.sum()),
-                 t.resets, t.mode)
-        traces.append(t)
+    with Progress("replay", total=len(runs), unit="run", every_s=0.0, tty=False) as progress:
+        for run in runs:
+            t = replay_run(policy, store, run, config.mode, config.max_gap_s)
+            traces.append(t)
+            progress.update(len(traces), run=f"{run}: {len(t.valid)} frames ({int(t.valid.sum())} scored), "
+                            f"{t.resets} resets, mode {t.mode}")
     elapsed = time.perf_counter() - t0
     constants = training_means(policy)
     per_run = {t.run: {**_metrics([t], config.max_lag, constants), "mode": t.mode} for t in traces}

@@ -15,6 +15,7 @@ import pytest
 
 from driver.cli import build_parser
 from driver.export.onnx_export import OnnxExportConfig, export_onnx
+from tests.limits import SAFETY_S
 from tests.test_drive_fixtures import drive_assets  # noqa: F401 - fixture
 
 BLOCKED = ("torch", "zarr", "onnx", "tensorboard", "matplotlib", "numcodecs")
@@ -27,6 +28,7 @@ class NoTrainingStack(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is not installed on the car")
 sys.meta_path.insert(0, NoTrainingStack())
 from driver.cli import main
+from tests.limits import SAFETY_S
 try:
     code = main(sys.argv[1:])
 except SystemExit as e:  # --help
@@ -48,7 +50,7 @@ def onnx_model(drive_assets, tmp_path_factory):  # noqa: F811
 
 def run_car(*args: str) -> tuple[dict, subprocess.CompletedProcess]:
     proc = subprocess.run([sys.executable, "-c", CAR_SCRIPT.format(blocked=BLOCKED), *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=SAFETY_S)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):]), proc

@@ -1,15 +1,22 @@
 """The `driver` console script, run as a real subprocess."""
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+
 from driver.datasets.synthetic import write_synthetic_runs
+from tests.limits import SAFETY_S
 
 
 def _driver(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "driver.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=SAFETY_S)
 
 
 def test_help_lists_subcommands_with_examples():
@@ -44,12 +51,23 @@ def test_models_table():
         assert arch in r.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_its_next_step_runs_as_printed(tmp_path):
     r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--seconds", "6", "--steps", "4",
                 "--eval-tracks", "1", "--jobs", "1")
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "d" / "report.md").read_text()
     assert "3 simulated runs" in report and "| train |" in report
+    assert re.search(r"\| \*\*total\*\* \| \*\*[0-9.]+\*\* \|", report) and "compute thread" in report
+    # without a terminal, long stages log a progress line (rate, ETA) instead of staying silent
+    assert re.search(r"sim record [0-9,]+/[0-9,]+ \(100%\) [0-9.]+ frame/s, ETA", r.stderr)
+    assert re.search(r"train 4/4 \(100%\) [0-9.]+ step/s, ETA .* \| loss", r.stderr)
+    # the next step the report prints runs as printed: the exported model drives the simulated car
+    command = re.search(r"`(driver drive [^`]*--camera sim[^`]*)`", report).group(1)
+    drive = _driver(*shlex.split(command)[1:], cwd=tmp_path)
+    assert drive.returncode == 0, drive.stderr
+    said = drive.stderr + drive.stdout  # (4 training steps drive badly: PilotNet's autonomy may be negative)
+    assert re.search(r"sim track \d+: autonomy -?[0-9.]+% .* cross-track \|e\| mean [0-9.]+ m", said)
     assert "held-out tracks in held-out world variants: autonomy" in report and "of the expert" in report
     assert "track eval/0: autonomy" in report and "(expert " in report
     summary = json.loads((tmp_path / "d" / "sim_drive" / "summary.json").read_text())
@@ -57,3 +75,12 @@ def test_demo_runs_end_to_end(tmp_path):
         "off_road", "slid", "wrong_way", "stopped"}
     assert (tmp_path / "d" / "sim_drive" / "speed_eval_0.png").is_file()
     assert "parity with PyTorch" in report and (tmp_path / "d" / "export" / "demo.onnx").is_file()
+
+
+def test_a_non_checkpoint_pt_is_named_without_torch_advice_or_warnings(tmp_path):
+    torch.save({"weights": np.zeros(3)}, tmp_path / "notes.pt")  # a numpy array: refused by weights_only
+    for args in (["export", str(tmp_path / "notes.pt")], ["sim", "drive", "--model", str(tmp_path / "notes.pt")]):
+        r = _driver(*args, cwd=tmp_path)
+        assert r.returncode == 2
+        assert "notes.pt: not a driver checkpoint" in r.stderr
+        assert "Warning" not in r.stderr and "weights_only" not in r.stderr and "Traceback" not in r.stderr

@@ -16,6 +16,7 @@ from driver.export import (
 )
 from driver.export.codec import SharedTensor, gap_symbols, positions_from_gaps, write_compressed
 from driver.policy import Policy
+from tests.limits import SAFETY_S
 from tests.test_export import store48 as store48  # noqa: F401 - a fixture, used by name
 from tests.test_export import tiny_checkpoint
 
@@ -148,6 +149,7 @@ def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48):
     assert bad.returncode == 2 and "density=2.0 must be in 0.01..1.0" in bad.stderr
 
 
+@pytest.mark.slow
 def test_killed_compress_resumes_to_the_same_file(tmp_path, store48):
     """SIGKILL after a pruning round; the same job run again resumes there and writes the uninterrupted file."""
     import signal
@@ -169,11 +171,11 @@ def test_killed_compress_resumes_to_the_same_file(tmp_path, store48):
             "from driver.export import CompressConfig, compress_checkpoint\n"
             f"compress_checkpoint({str(ckpt_path)!r}, CompressConfig(out={str(out)!r}, **{settings!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + SAFETY_S
     while not partial_path(out).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=SAFETY_S)
     assert proc.returncode == -signal.SIGKILL and partial_path(out).exists() and not out.exists()
     saved = torch.load(partial_path(out), weights_only=True)
     assert 1 <= saved["round"] < 3

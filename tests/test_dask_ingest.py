@@ -13,6 +13,7 @@ import pytest
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
+from tests.limits import SAFETY_S
 
 from .conftest import s3_objects
 from .faultproxy import FaultProxy
@@ -48,7 +49,7 @@ def _kill_the_writer_of(run: str, bucket: str, prefix: str, endpoint: str, proxy
     import boto3
 
     c = boto3.client("s3", endpoint_url=endpoint)
-    deadline = time.time() + 180
+    deadline = time.time() + SAFETY_S
     while time.time() < deadline:
         if proxy.requests("PUT", f"runs/{run}/left/c/"):
             lease = json.loads(c.get_object(Bucket=bucket, Key=f"{prefix}/locks/{run}.lock")["Body"].read())

@@ -18,6 +18,7 @@ from driver.datasets.shard_reader import ChecksumError, ShardReadError
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.verify import VerifyConfig, verify_store
+from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
 
@@ -82,7 +83,7 @@ def test_damage_is_named_by_the_reader_verify_and_training_then_repaired(store, 
     assert status == {"run_000": "ok", "run_001": "damaged"} and not report.ok
     assert len(report.damaged[0].problems) == 1
     assert __import__("re").search(expected, report.damaged[0].problems[0])
-    cli = subprocess.run([*CLI, "verify", str(store)], capture_output=True, text=True, env=ENV, timeout=300)
+    cli = subprocess.run([*CLI, "verify", str(store)], capture_output=True, text=True, env=ENV, timeout=SAFETY_S)
     assert cli.returncode == 1 and "damaged" in cli.stdout
     assert f"repair: driver ingest --out {store} --force run_001" in " ".join(cli.stdout.split())
 
@@ -112,7 +113,7 @@ def test_force_keeps_its_old_meaning_and_names_unknown_runs(store, tmp_path):
     with pytest.raises(ValueError, match="--force nope: no source given for it and the store .* has no such run"):
         ingest(IngestConfig(sources=[], out=str(store), force_runs=("nope",)))
     cli = subprocess.run([*CLI, "ingest", *runs, "--out", str(store), "--force"], capture_output=True, text=True,
-                         env=ENV, timeout=300)
+                         env=ENV, timeout=SAFETY_S)
     assert cli.returncode == 0 and cli.stdout.count("replaced") == 2
 
 
@@ -200,5 +201,5 @@ def test_info_never_cuts_run_names_and_leaves_staging_out(tmp_path):
         print_info(describe_store(out), console)
         assert long in console.export_text(), width
     cli = subprocess.run([*CLI, "info", str(out)], capture_output=True, text=True, env={**ENV, "COLUMNS": "40"},
-                         timeout=300)
+                         timeout=SAFETY_S)
     assert cli.returncode == 0 and long in cli.stdout

@@ -9,13 +9,14 @@ import pytest
 
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.fake_mcu import FakeMcu
+from tests.limits import SAFETY_S
 from tests.test_car_install import onnx_model  # noqa: F401 - fixture (an .onnx: these runs need no torch)
 from tests.test_drive_fixtures import drive_assets  # noqa: F401 - fixture
 from tests.test_fake_mcu import host_mcu_bin  # noqa: F401 - fixture
 
 
 def driver(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "driver.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "driver.cli", *args], capture_output=True, text=True, timeout=SAFETY_S)
 
 
 def test_config_file_holds_a_cars_settings_and_flags_override_it(tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from driver.models import InputSpec, create_model
 from driver.training.checkpoint import model_payload, preprocess_info, save_checkpoint
+from tests.limits import SAFETY_S
 
 H, W = 48, 64  # model input
 VIDEO_H, VIDEO_W = 96, 128  # camera frames: crop + resize happen for real
@@ -113,7 +114,7 @@ class DriveProcess:
         for line in stream:
             buf.append(line)
 
-    def wait(self, timeout_s: float = 60.0) -> int:
+    def wait(self, timeout_s: float = SAFETY_S) -> int:
         rc = self.proc.wait(timeout=timeout_s)
         for t in self._threads:
             t.join(timeout=5)
@@ -131,10 +132,10 @@ class DriveProcess:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=SAFETY_S)
 
 
-def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
+def wait_until(predicate, timeout_s: float = SAFETY_S, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

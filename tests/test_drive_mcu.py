@@ -41,6 +41,7 @@ def sending(mcu: FakeMcu, start: int = 0) -> bool:
     return any(line.get("ack", 0) > 0 for line in mcu.lines[start:])
 
 
+@pytest.mark.slow
 def test_drive_end_to_end(host_mcu_bin, drive_assets, tmp_path):  # noqa: F811
     # a generous watchdog: on a loaded CI machine one slow tick must not latch FAILSAFE mid-handover
     # (the watchdog itself is tested in test_fake_mcu.py and by the SIGKILL test below)

@@ -23,6 +23,7 @@ from bench.extsim.env import STEER_LIMIT, RacetrackSim, SimConfig  # noqa: E402
 from bench.extsim.expert import Expert  # noqa: E402
 from bench.extsim.record import EXTRAS, LABELS, RecordConfig, record_runs  # noqa: E402
 from driver.datasets.run_format import inspect_run  # noqa: E402
+from tests.limits import SAFETY_S  # noqa: E402
 
 SMALL = SimConfig(height=32, width=32)
 
@@ -130,12 +131,12 @@ def test_ctrl_c_stops_a_recording_and_leaves_only_whole_runs(tmp_path):
     script = Path(__file__).resolve().parents[1] / "bench" / "extsim" / "record.py"
     proc = subprocess.Popen([sys.executable, str(script), "--out", str(tmp_path), "--runs", "200", "--seconds", "4",
                              "--size", "32", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + SAFETY_S
     while not list(tmp_path.glob("*.h5")) and time.monotonic() < deadline:  # at least one whole run first
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     try:
-        rc = proc.wait(timeout=60)
+        rc = proc.wait(timeout=SAFETY_S)
     finally:
         proc.kill()
     assert rc != 0 and b"KeyboardInterrupt" in proc.stderr.read()

@@ -21,10 +21,11 @@ from driver.vehicle.carlink import MAX_FRAME, Cmd, CmdFlags, Mode, MsgType, Stat
 from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError
 from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
+from tests.limits import SAFETY_S
 
 WATCHDOG_MS = 150
 FW_VERSION = 2
-WAIT_S = 2.0  # generous: how long to wait for something that should take ~tens of ms
+WAIT_S = SAFETY_S  # a safety net: waits end as soon as the awaited thing (~tens of ms) happens
 RC_NEUTRAL = (1500, 1500)
 MANUAL, AUTO = 1000, 2000
 
@@ -327,3 +328,16 @@ def test_lost_acks_are_counted_once_in_a_row_and_reset_by_an_ack(mcu, link):
         os.kill(mcu.proc.pid, signal.SIGCONT)
     assert link.wait_ack(link.send(0.0, 0.0), timeout_s=WAIT_S) is not None
     assert link.counters.lost_in_a_row == 0 and link.counters.lost_acks >= lost.lost_acks
+
+
+def test_driver_link_without_hardware_runs_as_documented(host_mcu_bin):
+    """README and `driver link --help`: `python -m driver.vehicle.fake_mcu driver link --port {port}`."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run([sys.executable, "-m", "driver.vehicle.fake_mcu", "--build-dir", str(host_mcu_bin.parent),
+                        "driver", "link", "--port", "{port}", "--seconds", "1"], capture_output=True, text=True,
+                       env=env, timeout=SAFETY_S)
+    assert r.returncode == 0, r.stderr
+    assert "fake MCU on /dev/pts/" in r.stderr and "link OK" in r.stdout

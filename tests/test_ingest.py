@@ -16,6 +16,7 @@ from driver.datasets.run_writer import write_run
 from driver.datasets.store import Store, StoreError
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.validity import ValidityRules, validity_mask
+from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
 
@@ -131,12 +132,13 @@ def test_refuses_a_non_store_path(tmp_path):
         IngestConfig(sources=["a.h5"], out="s", jobs=0)
 
 
+@pytest.mark.slow
 def test_killed_ingest_resumes(tmp_path):
     runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=400, height=94, width=168, seed=6)
     out = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    deadline = time.time() + SAFETY_S
     while time.time() < deadline and not (out / "runs" / "run_000").exists():
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -188,6 +190,7 @@ def _dies_on_run_001(job):
     return _safe_ingest(job)
 
 
+@pytest.mark.slow
 def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     from driver.datasets.ingest import _plan, _run_jobs
     from driver.datasets.store import create_store
@@ -242,7 +245,7 @@ def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
                  for _ in range(20)]
         time.sleep(3)  # let every process import and wait at the start line
         go.write_text("go")
-        results = [p.communicate(timeout=600) for p in procs]
+        results = [p.communicate(timeout=SAFETY_S) for p in procs]
         assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
         lines = [o.strip() for o, _ in results]
         assert all(line == "ok" or line.startswith("refused:") for line in lines), lines

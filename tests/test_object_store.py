@@ -20,6 +20,7 @@ from driver.datasets.shard_reader import ChecksumError
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.datasets.verify import VerifyConfig, verify_store
+from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series, s3_objects
 from .faultproxy import FaultProxy
@@ -146,6 +147,7 @@ def test_clip_items_equal_a_local_store(store_url, tmp_path):
                 assert np.array_equal(ds[i][k].numpy(), v.numpy()), (i, k)
 
 
+@pytest.mark.slow
 def test_an_uncommitted_run_is_invisible(s3_url, s3_endpoint, tmp_path, monkeypatch):
     """Every object of run_001 is written, but its marker (the commit) never lands: nothing of it shows."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=7)
@@ -182,7 +184,7 @@ def test_killed_ingest_on_object_storage_resumes(s3_url, s3_endpoint, tmp_path):
         cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", s3_url,
                "--shard-frames", "16", "--lock-ttl", "1"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+        deadline = time.time() + SAFETY_S
         while time.time() < deadline and not slow.requests("PUT", "runs/run_001/left/c/"):
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)

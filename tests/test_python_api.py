@@ -15,15 +15,17 @@ from driver.datasets.synthetic import write_synthetic_runs
 from driver.models import InputSpec, create_model
 from driver.preprocess import frames_to_input
 from driver.training.checkpoint import CheckpointError, model_payload, preprocess_info, save_checkpoint
+from tests.limits import SAFETY_S
 
 DOC = Path(__file__).parent.parent / "docs" / "python-api.md"
 
 
+@pytest.mark.slow
 def test_docs_example_runs(tmp_path):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     script = tmp_path / "example.py"
     script.write_text(code)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=SAFETY_S, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "validation steer MAE" in r.stdout and "mean |offset| driving itself" in r.stdout
 
@@ -80,6 +82,7 @@ def test_recurrent_policy_steps_equal_the_clip_forward(store, tmp_path):
     assert np.allclose(policy.act(left[0], right=right[0], mode="direct").horizon, expected[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_policy_matches_replay(store, tmp_path):
     from driver.sim.replay import ReplayConfig, replay
 

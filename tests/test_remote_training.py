@@ -16,6 +16,7 @@ from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.export.common import parity_inputs, resolve_checkpoint
 from driver.training import load_checkpoint
+from tests.limits import SAFETY_S
 
 from .conftest import s3_objects
 from .faultproxy import FaultProxy
@@ -38,7 +39,7 @@ def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_en
 
     def run(*args, launcher=(sys.executable, "-m")):
         r = subprocess.run([*launcher, "driver.cli", "-v", *args], env=env, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=SAFETY_S)
         outputs.append(r.stdout + r.stderr)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 

@@ -9,6 +9,7 @@ import pytest
 
 from driver.datasets.object_store import ObjectLocation
 from driver.datasets.run_lease import LeaseHeld, LeaseLost, RunLease, lock_key
+from tests.limits import SAFETY_S
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_a_holder_taken_over_must_stop(location):
     raw, etag = location.read_versioned(lock_key("r"))
     location.write(lock_key("r"), json.dumps({"owner": "other", "host": "h2", "pid": 2, "ttl_s": 1.0,
                                                "expires": time.time() + 60}).encode(), mode={"e_tag": etag})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + SAFETY_S
     while time.monotonic() < deadline and not lease._lost:
         time.sleep(0.05)
     with pytest.raises(LeaseLost, match="taken over by h2 pid 2"):

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from driver.datasets.shard_cache import ShardCache, parse_bytes
+from tests.limits import SAFETY_S
 
 
 def _content(key: str, offset: int, n: int) -> bytes:
@@ -73,13 +74,14 @@ def _worker(root: str, seed: int, q) -> None:
     q.put((wrong, hits, cache.cached_bytes()))
 
 
+@pytest.mark.slow
 def test_processes_share_it_safely(tmp_path):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(str(tmp_path / "c"), seed, q)) for seed in range(3)]
     for p in procs:
         p.start()
-    results = [q.get(timeout=300) for _ in procs]
+    results = [q.get(timeout=SAFETY_S) for _ in procs]
     for p in procs:
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)

@@ -15,6 +15,7 @@ from driver.datasets.layout import create_frames_array
 from driver.datasets.shard_reader import ChecksumError, ShardedFrames, ShardReadError
 from driver.datasets.shard_writer import FramesShardWriter
 from driver.errors import DriverError
+from tests.limits import SAFETY_S
 
 
 def _data(n, h=6, w=8):
@@ -187,7 +188,7 @@ def test_a_store_of_thousands_of_shards_reads_under_ulimit_256(tmp_path):
     assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), shard_frames=2)).ok
     proc = subprocess.run([sys.executable, "-c", LIMITED_READER, str(out)], capture_output=True, text=True,
                           preexec_fn=lambda: __import__("resource").setrlimit(  # noqa: PLW0108
-                              __import__("resource").RLIMIT_NOFILE, (256, 256)), timeout=900)
+                              __import__("resource").RLIMIT_NOFILE, (256, 256)), timeout=SAFETY_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     clips, shards, worst, worst_worker = map(int, proc.stdout.split())
     assert clips > 1000 and shards > 2000

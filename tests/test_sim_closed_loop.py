@@ -83,6 +83,7 @@ def test_expert_holds_autonomy_at_its_pace(expert_result):
     assert len(s["per_track"]) == 4 and s["per_track"][0]["expert"]["lap_times_s"]
 
 
+@pytest.mark.slow
 def test_constant_throttle_is_beaten_on_pace_or_slides_off():
     """No constant throttle reaches the expert's standard (autonomy >= 99% at >= 90% of its pace): slow enough
     for every corner is far slower than the expert, faster slides off in the corners."""

@@ -15,6 +15,7 @@ from driver.datasets.store import StoreError, create_store
 from driver.datasets.synthetic import write_synthetic_runs
 from driver.models import list_models
 from driver.training import CheckpointError, TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
+from tests.limits import SAFETY_S
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -43,7 +44,8 @@ def _cfg(store, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "alexnet" else a  # 25 s
+                                  for a in list_models()])
 def test_every_arch_trains_a_few_steps(store64, tmp_path, arch):
     kwargs = {"hidden_size": 16} if "lstm" in arch or "gru" in arch else {}
     r = train(_cfg(store64, tmp_path, arch=arch, arch_kwargs=kwargs, precision="auto", stack=2, name=arch))
@@ -58,6 +60,7 @@ def test_every_arch_trains_a_few_steps(store64, tmp_path, arch):
     assert any((r.run_dir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_learnable_task(store48, tmp_path):
     cfg = _cfg(store48, tmp_path, arch="squeezenet", arch_kwargs={"base_width": 32, "width_increment": 16},
                clip_length=1, horizon=1, batch_size=16, epochs=3, steps_per_epoch=40, lr=3e-3, name="learn",
@@ -85,13 +88,14 @@ def _train_cmd(store, out, name, *extra):
             "--val-fraction", "0.25", "--out", str(out), "--name", name, "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
     full = subprocess.run(_train_cmd(store48, tmp_path, "full"), env=ENV, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed"), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + SAFETY_S
     while time.time() < deadline and not ckpt.exists():
         time.sleep(0.01)
     time.sleep(0.3)
@@ -117,13 +121,14 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
     assert train_rows("full") == train_rows("killed") and len(train_rows("full")) >= 6
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(store48, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "driver.cli", "train", "--data", str(store48), "--arch", "squeezenet", "--cameras", "left",
            "--stack", "1", "--clip-length", "1", "--horizon", "1", "--batch-size", "4", "--epochs", "1",
            "--steps-per-epoch", "3", "--val-fraction", "0.25", "--precision", "fp32", "--out", str(tmp_path),
            "--name", "ddp", "--no-progress"]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=SAFETY_S)
     assert r.returncode == 0, r.stderr[-3000:]
     split = json.loads((tmp_path / "ddp" / "split.json").read_text())
     parts = split["rank_runs"]
@@ -171,6 +176,7 @@ def test_checkpoint_of_another_image_size_is_refused(store64, store48, tmp_path)
         load_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_last_good_checkpoint(store64, tmp_path):
     code = (
         "import resource, signal, sys\n"
@@ -191,3 +197,9 @@ def test_disk_full_keeps_the_last_good_checkpoint(store64, tmp_path):
         assert "the previous checkpoint is intact" in r.stderr and "--resume" in r.stderr
     else:  # the first checkpoint failed: nothing to resume, no half-made run folder left behind
         assert "no checkpoint was saved" in r.stderr and not (tmp_path / "full").exists()
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    with pytest.raises((StoreError, ValueError)):
+        train(_cfg(tmp_path / "missing.zarr", tmp_path / "out", arch="squeezenet", name="never"))
+    assert not (tmp_path / "out" / "never").exists()

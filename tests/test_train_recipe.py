@@ -134,6 +134,7 @@ def test_budget_sizes_the_run(mono50, tmp_path):
     assert 0 <= cfg["warmup_steps"] <= 100 and r.stopped in ("completed", "budget")
 
 
+@pytest.mark.slow
 def test_resume_keeps_best_val_extends_epochs_and_warns_on_other_flags(mono50, tmp_path, caplog):
     first = train(_tiny(mono50, tmp_path, name="res", steps_per_epoch=3, epochs=1))
     with caplog.at_level(logging.WARNING, logger="driver.training"):
@@ -164,6 +165,7 @@ def test_progress_prints_lines_without_a_terminal(caplog):
     assert "train 5/10 (50%)" in caplog.text and "ETA" in caplog.text and "loss 0.1234" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_resume_of_a_finished_run_says_so(mono50, tmp_path):
     r = train(_tiny(mono50, tmp_path, name="cli"))
     out = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(r.run_dir), "--lr", "0.1"],

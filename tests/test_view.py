@@ -20,6 +20,7 @@ from driver.errors import DriverError
 rr = pytest.importorskip("rerun")
 from rerun.chunk import RrdReader  # noqa: E402
 
+from tests.limits import SAFETY_S  # noqa: E402
 from tests.test_drive_fixtures import H, W, drive_assets  # noqa: E402,F401 - fixture
 from tests.test_replay import checkpoint, sim_store  # noqa: E402,F401 - fixtures
 
@@ -139,7 +140,7 @@ def test_web_view_loads_in_headless_chromium(tmp_path, sim_store):  # noqa: F811
     server = subprocess.Popen([sys.executable, "-m", "driver.cli", "view", str(sim_store), "--web", "--port",
                                str(port), "--every", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + SAFETY_S
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -152,9 +153,9 @@ def test_web_view_loads_in_headless_chromium(tmp_path, sim_store):  # noqa: F811
                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
                               "--no-first-run",
                               f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=180)
+                             capture_output=True, text=True, timeout=SAFETY_S)
         shutil.rmtree(profile, ignore_errors=True)
         assert "<canvas" in dom.stdout and "rerun" in dom.stdout.lower(), dom.stdout[:2000] + dom.stderr[-2000:]
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=SAFETY_S)

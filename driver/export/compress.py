@@ -31,6 +31,8 @@ from driver.export.codec import SharedTensor, write_compressed
 from driver.export.common import heldout_metrics, model_metadata, refuse_speed_input, resolve_checkpoint
 from driver.export.finetune import FinetuneConfig, finetune
 from driver.export.partial import clear_partial, load_partial, resume_key, save_partial
+from driver.progress import Progress
+from driver.threads import apply_threads, check_threads
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,12 @@ class CompressConfig:
     sim_tracks: int = 0  # > 0: closed-loop autonomy before and after with sim_drive (sim-trained models)
     workdir: str = ""  # where --sim-tracks writes (empty: next to --out)
     seed: int = 0  # pruning, sampling and k-means seed
-    progress: bool = False  # a rich progress bar over all fine-tuning steps (the CLI sets it on a terminal)
+    progress: bool = False  # progress over all fine-tuning steps: a bar on a terminal, else a line every 30 s
+    threads: int = 0  # compute threads (0 = auto: physical cores, 1 on a busy machine)
 
     def __post_init__(self) -> None:
+        check_threads(self.threads)
+
         def check(name: str, lo: float, hi: float) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
@@ -178,31 +183,6 @@ class SharedWeights:
                                    self.index[name].numpy().copy()) for name in self.params}
 
 
-class _ProgressBar:
-    """``step(what, loss)`` advances a rich bar over every fine-tuning step; does nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int = 0) -> None:
-        self._bar = None
-        if enabled and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("[bold]compress"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-            self._task = self._bar.add_task("compress", total=total, completed=done, info="")
-            self._bar.start()
-
-    def step(self, what: str, loss: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, info=f"{what}  loss {loss:.4f}")
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def _metrics(model: nn.Module, ckpt: dict, stage: str) -> dict:
     m = heldout_metrics(model, ckpt, max_clips=1024)
     if m:
@@ -224,6 +204,7 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
 
     if not config.out:
         raise ValueError("out is empty: name the .dcz file to write")
+    apply_threads(config.threads)
     ckpt, model = resolve_checkpoint(source)
     refuse_speed_input(getattr(model, "speed_input", False), str(ckpt.get("path", "checkpoint")), "compression")
     key = resume_key(asdict(config), model)
@@ -243,7 +224,10 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
         masks, done = partial["masks"], partial["round"]
         log.info("resuming %s after pruning round %d of %d", config.out, done, config.prune_rounds)
     total_steps = steps_per_round * config.prune_rounds + config.centroid_steps
-    with _ProgressBar(config.progress, total_steps, done=steps_per_round * done) as bar:
+    with Progress("compress", total_steps, done=steps_per_round * done, enabled=config.progress) as progress:
+        def on_step(what: str, loss: float) -> None:
+            progress.update(progress.done + 1, stage=what, loss=f"loss {loss:.4f}")
+
         # -- 1. iterative magnitude pruning with retraining ---------------------------------------
         for r in range(done + 1, config.prune_rounds + 1):
             round_density = {n: d ** (r / config.prune_rounds) for n, d in densities.items()}  # geometric schedule
@@ -264,7 +248,7 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
             ft = FinetuneConfig(steps=steps_per_round, lr=config.lr, batch_size=config.batch_size,
                                 precision=config.precision, seed=config.seed + r)
             tune["prune"].append(finetune(model, ckpt, ft, model.parameters(), zero_pruned_grads, reapply_masks,
-                                          what=f"prune round {r}", on_step=bar.step))
+                                          what=f"prune round {r}", on_step=on_step))
             save_partial(config.out, key, r, model, masks, stages, tune)
         stages["pruned"] = _metrics(model, ckpt, "pruned")
 
@@ -275,12 +259,13 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
         ft = FinetuneConfig(steps=config.centroid_steps, lr=config.centroid_lr, batch_size=config.batch_size,
                             precision=config.precision, seed=config.seed + 1000)
         tune["centroids"] = finetune(model, ckpt, ft, [*shared.centroids.values(), *others], shared.gather_grads,
-                                     shared.write, what="centroids", on_step=bar.step)
+                                     shared.write, what="centroids", on_step=on_step)
     shared.write()
 
     # -- 3. entropy coding into one file; what is measured is what the decoder returns ---------------
     meta = model_metadata(ckpt, model)
-    meta["compression"] = {k: v for k, v in asdict(config).items() if k not in ("out", "workdir", "progress")}
+    meta["compression"] = {k: v for k, v in asdict(config).items()
+                           if k not in ("out", "workdir", "progress", "threads")}
     tensors: dict = {}
     shared_tensors = shared.tensors()
     for name, value in model.state_dict().items():

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 FORMAT = "driver-compress-partial"
 VERSION = 1
 # Settings that do not change the compressed weights: a resumed run may differ in these.
-NOT_IN_KEY = ("out", "workdir", "progress", "sim_tracks")
+NOT_IN_KEY = ("out", "workdir", "progress", "sim_tracks", "threads")
 
 
 def partial_path(out: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from driver.export.loading import model_kind
 from driver.export.meta import ExportError
 from driver.export.ort_backend import OrtStepModel, read_onnx
+from driver.threads import apply_threads, check_threads
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class QuantizeConfig:
     calibration_method: str = "minmax"  # minmax, entropy or percentile
     per_channel: bool = True  # per-channel weight scales (--no-per-channel: one per tensor)
     bench_iters: int = 200  # batch-1 steps timed for the fp32 vs int8 report (0: skip)
-    threads: int = 1  # ONNX Runtime intra-op threads
+    threads: int = 1  # compute threads, ONNX Runtime's too (1: the car's batch-1 latency; 0 = auto)
     seed: int = 0  # calibration frame order
 
     def __post_init__(self) -> None:
@@ -47,8 +48,7 @@ class QuantizeConfig:
             raise ValueError(f"calibration_method={self.calibration_method!r} must be minmax, entropy or percentile")
         if not 0 <= self.bench_iters <= 100_000:
             raise ValueError(f"bench_iters={self.bench_iters} must be in 0..100000")
-        if not 1 <= self.threads <= 256:
-            raise ValueError(f"threads={self.threads} must be in 1..256")
+        check_threads(self.threads)
 
 
 @dataclass
@@ -132,8 +132,9 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
         stem = Path(source).with_suffix("")
         raise ExportError(f"{source}: quantize takes an exported .onnx model, not a {kind}; export it first: "
                           f"`driver export {source} --out {stem}.onnx`, then `driver quantize {stem}.onnx`")
+    threads = apply_threads(config.threads)
     proto, meta = read_onnx(source)
-    fp32 = OrtStepModel(proto.SerializeToString(), meta, threads=config.threads, name=str(source))
+    fp32 = OrtStepModel(proto.SerializeToString(), meta, threads=threads, name=str(source))
     refuse_speed_input(fp32.speed_input, str(source), "int8 quantization")
     feeds, calib_source = calibration_feeds(fp32, meta, config.calibration_frames, config.seed)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -155,7 +156,7 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
     set_metadata(q, meta_q)
     data = q.SerializeToString()
     write_atomic(config.out, data)
-    int8 = OrtStepModel(data, meta_q, threads=config.threads, name=config.out)
+    int8 = OrtStepModel(data, meta_q, threads=threads, name=config.out)
 
     frame = torch.from_numpy(feeds[-1]["frame"])
     modes = torch.from_numpy(feeds[-1]["modes"]) if "modes" in feeds[-1] else None

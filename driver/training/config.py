@@ -38,6 +38,7 @@ class TrainConfig:
     val_runs: list[str] = field(default_factory=list)  # explicit validation runs (overrides val_fraction)
     balance_steer: bool = True          # the lab's low/high steering balanced sampling (frame models)
     num_workers: int = 0                # DataLoader workers (0 is fastest on small CPU machines)
+    threads: int = 0                    # compute threads (0 = auto: physical cores minus workers, 1 on a busy machine)
     # model
     arch: str = "squeezenet_gru"        # a model of driver models
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options as JSON, e.g. {"hidden_size": 64}
@@ -105,7 +106,7 @@ class TrainConfig:
                              ("target_stride_seconds", 0.001, 60.0), ("clip_length", 0, 64), ("frame_stride", 1, 100),
                              ("horizon", 0, 100), ("target_stride", 0, 100), ("flip", 0.0, 1.0),
                              ("color_jitter", 0.0, 1.0), ("val_fraction", 0.0, 0.9),
-                             ("num_workers", 0, 64), ("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0),
+                             ("num_workers", 0, 64), ("threads", 0, 256), ("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0),
                              ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),

@@ -21,6 +21,7 @@ from driver.errors import DriverError
 from driver.models import detach_state, legacy_kwargs, list_models
 from driver.preprocess import frames_to_input
 from driver.progress import Progress
+from driver.threads import apply_threads, loader_worker_init
 
 from . import distributed as ddp
 from .budget import size_to_budget
@@ -44,7 +45,7 @@ from .state import TrainingState
 
 log = logging.getLogger(__name__)
 
-RESUME_OVERRIDES = ("epochs", "progress", "num_workers")  # flags a resume may change
+RESUME_OVERRIDES = ("epochs", "progress", "num_workers", "threads")  # flags a resume may change
 
 
 class TrainingError(DriverError, RuntimeError):
@@ -70,8 +71,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
           overrides: dict | None = None) -> RunResult:
     """Train per ``config``, or continue the run in directory ``resume`` exactly where it stopped.
 
-    ``overrides`` (with ``resume``): options given again; ``epochs`` extends the run, ``progress`` and
-    ``num_workers`` apply, anything else is ignored with a warning (the run keeps its ``config.json``).
+    ``overrides`` (with ``resume``): options given again; ``epochs`` extends the run, ``progress``,
+    ``num_workers`` and ``threads`` apply, anything else is ignored with a warning (the run keeps its ``config.json``).
     """
     started = time.perf_counter()
     ckpt, run_dir = None, None
@@ -84,6 +85,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         raise ValueError(f"arch={config.arch!r} is not a known model; choose one of {', '.join(list_models())}")
     if not config.data:
         raise ValueError("data is empty: name the store to train on (driver ingest output)")
+    apply_threads(config.threads, config.num_workers)
     dist = ddp.init_distributed(device_for(config).type)
     created = False
     try:
@@ -243,7 +245,8 @@ class Trainer:
         loader = DataLoader(s.train_ds, batch_sampler=rows, num_workers=cfg.num_workers,
                             pin_memory=s.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + st.epoch * 10 + s.dist.rank),
-                            multiprocessing_context="forkserver" if cfg.num_workers else None)
+                            multiprocessing_context="forkserver" if cfg.num_workers else None,
+                            worker_init_fn=loader_worker_init if cfg.num_workers else None)
         s.net.train()
         t_ready = time.perf_counter()
         for batch in loader:
