@@ -75,6 +75,13 @@ Prints a table per track (autonomy, pace vs the expert, lap times, interventions
 speeds) and writes summary.json, top-down maps, speed profiles and videos to --out.
 """
 
+SIM_DAGGER_EXAMPLES = """examples:
+  driver sim dagger --model demo_out/train/demo/best.pt --data demo_out/store.zarr --rounds 3
+  driver sim dagger --model runs/train/x/last.pt --data store.zarr --rounds 5 --tracks 8 --epochs-per-round 2 \\
+      --eval-tracks 6 --eval-variants 20 21 22 --out dagger5
+Run the same command again to continue a stopped run (or with a larger --rounds to add rounds).
+"""
+
 DEMO_EXAMPLES = """examples:
   driver demo                  # sim record -> ingest -> train -> open-loop replay -> closed-loop sim drive
   driver demo --workdir /tmp/d --runs 24 --steps 1200 --eval-tracks 10
@@ -215,6 +222,15 @@ def _sim_drive(args: argparse.Namespace) -> int:
                                       seed=args.seed, runtime=args.runtime,
                                       view=args.view or ""))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
+    return 0
+
+
+def _sim_dagger(args: argparse.Namespace) -> int:
+    from driver.sim.dagger import DaggerConfig, run_dagger
+
+    report = run_dagger(DaggerConfig(**_given(args, DaggerConfig)))
+    print(report.table)  # noqa: T201 - the command's output
+    print(f"table: {report.out / 'dagger_table.md'} and dagger_table.json")  # noqa: T201
     return 0
 
 
@@ -477,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
                    help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_sim_drive)
+
+    from driver.sim.dagger import DaggerConfig
+
+    s = sim_sub.add_parser("dagger", help="DAgger: the model drives, the expert labels, ingest, resume training",
+                           epilog=SIM_DAGGER_EXAMPLES, formatter_class=fmt,
+                           description="Rounds of: the model drives training tracks with the expert taking over "
+                           "per a beta-mixture and near the road edge, every frame labelled with the expert's clean "
+                           "command; the runs are appended to --data; training resumes; held-out tracks are driven. "
+                           "A table of autonomy and pace per round. A stopped run continues. See docs/training.md.")
+    add_config_flags(s, DaggerConfig)
+    s.set_defaults(func=_sim_dagger)
 
     s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
                        description="Open-loop: the model against the recorded human, frame by frame in order, "
