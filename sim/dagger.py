@@ -61,7 +61,7 @@ class DaggerConfig:
     variants: list[int] = field(default_factory=list)  # training variant seeds, in turn (empty: each track's own)
     beta: float = 0.5            # round 1: chance per frame that the expert's command is executed
     beta_decay: float = 0.5      # beta_k = beta * beta_decay^(k-1)
-    takeover: float = 0.7        # the expert takes over beyond this share of half the road width
+    takeover: float = 0.7        # expert takes over past this share of half the road width (now or 0.8 s ahead)
     release: float = 0.3         # ... and hands back within this share of half the road width
     epochs_per_round: int = 1    # training epochs added per round (a resume of the training run)
     eval_tracks: int = 3         # held-out eval tracks driven after every round

@@ -8,9 +8,10 @@ The mixing rule (per frame, Ross et al. 2011's β-mixture plus a safety takeover
   the label (``steer``/``motor``) of EVERY frame, whoever drove;
 * the expert's command is EXECUTED instead of the policy's with probability ``beta`` (drawn per frame),
   and always while the expert has taken over: it takes over when the car is about to leave the road
-  (|cte| above ``takeover`` × half the road width, or heading error above ``takeover_heading_deg``) and
-  hands back once |cte| is below ``release`` × half the road width and the heading error below half the
-  takeover angle. So the car's own mistakes compound up to the edge of the road, and the run stays on it;
+  (its lateral offset now, or ``preview_s`` ahead on its present heading, ``cte + v·sin(heading error)·
+  preview_s``, beyond ``takeover`` × half the road width) and hands back once both are within
+  ``release`` × half the road width. So the car's own mistakes compound up to the edge of the road, and
+  the run stays on it;
 * should the car leave the road anyway (|cte| above ``reset_fraction`` × half the road width, e.g. sliding
   out), the segment ends and the car is put back on the centre line as in ``driver sim record``.
 
@@ -56,7 +57,7 @@ class MixRule:
     beta: float  # probability per frame
     takeover: float = 0.7  # × half the road width
     release: float = 0.3  # × half the road width
-    takeover_heading_deg: float = 45.0
+    preview_s: float = 0.8  # the offset is also read this far ahead on the car's present heading
     reset_fraction: float = 0.9  # × half the road width: off the road, the segment ends
 
 
@@ -90,7 +91,6 @@ def collect_run(controller: PolicyController, world_spec: DaggerWorld, rule: Mix
     dt = 1.0 / world_spec.fps
     n_total = max(1, int(round(world_spec.seconds * world_spec.fps)))
     half = track.lane_width / 2
-    turn_limit = math.radians(rule.takeover_heading_deg)
     segments: list[dict] = []
     seg = SegmentBuffer(n_total, policy.height, policy.width, policy.stereo, DAGGER_EXTRAS)
     counts = {"frames": n_total, "expert_frames": 0, "takeovers": 0, "resets": 0, "non_finite": 0}
@@ -107,10 +107,11 @@ def collect_run(controller: PolicyController, world_spec: DaggerWorld, rule: Mix
             p_steer = p_motor = math.nan
         steer, motor = expert.command(st)
         heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
-        if abs(loc.lateral) > rule.takeover * half or abs(heading_err) > turn_limit:
+        offset = max(abs(loc.lateral), abs(loc.lateral + st.speed * math.sin(heading_err) * rule.preview_s))
+        if offset > rule.takeover * half:
             counts["takeovers"] += not taken_over
             taken_over = True
-        elif taken_over and abs(loc.lateral) < rule.release * half and abs(heading_err) < turn_limit / 2:
+        elif taken_over and offset < rule.release * half:
             taken_over = False
         by_expert = taken_over or math.isnan(p_steer) or rng.random() < rule.beta
         ex_steer, ex_motor = (steer, motor) if by_expert else (p_steer, p_motor)

@@ -3,6 +3,7 @@ training resumed, the round table written; a killed run continues; car sessions 
 join the same aggregate with their corrections as labels."""
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -11,14 +12,18 @@ from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.validity import ValidityRules
 from driver.sim import dagger as dagger_module
+from driver.sim.car import CarState, DynamicSpec
 from driver.sim.dagger import DaggerConfig, DaggerError, run_dagger
-from driver.sim.dagger_collect import STATE_EXPERT, STATE_NETWORK
+from driver.sim.dagger_collect import STATE_EXPERT, STATE_NETWORK, DaggerWorld, MixRule, collect_run
+from driver.sim.expert import Expert
 from driver.sim.record import SimRecordConfig, record_runs
+from driver.sim.variant import make_world
 from driver.vehicle.recorder import STATE_HUMAN, STATE_OVERRIDE, SessionRecorder
 from driver.vehicle.recorder import STATE_NETWORK as CAR_NETWORK
 
 from driver.cli import main
 from driver.training import TrainConfig, load_checkpoint, train
+from driver.units import norm_to_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 H, W = 48, 64
@@ -50,8 +55,6 @@ def _config(root, store, run, out, **kw):
 def test_dagger_round_trip_writes_ingests_resumes_and_tabulates(start, tmp_path):
     root, store, run = start
     work_store = tmp_path / "store.zarr"  # a copy: the module's store stays as it was for the other tests
-    import shutil
-
     shutil.copytree(store, work_store)
     before = set(Store(work_store).runs)
     out = tmp_path / "dagger"
@@ -97,8 +100,6 @@ def test_dagger_round_trip_writes_ingests_resumes_and_tabulates(start, tmp_path)
 @pytest.mark.slow
 def test_a_killed_dagger_run_continues_in_the_round_it_was_in(start, tmp_path, monkeypatch):
     root, store, run = start
-    import shutil
-
     shutil.copytree(store, tmp_path / "store.zarr")
     out = tmp_path / "dagger"
     config = _config(root, tmp_path / "store.zarr", run, out)
@@ -142,8 +143,6 @@ def test_a_car_session_with_human_corrections_joins_the_aggregate_with_them_as_l
     with only human driving accepted (states 1 and 5): the corrections are the labels, the model's own
     commands (state 6) are not."""
     root, store, run = start
-    import shutil
-
     aggregate = tmp_path / "store.zarr"
     shutil.copytree(store, aggregate)
     rec = SessionRecorder(tmp_path / "car" / "drive_1.h5", H, W, stereo=False, labels={"direct": 1})
@@ -177,3 +176,41 @@ def test_a_car_session_with_human_corrections_joins_the_aggregate_with_them_as_l
 def resumed_runs(run_dir) -> list[str]:
     split = json.loads((run_dir / "split.json").read_text())
     return split["train"] + split["val"]
+
+
+class SteerLeft:
+    """A controller that always steers hard left at a steady throttle: it leaves the road unless stopped."""
+
+    policy = type("Spec", (), {"height": 24, "width": 32, "stereo": False})()
+
+    def reset(self):
+        pass
+
+    def act(self, left, right, speed=None):
+        return -1.0, 0.4
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_the_expert_takes_over_before_the_road_edge_and_labels_every_frame(tmp_path, beta):
+    rule = MixRule(beta=beta)
+    path, counts = collect_run(SteerLeft(), DaggerWorld(3, None, "r", 4.0, 30.0, seed=0), rule, tmp_path, {})
+    with h5py.File(path) as f:
+        g = f["segments/0"]
+        state, cte, controller = g["state"][()], g["cte"][()], g["controller"][()]
+        steer, executed = g["steer"][()], g["sim_executed_steer"][()]
+        pose = np.stack([g["pose_x"][()], g["pose_y"][()], g["pose_yaw"][()], g["speed"][()]], 1)
+    half = make_world(3, "train").track.lane_width / 2
+    assert counts["resets"] == 0 and len(state) == 120  # one segment: the car never left the road
+    assert np.abs(cte).max() < rule.reset_fraction * half
+    if beta == 1.0:  # the expert drove every frame
+        assert set(state.tolist()) == {STATE_EXPERT} and not controller.any()
+    else:  # the policy drove until the car neared the edge, then the expert took over (and handed back)
+        assert counts["takeovers"] >= 1 and STATE_NETWORK in state and STATE_EXPERT in state
+        np.testing.assert_array_equal(executed[state == STATE_NETWORK], -1.0)
+        assert np.abs(cte[state == STATE_NETWORK]).max() < rule.takeover * half + 0.05
+    # every frame's label is the expert's clean command at the state the car was in
+    expert = Expert(make_world(3, "train").track, DynamicSpec())
+    for i in (0, 40, 80, 119):
+        x, y, yaw, v = pose[i]
+        want = expert.command(CarState(x=x, y=y, yaw=yaw, speed=v))[0]
+        assert steer[i] == pytest.approx(norm_to_run(want), abs=0.02)
