@@ -74,8 +74,11 @@ class DaggerConfig:
     progress: bool = True        # training progress bar on a terminal
 
     def __post_init__(self):
-        self.variants = [int(v) for v in self.variants or []]
-        self.eval_variants = [int(v) for v in self.eval_variants or []]
+        for name in ("variants", "eval_variants"):
+            try:
+                setattr(self, name, [int(v) for v in getattr(self, name) or []])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be integer seeds >= 0") from None
         if not self.model:
             raise ValueError("model is empty: name the checkpoint of a driver train run (its folder is resumed)")
         if not self.data:
@@ -220,6 +223,9 @@ def _train(config: DaggerConfig, out: Path, epochs: int) -> int:
 def run_dagger(config: DaggerConfig) -> DaggerReport:
     """Run (or continue) ``config.rounds`` DAgger rounds; see the module docstring."""
     out = Path(config.out)
+    if not (out / STATE_FILE).exists():  # a new run: check the starting point before writing anything
+        _starting_run(config.model)
+        Store(config.data)
     out.mkdir(parents=True, exist_ok=True)
     progress = _load_progress(config, out)
     rounds: list[dict] = progress["rounds"]

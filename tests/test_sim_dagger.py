@@ -131,6 +131,8 @@ def test_bad_settings_and_starting_points_fail_with_one_clear_line(start, tmp_pa
         _config(root, store, run, tmp_path, release=0.8)
     with pytest.raises(ValueError, match=r"beta=1.5 must be a number in 0.0..1.0"):
         _config(root, store, run, tmp_path, beta=1.5)
+    with pytest.raises(ValueError, match=r"eval_variants=\['x'\] must be integer seeds"):
+        _config(root, store, run, tmp_path, eval_variants=["x"])
     lone = tmp_path / "lone" / "best.pt"
     lone.parent.mkdir()
     lone.write_bytes((run.run_dir / "last.pt").read_bytes())
