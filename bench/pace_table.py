@@ -2,7 +2,8 @@
 held-out world variants (dynamic car, pixels in; speed too where enabled).
 
     OMP_NUM_THREADS=1 python bench/pace_table.py --workdir /tmp/pace_table [--runs 24] [--seconds 15] \
-        [--steps 1600] [--eval-tracks 6] [--eval-variants 20 21 22 23 24 25] [--dagger-rounds 2]
+        [--steps 1600] [--eval-tracks 6] [--eval-variants 20 21 22 23 24 25] [--dagger-rounds 2] \
+        [--rows plain dart recurrence speed dagger]
 
 Rows, each adding one thing to the row above (same data sizes, same training steps, same seed):
 
@@ -47,6 +48,7 @@ from driver.training import TrainConfig, train
 log = logging.getLogger("pace_table")
 HEIGHT, WIDTH = 48, 64
 HAS_SPEED_INPUT = "speed_input" in {f.name for f in dataclasses.fields(TrainConfig)}
+ROWS = ("plain", "dart", "recurrence", "speed", "dagger")
 
 
 def make_store(work: Path, name: str, noise: float, args) -> Path:
@@ -101,6 +103,8 @@ def main() -> None:
     p.add_argument("--dagger-rounds", type=int, default=2)
     p.add_argument("--dagger-tracks", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                   help="rows to run (default: all; dagger starts from the last BC row run)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing WORKDIR")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -131,16 +135,20 @@ def main() -> None:
 
     clean = lambda: make_store(work, "clean", 0.0, args)  # noqa: E731
     dart = lambda: make_store(work, "dart", 0.15, args)  # noqa: E731
-    add("plain BC", "single-frame SqueezeNet, clean expert runs", bc_row("plain_bc", clean, False))
-    add("+DART", "single-frame SqueezeNet, DART 0.15 runs", bc_row("dart", dart, False))
-    add("+recurrence", "SqueezeNet-GRU (default), DART runs", bc_row("recurrent", dart, True))
-    base = "+recurrence"
-    if HAS_SPEED_INPUT:
+    if "plain" in args.rows:
+        add("plain BC", "single-frame SqueezeNet, clean expert runs", bc_row("plain_bc", clean, False))
+    if "dart" in args.rows:
+        add("+DART", "single-frame SqueezeNet, DART 0.15 runs", bc_row("dart", dart, False))
+    if "recurrence" in args.rows:
+        add("+recurrence", "SqueezeNet-GRU (default), DART runs", bc_row("recurrent", dart, True))
+    if "speed" in args.rows and HAS_SPEED_INPUT:
         add("+speed input", "SqueezeNet-GRU with --speed-input on, DART runs", bc_row("speed", dart, True, True))
-        base = "+speed input"
-    else:
+    elif "speed" in args.rows:
         log.warning("driver train has no speed_input option here: the +speed input row is not run")
-    start = next(r for r in rows if r["row"] == base)
+    if "dagger" not in args.rows or not rows:
+        args.dagger_rounds = 0
+    base = rows[-1]["row"] if rows else ""
+    start = rows[-1] if rows else None
     dagger_rows = [f"+DAgger round {k}" for k in range(1, args.dagger_rounds + 1)]
     if args.dagger_rounds and not all(r in done for r in dagger_rows):
         aggregate = work / "dagger_store.zarr"
