@@ -281,7 +281,8 @@ def _row(r: dict) -> dict:
     return {"round": r["round"], "beta": r["beta"], "runs_added": len(runs), "frames_added": frames,
             "expert_share": round(expert / frames, 3) if frames else None,
             "takeovers": sum(x.get("takeovers", 0) for x in runs), "step": r.get("step"), "model": r.get("model"),
-            **{k: e[k] for k in ("autonomy_pct", "pace", "interventions", "mean_speed_mps", "mean_abs_cte_m")}}
+            **{k: e[k] for k in ("autonomy_pct", "pace", "interventions", "causes", "mean_speed_mps",
+                                 "mean_abs_cte_m")}}
 
 
 def format_dagger_table(rows: list[dict], config: DaggerConfig) -> str:
