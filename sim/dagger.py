@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.validity import ValidityRules
@@ -196,8 +197,10 @@ def _collect(config: DaggerConfig, k: int, checkpoint: str, out: Path) -> list[d
         spec = DaggerWorld(track_seed, variant, f"dagger_r{k:02d}_{track_seed:05d}", config.seconds, config.fps,
                            seed=config.seed * 1000 + k)
         path = runs_dir / f"{spec.name}.h5"
-        if path.exists():  # written before a kill (runs are written atomically)
-            made.append({"run": spec.name, "path": str(path)})
+        if path.exists():  # written before a kill (runs are written atomically): its counts are in the file
+            with h5py.File(path, "r") as f:
+                counts = json.loads(f.attrs["sim"])["counts"]
+            made.append({"run": spec.name, "path": str(path), **counts})
             continue
         _, counts = collect_run(controller, spec, rule, runs_dir,
                                 {"dagger_round": k, "model": checkpoint, "beta": rule.beta})

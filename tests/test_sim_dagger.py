@@ -123,6 +123,7 @@ def test_a_killed_dagger_run_continues_in_the_round_it_was_in(start, tmp_path, m
     assert {p: p.stat().st_mtime_ns for p in (out / "rounds" / "01").glob("*.h5")} == written
     rows = json.loads((out / "dagger_table.json").read_text())["rounds"]
     assert [r["step"] for r in rows] == [None, 6]
+    assert rows[1]["runs_added"] == 2 and rows[1]["frames_added"] == 120  # the counts of runs written before
 
 
 def test_bad_settings_and_starting_points_fail_with_one_clear_line(start, tmp_path):
