@@ -226,7 +226,8 @@ def _sim_drive(args: argparse.Namespace) -> int:
 
 
 def _sim_dagger(args: argparse.Namespace) -> int:
-    from driver.sim.dagger import DaggerConfig, run_dagger
+    from driver.sim.dagger import run_dagger
+    from driver.sim.dagger_config import DaggerConfig
 
     report = run_dagger(DaggerConfig(**_given(args, DaggerConfig)))
     print(report.table)  # noqa: T201 - the command's output
@@ -494,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
     s.set_defaults(func=_sim_drive)
 
-    from driver.sim.dagger import DaggerConfig
+    from driver.sim.dagger_config import DaggerConfig
 
     s = sim_sub.add_parser("dagger", help="DAgger: the model drives, the expert labels, ingest, resume training",
                            epilog=SIM_DAGGER_EXAMPLES, formatter_class=fmt,
