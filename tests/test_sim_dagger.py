@@ -75,6 +75,8 @@ def test_dagger_round_trip_writes_ingests_resumes_and_tabulates(start, tmp_path)
     after = Store(work_store)
     added = set(after.runs) - before
     assert added == {p.stem for p in runs}
+    for name in added:
+        assert after.series(name, "valid").all(), name
     # training resumed on the aggregate: one more epoch per round, same run, the new runs in its training split
     cfg = json.loads((out / "train" / "config.json").read_text())
     assert cfg["epochs"] == 3 and cfg["data"].endswith("store.zarr")
