@@ -35,10 +35,9 @@ def check(out: Path) -> None:
     present = [m for m in ("torch", "zarr") if importlib.util.find_spec(m) is not None]
     if present:
         sys.exit(f"car install check: {present} must not be installed by driver[car]")
+    from driver.cli import main
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.drive_loop import drive
-
-    from driver.cli import main
 
     report = drive(DriveConfig(model=str(out / "model.onnx"), camera="sim", seconds=3.0, width=64, height=48,
                                record_dir=str(out / "runs")))

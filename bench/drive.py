@@ -33,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import drive
 from driver.vehicle.fake_mcu import build_host_mcu

@@ -1,4 +1,5 @@
-"""Import cost of the car path: `driver drive --help`, `from driver import load_policy`, loading an .onnx policy.
+"""Import cost of the command line and the car path: `driver --help`, `driver drive --help`, `from driver import
+load_policy`, loading an .onnx policy.
 
     python bench/imports.py [--repeat 5] [--compare 1ebc480]
 
@@ -37,6 +38,11 @@ print(json.dumps({{"ms": ms, "modules": len(new), "driver": len([m for m in new 
 """
 
 PROBES = {
+    "`driver --help`": """    from driver.cli import main
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass""",
     "`driver drive --help`": """    from driver.cli import main
     try:
         main(["drive", "--help"])

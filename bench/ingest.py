@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from driver.datasets import storage
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.layout import create_frames_array

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from driver.datasets import clips
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.sim.evaluate_policy import SimDriveConfig, sim_drive
 from driver.sim.record import SimRecordConfig, record_runs
-
 from driver.training import TrainConfig, train
 
 

@@ -25,12 +25,13 @@ import h5py
 import numpy as np
 import torch
 import zarr
+from torch.utils.data import DataLoader, Dataset
+
 from driver.datasets import storage
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.synthetic import render_stripe_frames, write_synthetic_runs
-from torch.utils.data import DataLoader, Dataset
 
 T, H, W = 10, 94, 168
 SPARSE_GAP = 200  # frames between the clips of a sparse cold pass (> 8 MiB of read-around at 94x168)

@@ -72,7 +72,6 @@ def clip_reads(work: Path, endpoint: str, frames: int, n_clips: int, rounds: int
     from driver.datasets.shard_cache import ShardCache
     from driver.datasets.store import Store
     from driver.datasets.synthetic import write_synthetic_runs
-
     from tests.faultproxy import FaultProxy
 
     write_synthetic_runs(work / "runs", 4, n_frames=frames, height=H, width=W, stereo=False, seed=1)
@@ -176,6 +175,7 @@ def clients(work: Path, endpoint: str, n_gets: int) -> None:
 
     import boto3
     import s3fs
+
     from driver.datasets.ingest import IngestConfig, ingest
     from driver.datasets.object_store import ObjectLocation
     from driver.datasets.synthetic import write_synthetic_runs

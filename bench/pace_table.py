@@ -35,14 +35,14 @@ import time
 from pathlib import Path
 
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.validity import ValidityRules
+from driver.policy import load_policy
 from driver.sim.closed_loop import ClosedLoopConfig, drive_closed_loop
 from driver.sim.dagger import DaggerConfig, run_dagger
 from driver.sim.policy_controller import PolicyController
 from driver.sim.record import SimRecordConfig, record_runs
-
-from driver.policy import load_policy
 from driver.training import TrainConfig, train
 
 log = logging.getLogger("pace_table")

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+
 from driver.sim.car import DynamicCar, KinematicCar
 from driver.sim.closed_loop import ClosedLoopConfig, ExpertController, drive_closed_loop
 from driver.sim.expert import Expert

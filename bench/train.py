@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import write_synthetic_runs
-
 from driver.training import TrainConfig, train
 
 

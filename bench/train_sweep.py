@@ -40,13 +40,13 @@ import time
 from pathlib import Path
 
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
+from driver.policy import load_policy
 from driver.sim.evaluate_policy import SimDriveConfig, sim_drive
 from driver.sim.record import SimRecordConfig, record_runs
 from driver.sim.replay import ReplayConfig, replay
-
-from driver.policy import load_policy
 from driver.training import TrainConfig, train
 
 DATASETS = {

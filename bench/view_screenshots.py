@@ -32,7 +32,6 @@ def make_recordings(tmp: Path) -> dict[str, tuple[Path, str, int]]:
     from driver.sim.replay import ReplayConfig, replay
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.drive_loop import drive
-
     from driver.view.store_view import ViewConfig, view_store
     from tests.test_replay import make_checkpoint
 

@@ -5,6 +5,8 @@ One item (torch tensors, ready for the default collate)::
     frames  uint8   (T, V, H, W, 3)  V = stack * cameras, time-major [cam0 t-1, cam1 t-1, cam0 t, ...]
     target  float32 (T, N, 2)        steer, motor at frames t, t+s, ..., normalised to [-1, 1] (driver.units)
     modes   float32 (M,)             the run's labels over ``ClipConfig.modes`` (``datasets.modes.mode_vector``)
+    speed   float32 (T,)             only with ``ClipConfig.speed``: the car's speed (m/s) at each step's frame,
+                                     from the run's speed series (``encoder`` preferred, ``datasets.series``)
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
     flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged)
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from driver.units import run_to_norm
+
 from .augment import Jitter, flip_clip, item_uniforms, jitter_, jitter_colors, mirror_  # noqa: F401 - re-exported
 from .lint import LintRules, lint_run
 from .modes import MODES, active_labels, mode_vector
@@ -35,15 +39,6 @@ from .validity import ValidityRules, validity_mask
 DEFAULT_EXCLUDE = ("reject_run",)
 
 _scratch = threading.local()  # per thread: one reused buffer for the cameras' T+1 frames
-
-_NEUTRAL, _BELOW, _ABOVE = 49.0, 49.0, 50.0  # driver.units mapping, duplicated to keep datasets standalone
-
-
-def run_units_to_norm(v: np.ndarray) -> np.ndarray:
-    """Run units (0..99, 49 neutral) to [-1, 1]; the same piecewise map as ``driver.units.run_to_norm``."""
-    c = v.astype(np.float32) - np.float32(_NEUTRAL)
-    return np.where(c < 0, c / np.float32(_BELOW), c / np.float32(_ABOVE)).astype(np.float32)
-
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -62,6 +57,7 @@ class ClipConfig:
     exclude_labels: tuple[str, ...] = DEFAULT_EXCLUDE
     validity: ValidityRules | None = None
     exclude_flagged: LintRules | None = None  # drop windows where the driver lost control (datasets.lint)
+    speed: bool = False  # items carry the car's speed; every run needs a speed series
     seed: int = 0
 
     def __post_init__(self):
@@ -142,6 +138,7 @@ class _RunArrays:
     modes: np.ndarray
     n_frames: int = 0
     starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    speed: np.ndarray | None = None  # m/s per frame (ClipConfig.speed)
 
 
 class ClipDataset(Dataset):
@@ -182,8 +179,10 @@ class ClipDataset(Dataset):
             if config.exclude_flagged is not None:
                 valid = valid & ~lint_run(self.store, name, config.exclude_flagged)[1]
             modes = mode_vector(labels, config.modes)
-            arrays = _RunArrays(name, run_units_to_norm(steer), run_units_to_norm(motor), modes, len(steer),
-                                eligible_starts(valid, segment, before, after))
+            steer_n, motor_n = (run_to_norm(v.astype(np.float32)) for v in (steer, motor))
+            arrays = _RunArrays(name, steer_n, motor_n, modes, len(steer),
+                                eligible_starts(valid, segment, before, after),
+                                self._speed(name, meta) if config.speed else None)
             self._runs.append(arrays)
         if not self._runs:
             raise StoreError(f"{self.store.path}: no run matches include_labels={list(config.include_labels)} "
@@ -205,6 +204,19 @@ class ClipDataset(Dataset):
                 raise StoreError(f"{self.store.path}: run {r!r} is {m['height']}x{m['width']} but run "
                                  f"{self.runs[0]!r} is {self.frame_shape[0]}x{self.frame_shape[1]}; "
                                  "a dataset needs one frame size")
+
+    def _speed(self, name: str, meta: dict) -> np.ndarray:
+        """The run's speed series (m/s), checked: one finite value per frame."""
+        series = stored_speed_name(meta)
+        if series is None:
+            extras = [e["name"] for e in meta.get("extras", [])]
+            raise StoreError(f"{self.store.path}: run {name!r} has no speed series (encoder or speed; it has "
+                             f"{extras or 'no extra series'}); train without speed input (--speed-input off)")
+        speed = np.asarray(self.store.series(name, series), dtype=np.float32)
+        if not np.isfinite(speed).all():
+            bad = int(np.flatnonzero(~np.isfinite(speed))[0])
+            raise StoreError(f"{self.store.path}: run {name!r} series {series!r} is not finite at frame {bad}")
+        return speed
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -313,7 +325,7 @@ class ClipDataset(Dataset):
         else:
             target[..., 0] = run.steer[steps]
         target[..., 1] = run.motor[steps]
-        return {
+        item = {
             "frames": torch.from_numpy(frames),
             "target": torch.from_numpy(target),
             "modes": torch.from_numpy(run.modes.copy()),
@@ -321,3 +333,6 @@ class ClipDataset(Dataset):
             "start": torch.from_numpy(np.array(s, dtype=np.int64)),
             "flipped": torch.from_numpy(np.array(flipped)),
         }
+        if run.speed is not None:
+            item["speed"] = torch.from_numpy(run.speed[steps[:, 0]].copy())
+        return item

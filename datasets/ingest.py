@@ -48,18 +48,21 @@ class IngestConfig:
     the source file recorded in the store.
     """
 
-    sources: list[str]
-    out: str
-    jobs: int = 1
-    codec: str = "none"
-    shard_frames: int | None = None
+    sources: list[str]  # run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or folders of them (optional with
+                        # --force RUN)
+    out: str  # store path or URL (s3://bucket/prefix, gs://, az://; created if missing)
+    jobs: int = 1  # runs ingested in parallel processes
+    codec: str = "none"  # frame compression (none: fastest reads; see docs/dataset-format.md)
+    shard_frames: int | None = None  # frames per shard file (None: ~24 MiB)
     validity: ValidityRules = field(default_factory=ValidityRules)
     force: bool = False
     force_runs: tuple[str, ...] = ()
-    format: str = "auto"  # auto (per path) | hdf5 | tub | lerobot
-    mapping: str | None = None  # TOML/YAML mapping for tub and LeRobot sources (docs/import-export.md)
-    dask: str = ""  # "" (local processes, ``jobs``) | "local:N" (a local Dask cluster) | a scheduler address
-    lock_ttl_s: float = 60.0  # lease of a run being written to object storage: a dead writer's expires after this
+    format: str = "auto"  # how to read the sources (auto: detected per path)
+    mapping: str | None = None  # TOML/YAML mapping of tub/LeRobot fields to the run format (docs/import-export.md)
+    dask: str = ""  # one task per run on a Dask cluster: local:N (N local worker processes) or a scheduler address
+                    # tcp://HOST:8786 (pip install 'driver[dask]'); empty: local processes (--jobs)
+    lock_ttl_s: float = 60.0  # object storage: seconds a run's lease lasts unless renewed; a dead writer's run is taken
+                              # over after 1.5x this
 
     def __post_init__(self):
         self.sources = list(self.sources or [])

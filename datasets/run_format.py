@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from driver.errors import DriverError
+
 CAMERAS = ("left", "right")
 SERIES = ("steer", "motor", "state", "left_timestamp")
 RUN_VALUE_RANGE = (0.0, 99.0)
 
 
-class RunFormatError(ValueError):
+class RunFormatError(DriverError, ValueError):
     """A run file that is not a valid driving run; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import h5py
 import numpy as np
 
+from driver.atomic_write import atomic_path
+
 from .run_format import CAMERAS, SERIES
 
 
@@ -17,15 +19,14 @@ def write_run(
     labels: Mapping[str, int] | None = None,
     attrs: Mapping[str, object] | None = None,
 ) -> str:
-    """Write one run atomically: to ``path + '.partial'``, then renamed over ``path``.
+    """Write one run atomically (driver.atomic_write: a temporary file beside ``path``, renamed over it).
 
     Each segment maps ``left`` (N×H×W×3 uint8), optional ``right``, ``steer``, ``motor``, ``state``,
     ``left_timestamp`` and any extra per-frame series to arrays. Frames are stored chunked one frame
     per chunk, uncompressed, so runs stream back fast. Returns the path written.
     """
     path = os.fspath(path)
-    partial = path + ".partial"
-    with h5py.File(partial, "w") as f:
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
         lab = f.create_group("labels")
@@ -42,5 +43,4 @@ def write_run(
                     g.create_dataset(name, data=data.astype(np.float64 if name == "left_timestamp" else np.float32))
                 else:
                     g.create_dataset(name, data=data)
-    os.replace(partial, path)
     return path

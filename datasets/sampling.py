@@ -6,7 +6,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
 
@@ -47,6 +46,18 @@ def lab_smooth(steer: np.ndarray) -> np.ndarray:
     return (s + 0.5 * prev1 + 0.25 * prev2) / 1.75
 
 
+def balanced_draw(rng: np.random.Generator, n: int, high: np.ndarray) -> np.ndarray:
+    """``n`` clip indices, each from the high-steer clips (``high`` True) or the low ones with even odds, as the
+    lab sampled; uniform over all clips when one side is empty. The one balanced draw: training's epoch
+    plans (driver.training.batches) and :class:`SteerBalancedSampler` both use it."""
+    high = np.asarray(high, dtype=bool)
+    hi, lo = np.flatnonzero(high), np.flatnonzero(~high)
+    if len(hi) == 0 or len(lo) == 0:
+        return rng.integers(0, len(high), n)
+    pick_hi = rng.random(n) < 0.5
+    return np.where(pick_hi, hi[rng.integers(0, len(hi), n)], lo[rng.integers(0, len(lo), n)])
+
+
 class SteerBalancedSampler(Sampler[int]):
     """Draw clips half from low-steer and half from high-steer starts, as the lab did.
 
@@ -55,11 +66,11 @@ class SteerBalancedSampler(Sampler[int]):
     """
 
     def __init__(self, high: np.ndarray, num_samples: int | None = None, seed: int = 0):
-        self.high = np.flatnonzero(high)
-        self.low = np.flatnonzero(~np.asarray(high, dtype=bool))
-        if len(self.high) == 0 or len(self.low) == 0:
+        self.high = np.asarray(high, dtype=bool)
+        n_high = int(self.high.sum())
+        if n_high == 0 or n_high == len(self.high):
             raise ValueError(f"steer-balanced sampling needs both low and high steering clips; found "
-                             f"{len(self.low)} low and {len(self.high)} high")
+                             f"{len(self.high) - n_high} low and {n_high} high")
         self.num_samples = int(num_samples or len(high))
         self.seed = seed
         self.epoch = 0
@@ -71,12 +82,8 @@ class SteerBalancedSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        pick_high = torch.rand(self.num_samples, generator=g) < 0.5
-        hi = torch.randint(len(self.high), (self.num_samples,), generator=g)
-        lo = torch.randint(len(self.low), (self.num_samples,), generator=g)
-        idx = np.where(pick_high.numpy(), self.high[hi.numpy()], self.low[lo.numpy()])
-        return iter(idx.tolist())
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(balanced_draw(rng, self.num_samples, self.high).tolist())
 
 
 def high_steer_mask(steer_run_units: np.ndarray, band: tuple[float, float] = LOW_HIGH_STEER) -> np.ndarray:

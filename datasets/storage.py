@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import mmap
 import os
 import re
@@ -28,6 +27,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from driver.atomic_write import fsync_dir, fsync_file  # noqa: F401 - storage's own API too
 
 DEFAULT_MAX_OPEN_FILES = 64
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -266,45 +267,6 @@ def create_file(path: str | os.PathLike, buffers: list) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         return write_all(fd, buffers)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temporary file, fsync, rename, fsync dir)."""
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, [data])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (renames, new files) durable, where the filesystem supports that.
-
-    Some network and FUSE filesystems refuse fsync on a directory (EINVAL, ENOTSUP); there the rename is
-    as durable as that filesystem makes it, and ingest goes on.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush one file's data to the disk (e.g. a shard as soon as it is written, while the next is made)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from driver.atomic_write import write_atomic
+from driver.errors import DriverError
+
 from . import storage
 from .layout import FORMAT_VERSION, READABLE_VERSIONS, RUNS, SERIES_ARRAYS, STAGING, STORE_ATTR, TRASH
 from .object_store import StoreIOError, WriteConflict
@@ -22,7 +25,7 @@ from .shard_reader import REPAIR_HINT, ChecksumError, ShardedFrames, ShardReadEr
 from .storage import fsync_dir, fsync_tree
 
 
-class StoreError(ValueError):
+class StoreError(DriverError, ValueError):
     """A store that is missing, not a driver store, or damaged; the message names the path."""
 
 
@@ -258,7 +261,7 @@ class Store:
         if not self.remote:
             doc = _read_json(self.location, key)
             change(doc)
-            storage.write_durable(self.path / key, json.dumps(doc, indent=2).encode("utf-8"))
+            write_atomic(self.path / key, json.dumps(doc, indent=2).encode("utf-8"))
             return
         for _ in range(8):
             raw, etag = self.location.read_versioned(key, MAX_JSON_BYTES)

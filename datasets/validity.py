@@ -40,14 +40,15 @@ RULES = ("state", "stopped", "min_motor", "pinned_steer", "gap")
 class ValidityRules:
     """Thresholds of the validity mask; recorded in the store and configurable at ingest."""
 
-    accepted_states: tuple[int, ...] = (1, 3, 5, 6, 7)
-    min_motor: float = 0.0
-    max_gap_s: float = 0.1
-    reject_pinned_steer: bool = True
-    stopped_speed: float = 0.05
-    stopped_seconds: float = 0.5
-    neutral_band: float = 1.0
-    neutral_seconds: float = 3.0
+    accepted_states: tuple[int, ...] = (1, 3, 5, 6, 7)  # state codes whose frames are valid
+    min_motor: float = 0.0  # the lab's rule: valid frames need motor >= this; 53 drops every braking and coasting frame
+                            # (0: off; parked-car frames are dropped by speed or long neutral stretches)
+    max_gap_s: float = 0.1  # max seconds to the next frame
+    reject_pinned_steer: bool = True  # reject autonomous frames with steering pinned at 0 or 99
+    stopped_speed: float = 0.05  # speed (m/s) below which the car counts as stopped
+    stopped_seconds: float = 0.5  # frames stopped longer than this are invalid
+    neutral_band: float = 1.0  # motor within 49 ± this counts as neutral throttle (run units)
+    neutral_seconds: float = 3.0  # frames in a neutral-throttle stretch longer than this are invalid
 
     def __post_init__(self):
         if not self.accepted_states:

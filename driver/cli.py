@@ -7,13 +7,12 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 
 from rich.console import Console
 
-from driver.config_flags import add_config_flags
+from driver.config_flags import add_config_flags, config_from_args, given_values
 from driver.errors import DriverError
-
-MODEL_FILES = "checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz"
 
 INGEST_EXAMPLES = """examples:
   driver ingest runs/*.h5 --out data/store.zarr
@@ -90,15 +89,9 @@ DEMO_EXAMPLES = """examples:
 
 def _ingest(args: argparse.Namespace) -> int:
     from driver.datasets.ingest import IngestConfig, ingest, summary_table
-    from driver.datasets.validity import ValidityRules
 
-    rules = ValidityRules(accepted_states=tuple(args.accepted_states), min_motor=args.min_motor,
-                          max_gap_s=args.max_gap, reject_pinned_steer=not args.keep_pinned_steer)
     force_all = args.force is not None and not args.force  # a bare --force: every run, as before
-    config = IngestConfig(sources=args.sources, out=args.out, jobs=args.jobs, codec=args.codec,
-                          shard_frames=args.shard_frames, validity=rules, force=force_all,
-                          force_runs=tuple(args.force or ()), format=args.format, mapping=args.mapping,
-                          dask=args.dask, lock_ttl_s=args.lock_ttl)
+    config = config_from_args(IngestConfig, args, force=force_all, force_runs=tuple(args.force or ()))
     report = ingest(config, progress=sys.stderr.isatty())
     console = Console()
     console.print(summary_table(report))
@@ -110,9 +103,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _export_dataset(args: argparse.Namespace) -> int:
     from driver.datasets.interop.lerobot_export import LeRobotExportConfig, export_lerobot
 
-    r = export_lerobot(LeRobotExportConfig(store=args.store, out=args.out, runs=args.runs or [], fps=args.fps,
-                                           vcodec=args.vcodec, crf=args.crf, gop=args.gop, robot_type=args.robot_type,
-                                           progress=sys.stderr.isatty()))
+    r = export_lerobot(config_from_args(LeRobotExportConfig, args, progress=sys.stderr.isatty()))
     print(f"wrote {r.path}: LeRobot v3.0, {r.episodes} episodes, {r.frames} frames at {r.fps} fps, "  # noqa: T201
           f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s")
     return 0
@@ -122,11 +113,9 @@ def _view(args: argparse.Namespace) -> int:
     from driver.view.store_view import ViewConfig, view_store
 
     sink = "spawn" if args.spawn else f"web:{args.port}" if args.web else args.save
-    r = view_store(ViewConfig(store=args.store, runs=args.runs or [], sink=sink, every=args.every))
+    r = view_store(config_from_args(ViewConfig, args, **({"sink": sink} if sink else {})))
     print(f"{r['runs']} runs, {r['frames']} frames -> {r['sink'].target or r['sink'].kind}")  # noqa: T201
     return 0
-
-
 def _info(args: argparse.Namespace) -> int:
     from driver.datasets.info import describe_store, print_info
 
@@ -150,7 +139,7 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from driver.datasets.verify import VerifyConfig, verify_store, verify_table
 
-    report = verify_store(VerifyConfig(store=args.store, runs=args.runs or []), progress=sys.stderr.isatty())
+    report = verify_store(config_from_args(VerifyConfig, args), progress=sys.stderr.isatty())
     console = Console()
     console.print(verify_table(report))
     for r in report.runs:
@@ -171,9 +160,7 @@ def _models(args: argparse.Namespace) -> int:
     from driver.models import InputSpec
     from driver.models.summary import format_model_table, model_rows
 
-    spec = InputSpec(height=args.height, width=args.width, cameras=args.cameras, stack=args.stack,
-                     n_modes=args.modes, horizon=args.horizon)
-    print(format_model_table(model_rows(spec)))  # noqa: T201 - the command's output
+    print(format_model_table(model_rows(config_from_args(InputSpec, args))))  # noqa: T201 - the command's output
     return 0
 
 
@@ -182,12 +169,7 @@ def _train(args: argparse.Namespace) -> int:
     from driver.training.config import TrainConfig
     from driver.training.metrics import runs_table, summary_table
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if isinstance(overrides.get("arch_kwargs"), str):
-        try:
-            overrides["arch_kwargs"] = json.loads(overrides["arch_kwargs"])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--arch-kwargs is not valid JSON ({e}): {overrides['arch_kwargs']!r}") from e
+    overrides = given_values(args, TrainConfig)
     if args.resume:
         result = train(resume=args.resume, overrides=overrides)
     else:
@@ -203,24 +185,16 @@ def _train(args: argparse.Namespace) -> int:
 def _sim_record(args: argparse.Namespace) -> int:
     from driver.sim.record import SimRecordConfig, record_runs
 
-    paths = record_runs(SimRecordConfig(out=args.out, runs=args.runs, seconds=args.seconds, fps=args.fps,
-                                        height=args.height, width=args.width, stereo=args.stereo, seed=args.seed,
-                                        noise=args.noise, split=args.split, variants=args.variants or None,
-                                        variant_split=args.variant_split, car=args.car,
-                                        progress=sys.stderr.isatty()))
-    print(f"wrote {len(paths)} runs to {args.out}")  # noqa: T201 - the command's output
+    config = config_from_args(SimRecordConfig, args, variants=args.variants or None, progress=sys.stderr.isatty())
+    paths = record_runs(config)
+    print(f"wrote {len(paths)} runs to {config.out}")  # noqa: T201 - the command's output
     return 0
 
 
 def _sim_drive(args: argparse.Namespace) -> int:
     from driver.sim.evaluate_policy import SimDriveConfig, format_sim_drive, sim_drive
 
-    result = sim_drive(SimDriveConfig(model=args.model, out=args.out, tracks=args.tracks, laps=args.laps,
-                                      split=args.split, variants=args.variants or [],
-                                      variant_split=args.variant_split or "", car=args.car,
-                                      max_seconds=args.max_seconds, mode=args.mode, media=not args.no_media,
-                                      seed=args.seed, runtime=args.runtime,
-                                      view=args.view or ""))
+    result = sim_drive(config_from_args(SimDriveConfig, args))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
     return 0
 
@@ -229,7 +203,7 @@ def _sim_dagger(args: argparse.Namespace) -> int:
     from driver.sim.dagger import run_dagger
     from driver.sim.dagger_config import DaggerConfig
 
-    report = run_dagger(DaggerConfig(**_given(args, DaggerConfig)))
+    report = run_dagger(config_from_args(DaggerConfig, args))
     print(report.table)  # noqa: T201 - the command's output
     print(f"table: {report.out / 'dagger_table.md'} and dagger_table.json")  # noqa: T201
     return 0
@@ -242,30 +216,22 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.closed_loop and args.view:
         raise ValueError("--view shows the open-loop replay; it does not apply to --closed-loop")
-    policy = load_policy(args.model, runtime=args.runtime, threads=args.threads)
+    config = config_from_args(ReplayConfig, args)
+    policy = load_policy(config.model, runtime=config.runtime, threads=args.threads)
     if args.closed_loop:
-        report = warp_replay(WarpReplayConfig(model=args.model, data=args.data, runs=args.runs or [],
-                                              threshold_m=args.threshold, mode=args.mode, out=args.out),
-                             policy=policy)
+        report = warp_replay(config_from_args(WarpReplayConfig, args, out=config.out), policy=policy)
         print(format_warp_report(report))  # noqa: T201 - the command's output
         return 0
-    report = replay(ReplayConfig(model=args.model, data=args.data, runs=args.runs or [], out=args.out,
-                                 mode=args.mode, video=not args.no_video, runtime=args.runtime,
-                                 view=args.view or ""), policy=policy)
+    report = replay(config, policy=policy)
     print(format_replay_report(report))  # noqa: T201 - the command's output
     return 0
-
-
-def _given(args: argparse.Namespace, cls) -> dict:
-    """The config fields whose flags were given on the command line (the others are None)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
 
 
 def _drive(args: argparse.Namespace) -> int:
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.drive_loop import drive
 
-    given = _given(args, DriveConfig)
+    given = given_values(args, DriveConfig)
     config = DriveConfig.from_file(args.config, given) if args.config else DriveConfig.from_dict(given, "flags")
     return drive(config).exit_code
 
@@ -283,13 +249,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from driver.export.onnx_export import OnnxExportConfig, export_onnx
 
-        out = args.out or _beside(args.checkpoint, ".onnx")
-        r = export_onnx(args.checkpoint, OnnxExportConfig(out=out, opset=args.opset, tolerance=args.tolerance))
+        config = config_from_args(OnnxExportConfig, args, out=args.out or _beside(args.checkpoint, ".onnx"))
+        r = export_onnx(args.checkpoint, config)
     else:
         from driver.export.torchscript import TorchScriptConfig, export_torchscript
 
-        r = export_torchscript(args.checkpoint, TorchScriptConfig(out=args.out or _beside(args.checkpoint, ".ts"),
-                                                                  tolerance=args.tolerance))
+        config = config_from_args(TorchScriptConfig, args, out=args.out or _beside(args.checkpoint, ".ts"))
+        r = export_torchscript(args.checkpoint, config)
     print(f"wrote {r.path} ({r.format}, {r.bytes / 1e6:.3f} MB); parity vs PyTorch over {r.steps_checked} steps "  # noqa: T201
           f"on {r.frames} frames: max |diff| {r.max_abs_diff:.2e} (tolerance {r.tolerance:.0e})")
     return 0
@@ -298,9 +264,8 @@ def _export(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace) -> int:
     from driver.export.quantize import QuantizeConfig, quantize_onnx
 
-    given = _given(args, QuantizeConfig)
-    given["out"] = given.get("out") or _beside(args.model, ".int8.onnx")
-    r = quantize_onnx(args.model, QuantizeConfig(**given))
+    config = config_from_args(QuantizeConfig, args, out=args.out or _beside(args.model, ".int8.onnx"))
+    r = quantize_onnx(args.model, config)
     mae = ("" if r.steer_mae_fp32 is None else
            f"; held-out steer MAE {r.steer_mae_fp32:.3f} -> {r.steer_mae_int8:.3f} run units")
     print(f"wrote {r.path}: {r.fp32_bytes / 1e6:.3f} MB -> {r.int8_bytes / 1e6:.3f} MB, step {r.fp32_ms:.2f} -> "  # noqa: T201
@@ -311,23 +276,11 @@ def _quantize(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace) -> int:
     from driver.export.compress import CompressConfig, compress_checkpoint, format_compress_result
 
-    def pairs(items, cast):
-        out = {}
-        for item in items or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"{item!r} must be PATTERN=VALUE")
-            out[key] = cast(value)
-        return out
-
-    config = CompressConfig(out=args.out or _beside(args.checkpoint, ".dcz"), density=args.density, bits=args.bits,
-                            layer_bits=pairs(args.layer_bits, int), layer_density=pairs(args.layer_density, float),
-                            prune_rounds=args.prune_rounds, prune_steps=args.prune_steps,
-                            centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
-                            sim_tracks=args.sim_tracks, seed=args.seed, progress=sys.stderr.isatty())
+    config = config_from_args(CompressConfig, args, out=args.out or _beside(args.checkpoint, ".dcz"),
+                              progress=sys.stderr.isatty())
     result = compress_checkpoint(args.checkpoint, config)
     if args.report:
-        from driver.export.onnx_export import write_atomic
+        from driver.atomic_write import write_atomic
 
         write_atomic(args.report, json.dumps(result.to_dict(), indent=1, default=str).encode())
     print(format_compress_result(result, layers=args.layers))  # noqa: T201
@@ -337,7 +290,7 @@ def _compress(args: argparse.Namespace) -> int:
 def _link(args: argparse.Namespace) -> int:
     from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_report
 
-    report = check_link(LinkCheckConfig(**_given(args, LinkCheckConfig)))
+    report = check_link(config_from_args(LinkCheckConfig, args))
     print(format_link_report(report))  # noqa: T201 - the command's output
     return 0 if report.ok else 1
 
@@ -345,270 +298,313 @@ def _link(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from driver.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=args.workdir, runs=args.runs, seconds=args.seconds, steps=args.steps,
-                        eval_tracks=args.eval_tracks, jobs=args.jobs, seed=args.seed))
+    run_demo(config_from_args(DemoConfig, args))
     return 0
 
 
-def _world_flags(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--variants", type=int, nargs="*", default=None, metavar="V",
-                   help="world variant seeds, paired with the tracks in turn (default: each track's own)")
-    s.add_argument("--variant-split", choices=("train", "eval"), default=None,
-                   help="split of --variants (default: --split)")
-    s.add_argument("--car", choices=("dynamic", "kinematic"), default="dynamic",
-                   help="car model: dynamic (force, brake, grip limit; default) or kinematic (motor = speed)")
+# ---- flags: each subcommand's come from its config dataclass (driver/config_flags.py) ----------------------
 
+def _ingest_flags(s: argparse.ArgumentParser) -> None:
+    from driver.datasets.ingest import IngestConfig
+    from driver.datasets.interop.mapping import FORMATS
+    from driver.datasets.layout import CODECS
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="driver", description="Behavioral cloning for small autonomous cars.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    fmt = argparse.RawDescriptionHelpFormatter
-    s = sub.add_parser("ingest", help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store",
-                       epilog=INGEST_EXAMPLES, formatter_class=fmt,
-                       description="Validate driving runs (HDF5 files, tub sessions, LeRobot episodes) and write "
-                       "them into a store.")
-    s.add_argument("sources", nargs="*", help="run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or "
-                   "folders of them (optional with --force RUN)")
-    s.add_argument("--format", choices=("auto", "hdf5", "tub", "lerobot"), default="auto",
-                   help="how to read the sources (default auto: detected per path)")
-    s.add_argument("--mapping", default=None, metavar="FILE",
-                   help="TOML/YAML mapping of tub/LeRobot fields to the run format (docs/import-export.md)")
-    s.add_argument("--out", required=True, help="store path or URL (s3://bucket/prefix, gs://, az://; created if "
-                   "missing)")
-    s.add_argument("--jobs", type=int, default=1, help="runs ingested in parallel processes (default 1)")
-    s.add_argument("--dask", default="", metavar="SCHEDULER",
-                   help="one task per run on a Dask cluster: local:N (N local worker processes) or a scheduler "
-                   "address tcp://HOST:8786 (pip install 'driver[dask]')")
-    s.add_argument("--lock-ttl", type=float, default=60.0, metavar="S",
-                   help="object storage: seconds a run's lease lasts unless renewed; a dead writer's run is taken "
-                   "over after 1.5x this (default 60)")
-    s.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none",
-                   help="frame compression (default none: fastest reads; see docs/dataset-format.md)")
-    s.add_argument("--shard-frames", type=int, default=None, help="frames per shard file (default: ~24 MiB)")
-    s.add_argument("--accepted-states", type=int, nargs="+", default=[1, 3, 5, 6, 7], metavar="S",
-                   help="state codes whose frames are valid (default 1 3 5 6 7)")
-    s.add_argument("--min-motor", type=float, default=0.0,
-                   help="the lab's rule: valid frames need motor >= this; 53 drops every braking and coasting "
-                        "frame (default 0: off; parked-car frames are dropped by speed or long neutral stretches)")
-    s.add_argument("--max-gap", type=float, default=0.1, help="max seconds to the next frame (default 0.1)")
-    s.add_argument("--keep-pinned-steer", action="store_true",
-                   help="do not reject autonomous frames with steering pinned at 0 or 99")
+    add_config_flags(s, IngestConfig, positional=("sources",), skip=("force", "force_runs"),
+                     rename={"max_gap_s": "max-gap", "lock_ttl_s": "lock-ttl"},
+                     negate={"reject_pinned_steer": "keep-pinned-steer"},
+                     choices={"format": ("auto", *FORMATS), "codec": CODECS},
+                     metavar={"mapping": "FILE", "dask": "SCHEDULER", "lock_ttl_s": "S", "accepted_states": "S",
+                              "sources": "SOURCES"})
     s.add_argument("--force", nargs="*", default=None, metavar="RUN",
                    help="re-ingest even if unchanged: the named runs (from SOURCES, else from the source file the "
-                   "store recorded), or every run when no name follows (put --force after the sources)")
-    s.set_defaults(func=_ingest)
+                   "store recorded), or every run when no name follows (put --force after the sources) "
+                   "(default: only new or changed runs)")
 
-    s = sub.add_parser("verify", help="check every chunk of a store against its checksums",
-                       epilog=VERIFY_EXAMPLES, formatter_class=fmt,
-                       description="Reads every byte of the store's runs and checks it against its CRC32Cs; prints a "
-                       "table and exits 1 when any run is damaged.")
-    s.add_argument("store", help="store path or URL")
-    s.add_argument("--runs", nargs="+", default=None, metavar="RUN", help="runs to check (default: every run)")
-    s.set_defaults(func=_verify)
-    s = sub.add_parser("export-dataset", help="write a store as a LeRobot v3 dataset (parquet + MP4)",
-                       description="Each run becomes an episode; `driver ingest OUT` reads it back with labels "
-                       "exact. See docs/import-export.md.")
-    s.add_argument("store", help="store path")
-    s.add_argument("out", help="new dataset folder")
-    s.add_argument("--to", choices=("lerobot",), required=True, help="dataset format")
-    s.add_argument("--runs", nargs="*", default=None, help="runs to export (default: all)")
-    s.add_argument("--fps", type=int, default=0, help="dataset fps (default 0: the runs' median frame rate)")
-    s.add_argument("--vcodec", default="libsvtav1", choices=("libsvtav1", "libx264", "h264", "hevc", "libx265"),
-                   help="video codec (default libsvtav1, LeRobot's)")
-    s.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default 30, LeRobot's)")
-    s.add_argument("--gop", type=int, default=2, help="frames between keyframes (default 2, LeRobot's)")
-    s.add_argument("--robot-type", default="driver_car", help="info.json robot_type")
-    s.set_defaults(func=_export_dataset)
 
-    s = sub.add_parser("view", help="look at a store's runs in Rerun (pip install 'driver[view]')",
-                       description="Both cameras, steer/motor/state timelines, the validity mask, segment breaks "
-                       "and labels, scrubbable. See docs/view.md.")
-    s.add_argument("store", help="store path")
-    s.add_argument("--runs", nargs="*", default=None, help="runs to show (default: all)")
+def _verify_flags(s: argparse.ArgumentParser) -> None:
+    from driver.datasets.verify import VerifyConfig
+
+    add_config_flags(s, VerifyConfig, positional=("store",), metavar={"runs": "RUN"})
+
+
+def _export_dataset_flags(s: argparse.ArgumentParser) -> None:
+    from driver.datasets.interop.lerobot_export import VCODECS, LeRobotExportConfig
+
+    s.add_argument("--to", choices=("lerobot",), required=True, help="dataset format (required)")
+    add_config_flags(s, LeRobotExportConfig, positional=("store", "out"), skip=("progress",),
+                     choices={"vcodec": VCODECS})
+
+
+def _view_flags(s: argparse.ArgumentParser) -> None:
+    from driver.view.store_view import ViewConfig
+
+    add_config_flags(s, ViewConfig, positional=("store",), skip=("sink",))
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--save", default="view.rrd", metavar="OUT.rrd", help="write a recording (default view.rrd)")
-    where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine")
-    where.add_argument("--web", action="store_true", help="serve Rerun's web viewer on --port (Ctrl-C stops)")
-    s.add_argument("--port", type=int, default=9090, help="web viewer port (default 9090; gRPC on port + 1)")
-    s.add_argument("--every", type=int, default=1, help="show every N-th camera frame (default 1)")
-    s.set_defaults(func=_view)
+    sink = next(f.default for f in dataclasses.fields(ViewConfig) if f.name == "sink")
+    where.add_argument("--save", default=None, metavar="OUT.rrd", help=f"write a recording (default: {sink})")
+    where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine (default: off)")
+    where.add_argument("--web", action="store_true",
+                       help="serve Rerun's web viewer on --port (Ctrl-C stops) (default: off)")
+    s.add_argument("--port", type=int, default=9090, help="web viewer port; gRPC on port + 1 (default: 9090)")
 
-    s = sub.add_parser("info", help="show what a store holds", description="Runs, frames, modes, size, and the "
-                       "frames each validity rule removes; --lint flags where the driver lost control.")
+
+def _info_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("store", help="store path or URL")
     s.add_argument("--lint", action="store_true", help="flag windows of saturated steering and of throttle "
-                   "without progress (the driver lost control); driver train drops them by default")
-    s.add_argument("--lint-json", default=None, metavar="FILE", help="also write the lint report as JSON")
-    s.set_defaults(func=_info)
+                   "without progress (the driver lost control); driver train drops them by default (default: off)")
+    s.add_argument("--lint-json", default=None, metavar="FILE",
+                   help="also write the lint report as JSON (default: none)")
 
-    s = sub.add_parser("models", help="list model architectures with parameters and MFLOPs per frame",
-                       description="Every registered architecture at one input size; 'input too small' where an "
-                       "architecture cannot take it. See docs/models.md.")
-    s.add_argument("--height", type=int, default=94, help="frame height in pixels (default 94)")
-    s.add_argument("--width", type=int, default=168, help="frame width in pixels (default 168)")
-    s.add_argument("--cameras", type=int, default=2, choices=(1, 2), help="cameras per frame (default 2)")
-    s.add_argument("--stack", type=int, default=2, choices=(1, 2), help="frames stacked per step (default 2)")
-    s.add_argument("--modes", type=int, default=6, help="behavioral-mode planes (default 6)")
-    s.add_argument("--horizon", type=int, default=10, help="future steps predicted (default 10)")
-    s.set_defaults(func=_models)
 
+def _models_flags(s: argparse.ArgumentParser) -> None:
+    from driver.models import InputSpec
+
+    add_config_flags(s, InputSpec, rename={"n_modes": "modes"}, choices={"cameras": (1, 2), "stack": (1, 2)})
+
+
+def _train_flags(s: argparse.ArgumentParser) -> None:
+    from driver.models import list_models
     from driver.training.config import TrainConfig
 
-    s = sub.add_parser("train", help="train a model on a store", epilog=TRAIN_EXAMPLES, formatter_class=fmt,
-                       description="Train a controller; every option can also come from --config FILE.")
-    s.add_argument("--config", default=None, help="TOML or YAML file of options (flags override it)")
-    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    add_config_flags(s, TrainConfig)
-    s.set_defaults(func=_train)
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML or YAML file of the options below, a [train] table allowed; flags override it "
+                   "(default: none)")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a run exactly where it stopped (default: a new run)")
+    add_config_flags(s, TrainConfig, notes={"arch": "one of: " + ", ".join(list_models())})
 
-    sim = sub.add_parser("sim", help="the driving simulator: record runs, drive a model closed-loop")
-    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
-    s = sim_sub.add_parser("record", help="record expert driving (with DART noise) as lab-format HDF5 runs")
-    s.add_argument("--runs", type=int, default=4)
-    s.add_argument("--out", required=True, help="folder for the .h5 runs")
-    s.add_argument("--seconds", type=float, default=60.0, help="seconds per run (default 60)")
-    s.add_argument("--fps", type=float, default=30.0)
-    s.add_argument("--height", type=int, default=94)
-    s.add_argument("--width", type=int, default=168)
-    s.add_argument("--stereo", action="store_true", help="record a right camera too")
-    s.add_argument("--seed", type=int, default=0, help="run i drives track seed+i of the split")
-    s.add_argument("--noise", type=float, default=0.15, help="DART steering noise (normalised, 0 = clean)")
-    s.add_argument("--split", choices=("train", "eval"), default="train")
-    _world_flags(s)
-    s.set_defaults(func=_sim_record)
-    s = sim_sub.add_parser("drive", help="a model (or the expert) drives held-out tracks: autonomy, pace, laps",
-                           epilog=SIM_DRIVE_EXAMPLES, formatter_class=fmt)
-    s.add_argument("--model", required=True, help=f"{MODEL_FILES}, or 'expert'")
-    s.add_argument("--tracks", type=int, default=3)
-    s.add_argument("--laps", type=float, default=1.0)
-    s.add_argument("--split", choices=("train", "eval"), default="eval")
-    _world_flags(s)
-    s.add_argument("--max-seconds", type=float, default=120.0, help="per track")
-    s.add_argument("--mode", default="direct", help="behavioral mode given to the model")
-    s.add_argument("--out", default="sim_drive_out", help="summary.json, top-down and speed-profile PNGs, MP4s")
-    s.add_argument("--no-media", action="store_true")
-    s.add_argument("--seed", type=int, default=0, help="render-noise seed (tracks are always eval seeds 0..N-1)")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
-    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
-                   help="Rerun view (driver[view]): OUT/sim_drive.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
-    s.set_defaults(func=_sim_drive)
 
+def _world_knobs(**choices) -> dict:
+    from driver.sim.car import CAR_MODELS
+    from driver.sim.track import SPLITS
+
+    return {"choices": {"split": tuple(SPLITS), "variant_split": tuple(SPLITS), "car": CAR_MODELS, **choices},
+            "metavar": {"variants": "V"}}
+
+
+def _sim_record_flags(s: argparse.ArgumentParser) -> None:
+    from driver.sim.record import SimRecordConfig
+
+    add_config_flags(s, SimRecordConfig, skip=("progress",), **_world_knobs())
+
+
+def _sim_dagger_flags(s: argparse.ArgumentParser) -> None:
     from driver.sim.dagger_config import DaggerConfig
 
-    s = sim_sub.add_parser("dagger", help="DAgger: the model drives, the expert labels, ingest, resume training",
-                           epilog=SIM_DAGGER_EXAMPLES, formatter_class=fmt,
-                           description="Rounds of: the model drives training tracks with the expert taking over "
-                           "per a beta-mixture and near the road edge, every frame labelled with the expert's clean "
-                           "command; the runs are appended to --data; training resumes; held-out tracks are driven. "
-                           "A table of autonomy and pace per round. A stopped run continues. See docs/training.md.")
-    add_config_flags(s, DaggerConfig)
-    s.set_defaults(func=_sim_dagger)
+    add_config_flags(s, DaggerConfig, metavar={"variants": "V", "eval_variants": "V"})
 
-    s = sub.add_parser("replay", help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
-                       description="Open-loop: the model against the recorded human, frame by frame in order, "
-                       "beside the constant predictor (the training mean) and with R² per target. "
-                       "--closed-loop: the model drives a virtual car along the recorded path (viewpoint warping).")
-    s.add_argument("--model", required=True, help=MODEL_FILES)
-    s.add_argument("--data", required=True, help="store path or URL (driver ingest output)")
-    s.add_argument("--runs", nargs="*", default=None, help="runs to replay (default: all)")
-    s.add_argument("--out", default="replay_out", help="report.json, plots, video, worst.csv (default replay_out)")
-    s.add_argument("--mode", default=None, help="condition on this behavioral mode only (default: every mode "
-                   "label of each run, the input training gave it)")
-    s.add_argument("--no-video", action="store_true", help="skip the overlay video")
-    s.add_argument("--closed-loop", action="store_true", help="closed-loop replay by viewpoint warping")
-    s.add_argument("--threshold", type=float, default=0.3,
-                   help="closed loop: intervention when |offset| exceeds this, in m (default 0.3)")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest at batch 1)")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime")
-    s.add_argument("--view", nargs="?", const="file", default=None, metavar="SINK",
-                   help="Rerun view (driver[view]): OUT/replay.rrd, or X.rrd, spawn, web[:PORT], rerun+http://HOST:PORT/proxy")
-    s.set_defaults(func=_replay)
 
+def _sim_drive_flags(s: argparse.ArgumentParser) -> None:
+    from driver.sim.evaluate_policy import SimDriveConfig
+
+    add_config_flags(s, SimDriveConfig, optional_value={"view": "file"}, **_world_knobs(runtime=RUNTIMES))
+
+
+def _replay_flags(s: argparse.ArgumentParser) -> None:
+    from driver.sim.replay import ReplayConfig
+    from driver.sim.warp_replay import WarpReplayConfig
+
+    add_config_flags(s, ReplayConfig, optional_value={"view": "file"}, choices={"runtime": RUNTIMES},
+                     rename={"max_gap_s": "max-gap"})
+    s.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, fastest at batch 1)")
+    closed = s.add_argument_group("closed loop (--closed-loop)")
+    closed.add_argument("--closed-loop", action="store_true",
+                        help="closed-loop replay by viewpoint warping (default: off, open loop)")
+    shared = {f.name for f in dataclasses.fields(ReplayConfig)}
+    add_config_flags(closed, WarpReplayConfig, skip=shared | {"camera"}, rename={"threshold_m": "threshold"})
+
+
+def _drive_flags(s: argparse.ArgumentParser) -> None:
     from driver.vehicle.drive_config import DriveConfig
 
-    s = sub.add_parser("drive", help="drive the car (or the sim) with a model: camera -> policy -> carlink",
-                       epilog=DRIVE_EXAMPLES, formatter_class=fmt,
-                       description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, "
-                       "with named failsafe checks (every fault ends in neutral throttle) and session recording. "
-                       "Every option can also come from --config FILE. See docs/drive.md.")
     s.add_argument("--config", default=None, metavar="FILE",
                    help="a car's settings: TOML or YAML of the options below, a [drive] table allowed; flags "
                    "override it (default: none)")
     add_config_flags(s, DriveConfig)
-    s.set_defaults(func=_drive)
 
-    s = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (parity-checked)",
-                       description="The step model with recurrent state in and out, metadata inside; the export "
-                       "fails unless it matches PyTorch on real frames within the tolerance. See docs/deploy.md.")
+
+def _export_flags(s: argparse.ArgumentParser) -> None:
+    from driver.export.onnx_export import OnnxExportConfig
+    from driver.export.torchscript import TorchScriptConfig
+
     s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
     s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                    help="onnx (runs on ONNX Runtime, the car's runtime) or torchscript (default: onnx)")
-    s.add_argument("--out", default=None, help="output file (default: beside the checkpoint, e.g. best.onnx)")
-    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    s.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs PyTorch (default: 1e-4)")
-    s.set_defaults(func=_export)
+    add_config_flags(s, OnnxExportConfig)
+    shared = {f.name for f in dataclasses.fields(OnnxExportConfig)}
+    add_config_flags(s.add_argument_group("torchscript"), TorchScriptConfig, skip=shared)
 
+
+def _quantize_flags(s: argparse.ArgumentParser) -> None:
     from driver.export.quantize import QuantizeConfig
 
-    s = sub.add_parser("quantize", help="static int8 (per-channel QDQ) ONNX model calibrated on store frames",
-                       description="Takes an exported .onnx (run `driver export` on a checkpoint first) and writes "
-                       "its int8 twin, with held-out MAE and latency of both. See docs/deploy.md.")
     s.add_argument("model", help="an exported .onnx model")
     add_config_flags(s, QuantizeConfig)
-    s.set_defaults(func=_quantize)
 
-    s = sub.add_parser("compress", help="Deep Compression: prune + retrain, k-means weight sharing, Huffman",
-                       description="Writes one .dcz file that driver loads directly (replay, sim drive, drive). "
-                       "A killed run resumes after its last finished pruning round when run again.")
-    s.add_argument("checkpoint")
-    s.add_argument("--out", default=None, help="output .dcz (default: next to the checkpoint)")
-    s.add_argument("--density", type=float, default=0.35, help="share of weights kept per pruned layer")
-    s.add_argument("--bits", type=int, default=5, help="index bits per layer (2**bits shared values)")
-    s.add_argument("--layer-bits", nargs="*", metavar="PATTERN=BITS", help="per-layer bits, e.g. head=8")
-    s.add_argument("--layer-density", nargs="*", metavar="PATTERN=D", help="per-layer density")
-    s.add_argument("--prune-rounds", type=int, default=3, help="pruning rounds (geometric density schedule)")
-    s.add_argument("--prune-steps", type=int, default=2700, help="retraining steps while pruning, all rounds")
-    s.add_argument("--centroid-steps", type=int, default=600, help="centroid fine-tuning steps")
-    s.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the pruning retraining")
-    s.add_argument("--centroid-lr", type=float, default=1e-4, help="learning rate of the centroid fine-tuning")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sim-tracks", type=int, default=0, help="> 0: sim autonomy before and after")
-    s.add_argument("--layers", action="store_true", help="also print one line per tensor (kept, bits, bytes)")
-    s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON")
-    s.set_defaults(func=_compress)
 
+def _compress_flags(s: argparse.ArgumentParser) -> None:
+    from driver.export.compress import CompressConfig
+
+    s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
+    add_config_flags(s, CompressConfig, skip=("progress",),
+                     metavar={"layer_bits": "PATTERN=BITS", "layer_density": "PATTERN=D"})
+    s.add_argument("--layers", action="store_true",
+                   help="also print one line per tensor: kept, bits, bytes (default: off)")
+    s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON (default: "
+                   "none)")
+
+
+def _link_flags(s: argparse.ArgumentParser) -> None:
     from driver.vehicle.link_check import LinkCheckConfig
 
-    s = sub.add_parser("link", help="check the serial link to the car's microcontroller (carlink v1.1)",
-                       epilog=LINK_EXAMPLES, formatter_class=fmt,
-                       description="Handshake, versions, the MCU's calibration, round-trip latency and live RC "
-                       "values; nothing moves.")
     add_config_flags(s, LinkCheckConfig)
-    s.set_defaults(func=_link)
 
-    s = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
-                       epilog=DEMO_EXAMPLES, formatter_class=fmt)
-    s.add_argument("--workdir", default="demo_out", help="where runs, store and report go (default demo_out)")
-    s.add_argument("--runs", type=int, default=32, help="simulated runs (training tracks) to record (default 32)")
-    s.add_argument("--seconds", type=float, default=15.0, help="seconds per run (default 15)")
-    s.add_argument("--steps", type=int, default=2400, help="training steps (default 2400)")
-    s.add_argument("--eval-tracks", type=int, default=6, help="held-out tracks driven closed-loop (default 6)")
-    s.add_argument("--jobs", type=int, default=2, help="ingest processes")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=_demo)
+
+def _demo_flags(s: argparse.ArgumentParser) -> None:
+    from driver.demo import DemoConfig
+
+    add_config_flags(s, DemoConfig)
+
+
+RUNTIMES = ("torch", "onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: ``flags`` adds its flags to its parser (None: a group of subcommands), ``run`` runs it."""
+
+    flags: typing.Callable[[argparse.ArgumentParser], None] | None
+    run: typing.Callable[[argparse.Namespace], int] | None
+    help: str
+    description: str | None = None
+    epilog: str | None = None  # examples, printed as written
+
+
+# "sim X" is subcommand X of `driver sim`
+COMMANDS: dict[str, Command] = {
+    "ingest": Command(_ingest_flags, _ingest,
+        help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store", epilog=INGEST_EXAMPLES,
+        description="Validate driving runs (HDF5 files, tub sessions, LeRobot episodes) and write them into a store."),
+    "verify": Command(_verify_flags, _verify,
+        help="check every chunk of a store against its checksums", epilog=VERIFY_EXAMPLES,
+        description="Reads every byte of the store's runs and checks it against its CRC32Cs; prints a table and "
+        "exits 1 when any run is damaged."),
+    "export-dataset": Command(_export_dataset_flags, _export_dataset,
+        help="write a store as a LeRobot v3 dataset (parquet + MP4)", description="Each run becomes an episode; "
+        "`driver ingest OUT` reads it back with labels exact. See docs/import-export.md."),
+    "view": Command(_view_flags, _view,
+        help="look at a store's runs in Rerun (pip install 'driver[view]')", description="Both cameras, "
+        "steer/motor/state timelines, the validity mask, segment breaks and labels, scrubbable. See docs/view.md."),
+    "info": Command(_info_flags, _info,
+        help="show what a store holds", description="Runs, frames, modes, size, and the frames each validity rule "
+        "removes; --lint flags where the driver lost control."),
+    "models": Command(_models_flags, _models,
+        help="list model architectures with parameters and MFLOPs per frame", description="Every registered "
+        "architecture at one input size; 'input too small' where an architecture cannot take it. See "
+        "docs/models.md."),
+    "train": Command(_train_flags, _train,
+        help="train a model on a store", epilog=TRAIN_EXAMPLES,
+        description="Train a controller; every option can also come from --config FILE."),
+    "sim": Command(None, None, help="the driving simulator: record runs, drive a model closed-loop"),
+    "sim record": Command(_sim_record_flags, _sim_record,
+        help="record expert driving (with DART noise) as lab-format HDF5 runs"),
+    "sim drive": Command(_sim_drive_flags, _sim_drive,
+        help="a model (or the expert) drives held-out tracks: autonomy, pace, laps", epilog=SIM_DRIVE_EXAMPLES),
+    "sim dagger": Command(_sim_dagger_flags, _sim_dagger,
+        help="DAgger: the model drives, the expert labels, ingest, resume training", epilog=SIM_DAGGER_EXAMPLES,
+        description="Rounds of: the model drives training tracks with the expert taking over per a beta-mixture "
+        "and near the road edge, every frame labelled with the expert's clean command; the runs are appended to "
+        "--data; training resumes; held-out tracks are driven. A table of autonomy and pace per round. A stopped "
+        "run continues. See docs/training.md."),
+    "replay": Command(_replay_flags, _replay,
+        help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
+        description="Open-loop: the model against the recorded human, frame by frame in order, beside the "
+        "constant predictor (the training mean) and with R² per target. --closed-loop: the model drives a virtual "
+        "car along the recorded path (viewpoint warping)."),
+    "drive": Command(_drive_flags, _drive,
+        help="drive the car (or the sim) with a model: camera -> policy -> carlink", epilog=DRIVE_EXAMPLES,
+        description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, with named "
+        "failsafe checks (every fault ends in neutral throttle) and session recording. Every "
+        "option can also come from --config FILE. See docs/drive.md."),
+    "export": Command(_export_flags, _export,
+        help="export a checkpoint to ONNX or TorchScript (parity-checked)", description="The step model with "
+        "recurrent state in and out, metadata inside; the export fails unless it matches PyTorch on real frames "
+        "within the tolerance. See docs/deploy.md."),
+    "quantize": Command(_quantize_flags, _quantize,
+        help="static int8 (per-channel QDQ) ONNX model calibrated on store frames", description="Takes an "
+        "exported .onnx (run `driver export` on a checkpoint first) and writes its int8 twin, with held-out MAE "
+        "and latency of both. See docs/deploy.md."),
+    "compress": Command(_compress_flags, _compress,
+        help="Deep Compression: prune + retrain, k-means weight sharing, Huffman", description="Writes one .dcz "
+        "file that driver loads directly (replay, sim drive, drive). A killed run resumes after its last finished "
+        "pruning round when run again."),
+    "link": Command(_link_flags, _link,
+        help="check the serial link to the car's microcontroller (carlink v1.1)", epilog=LINK_EXAMPLES,
+        description="Handshake, versions, the MCU's calibration, round-trip latency and live RC values; nothing "
+        "moves."),
+    "demo": Command(_demo_flags, _demo,
+        help="the main job on an embedded default (no data needed)", epilog=DEMO_EXAMPLES),
+}
+
+
+class _LazySubcommands(argparse._SubParsersAction):
+    """Subcommands whose flags are added only when one is chosen: `driver --help` imports no config module
+    (and so no torch or zarr); `driver drive ...` imports only the drive's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, typing.Callable] = {}
+
+    def populate(self, name: str) -> None:
+        add_flags = self.pending.pop(name, None)
+        if add_flags:
+            add_flags(self.choices[name])
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values:
+            self.populate(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``lazy``: each subcommand's flags are added only when it is parsed."""
+    from driver import __version__
+
+    p = argparse.ArgumentParser(prog="driver", description="Behavioral cloning for small autonomous cars.")
+    p.register("action", "parsers", _LazySubcommands)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and the traceback behind an error's one line")
+    p.add_argument("--version", action="version", version=f"driver {__version__}")
+    groups = {"": p.add_subparsers(dest="command", required=True, metavar="COMMAND")}
+    for name, command in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        s = groups[group].add_parser(leaf, help=command.help, description=command.description,
+                                     epilog=command.epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+                                     if command.epilog else argparse.HelpFormatter)
+        if command.flags is None:  # a group of subcommands
+            s.register("action", "parsers", _LazySubcommands)
+            groups[name] = s.add_subparsers(dest=f"{name}_command", required=True, metavar=f"{name.upper()}_COMMAND")
+            continue
+        s.set_defaults(func=command.run)
+        groups[group].pending[leaf] = command.flags
+    if not lazy:
+        for action in groups.values():
+            for leaf in list(action.pending):
+                action.populate(leaf)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(lazy=True).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError, DriverError) as e:  # bad input: one clear line, no traceback
-        logging.getLogger("driver").error("%s", " ".join(str(e).split()))
+    except (ValueError, OSError, DriverError) as e:  # bad input: one clear line; -v adds the traceback
+        log = logging.getLogger("driver")
+        log.error("%s", " ".join(str(e).split()))
+        if args.verbose:
+            log.debug("the traceback behind that error:", exc_info=True)
         return 2
 
 

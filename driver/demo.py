@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    workdir: str = "demo_out"
-    runs: int = 32
-    seconds: float = 15.0
-    height: int = 48
-    width: int = 64
-    steps: int = 2400
-    eval_tracks: int = 6
-    jobs: int = 2
-    seed: int = 0
+    workdir: str = "demo_out"  # where runs, store and report go
+    runs: int = 32  # simulated runs (training tracks) to record
+    seconds: float = 15.0  # seconds per run
+    height: int = 48  # frame height in pixels
+    width: int = 64  # frame width in pixels
+    steps: int = 2400  # training steps
+    eval_tracks: int = 6  # held-out tracks driven closed-loop
+    jobs: int = 2  # ingest processes
+    seed: int = 0  # seed of tracks, split and training
 
     def __post_init__(self):
         if not 3 <= self.runs <= 1000:
@@ -86,6 +86,9 @@ def run_demo(config: DemoConfig) -> str:
         "cameras": "left", "stack": 1, "clip_length": 4, "horizon": 1, "target_stride": 1, "batch_size": 16,
         "epochs": epochs, "steps_per_epoch": max(1, config.steps // epochs), "lr": 1e-3, "warmup_steps": 100,
         "color_jitter": 0.5,
+        # pixels only: the demo's model is exported for `driver drive`, and carlink v1.1 carries no wheel
+        # speed (docs/training.md, speed input)
+        "speed_input": "off",
         "val_fraction": 0.15, "out": str(work / "train"), "name": "demo", "seed": config.seed})
     run = train(train_config)
     timings["train"] = time.perf_counter() - t

@@ -7,6 +7,7 @@
     policy.reset()
     action = policy.act(frame_rgb_uint8, right=None, mode="direct")
     action = policy.act(frame, mode=store.labels(run))  # a run's labels: the model's input in training
+    action = policy.act(frame, mode="direct", speed=1.8)  # the car's speed in m/s (policy.speed_input models)
     action.steer, action.motor            # run units, 0..99 with 49 neutral
     action.steer_norm, action.motor_norm  # [-1, 1]
     action.steer_permille                 # carlink wire values
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from driver.datasets.modes import Labels, active_labels, mode_vector
-from driver.errors import DriverError
+from driver.errors import DriverError, SpeedRequired
 from driver.export.meta import check_preprocess
 from driver.preprocess import frames_to_input, frames_to_input_numpy, prepare_frame
 from driver.units import norm_to_permille, norm_to_run
@@ -64,6 +65,7 @@ class Policy:
         self.height, self.width = int(pre["height"]), int(pre["width"])
         self.modes: tuple[str, ...] = tuple(pre["modes"])
         self.label_stats: dict | None = checkpoint.get("label_stats")  # training labels: the constant predictor
+        self.speed_input = bool(getattr(model, "speed_input", False))  # act() needs speed= (m/s)
         self.numpy_io = bool(getattr(model, "numpy_io", False))  # ONNX Runtime: numpy in and out, no torch
         if self.numpy_io:
             self.model, self.device, self.channels_last = model.to(device), device, False
@@ -119,12 +121,23 @@ class Policy:
             cams.append(prepare_frame(right, self.height, self.width, "right"))
         return np.stack(cams)
 
-    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: Labels = None) -> Action:
+    def act(self, frame: np.ndarray, right: np.ndarray | None = None, mode: Labels = None,
+            speed: float | None = None) -> Action:
         """One frame in, one action out; carries recurrent state and the stacked frame between calls.
 
         ``mode``: a mode name (``"direct"``), a set of labels, or a run's labels dict (see :meth:`mode_vector`).
+        ``speed``: the car's measured speed in m/s (the run's ``encoder`` series). A model trained with speed
+        input (``self.speed_input``) requires it (:class:`~driver.errors.SpeedRequired` without it); every
+        other model ignores it.
         """
         t0 = time.perf_counter()
+        if self.speed_input:
+            if speed is None:
+                raise SpeedRequired(f"{self.path or self.arch}: this model was trained with the car's speed as an "
+                                    "input (speed_input); pass speed=<m/s> to act()")
+            speed = float(speed)
+            if not np.isfinite(speed):
+                raise ValueError(f"speed={speed} must be a finite number of m/s")
         current = self.views(frame, right)
         if self.stack == 2:
             previous = current if self._previous is None else self._previous
@@ -132,7 +145,7 @@ class Policy:
             self._previous = current
         else:
             views = current
-        raw, state = self._step(views, self.mode_vector(mode))  # (horizon, 2), before any clamp
+        raw, state = self._step(views, self.mode_vector(mode), speed if self.speed_input else None)
         if not np.isfinite(raw).all():
             self.reset()  # never carry a poisoned state into the next frame
             raise NonFiniteOutput(f"{self.arch} output is not finite: {raw[0].tolist()} (first step)")
@@ -142,16 +155,19 @@ class Policy:
         return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
                       norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred, raw)
 
-    def _step(self, views: np.ndarray, modes) -> tuple[np.ndarray, Any]:
-        """One model step on (views, H, W, 3) uint8: the raw (horizon, 2) float32 output and the new state."""
+    def _step(self, views: np.ndarray, modes, speed: float | None) -> tuple[np.ndarray, Any]:
+        """One model step on (views, H, W, 3) uint8: the raw (horizon, 2) float32 output (before any clamp) and
+        the new state."""
         if self.numpy_io:
-            out, state = self.model.step(frames_to_input_numpy(views[None]), modes, self._state)
+            kw = {} if speed is None else {"speed": np.array([speed], np.float32)}
+            out, state = self.model.step(frames_to_input_numpy(views[None]), modes, self._state, **kw)
             return np.asarray(out[0], np.float32), state
         import torch
 
         with torch.no_grad():
             x = frames_to_input(torch.from_numpy(views)[None], channels_last=self.channels_last).to(self.device)
-            out, state = self.model.step(x, modes, self._state)
+            kw = {} if speed is None else {"speed": torch.tensor([speed], dtype=torch.float32, device=self.device)}
+            out, state = self.model.step(x, modes, self._state, **kw)
             return out[0].float().cpu().numpy(), state
 
 

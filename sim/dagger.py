@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.validity import ValidityRules
-
 from driver.errors import DriverError
 from driver.policy import load_policy
 

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from driver.datasets.run_writer import write_run
 
+from driver.datasets.run_writer import write_run
 from driver.policy import NonFiniteOutput
 from driver.units import norm_to_run
 

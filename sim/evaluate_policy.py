@@ -26,21 +26,22 @@ class SimDriveConfig:
     eval seed ``i`` (of ``split``); ``variants`` empty = each track in its own variant, else variant seeds of
     ``variant_split`` paired with the tracks in turn."""
 
-    model: str
-    out: str = "sim_drive_out"
-    tracks: int = 3
-    laps: float = 1.0
-    split: str = "eval"
-    variants: list[int] = field(default_factory=list)
-    variant_split: str = ""  # "" = split
-    car: str = "dynamic"
-    fps: float = 30.0
-    max_seconds: float = 120.0
-    mode: str | None = "direct"
-    media: bool = True
-    seed: int = 0
+    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz, or 'expert'
+    out: str = "sim_drive_out"  # summary.json, top-down and speed-profile PNGs, MP4s
+    tracks: int = 3  # held-out tracks driven (eval seeds 0..N-1)
+    laps: float = 1.0  # laps per track
+    split: str = "eval"  # track split driven
+    variants: list[int] = field(default_factory=list)  # world variant seeds, paired with the tracks in turn (empty:
+                                                       # each track's own)
+    variant_split: str = ""  # split of --variants (empty: --split)
+    car: str = "dynamic"  # car model: dynamic (force, brake, grip limit) or kinematic (motor = speed)
+    fps: float = 30.0  # simulated camera frame rate
+    max_seconds: float = 120.0  # time limit per track
+    mode: str | None = "direct"  # behavioral mode given to the model
+    media: bool = True  # write top-down maps, speed profiles and videos
+    seed: int = 0  # render-noise seed (tracks are always eval seeds 0..N-1)
     threads: int = 1  # torch threads for batch-1 inference (1 is fastest on small CPUs)
-    runtime: str = "torch"  # torch | onnx
+    runtime: str = "torch"  # inference runtime
     view: str = ""  # Rerun view: "" off, "file" = OUT/sim_drive.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):

@@ -1,5 +1,5 @@
-"""Drive the simulator with a trained Policy: the model sees only the rendered pixels (and, once models take
-it, the measured wheel speed)."""
+"""Drive the simulator with a trained Policy: the model sees the rendered pixels and, when it was trained with
+speed input, the measured wheel speed."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from driver.policy import Policy
 class PolicyController:
     """Adapts :class:`driver.policy.Policy` to the closed-loop controller interface.
 
-    ``act`` receives the wheel speed an encoder measures (``speed``, m/s); it is passed on as ``speed=`` to a
-    policy whose ``act`` takes that argument, and dropped otherwise (today's models see pixels only).
+    ``act`` receives the wheel speed an encoder measures (``speed``, m/s) and passes it on as ``speed=``: a
+    speed-input policy reads it, every other policy ignores it.
     """
 
     def __init__(self, policy: Policy, mode: str | None = "direct"):

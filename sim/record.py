@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from driver.datasets.run_writer import write_run
 
+from driver.datasets.run_writer import write_run
 from driver.units import norm_to_run
 
 from .car import CAR_MODELS, make_car
@@ -47,19 +47,20 @@ class SimRecordConfig:
     or, with ``variants`` (a count n = seeds 0..n-1, or a list), in variant ``variants[i % len]`` of
     ``variant_split`` (default: ``split``)."""
 
-    out: str | Path
-    runs: int = 4
-    seconds: float = 60.0
-    fps: float = 30.0
-    height: int = 94
-    width: int = 168
-    stereo: bool = False
-    seed: int = 0
+    out: str | Path  # folder for the .h5 runs
+    runs: int = 4  # runs to record
+    seconds: float = 60.0  # seconds per run
+    fps: float = 30.0  # camera frame rate
+    height: int = 94  # frame height in pixels
+    width: int = 168  # frame width in pixels
+    stereo: bool = False  # record a right camera too
+    seed: int = 0  # run i drives track seed+i of the split
     noise: float = 0.15  # DART steering noise std, normalised units (0 = clean expert)
-    split: str = "train"
-    variants: int | list[int] | None = None
-    variant_split: str | None = None
-    car: str = "dynamic"  # dynamic | kinematic
+    split: str = "train"  # track split the runs drive
+    variants: int | list[int] | None = None  # world variant seeds, paired with the tracks in turn (None: each track's
+                                             # own)
+    variant_split: str | None = None  # split of --variants (None: --split)
+    car: str = "dynamic"  # car model: dynamic (force, brake, grip limit) or kinematic (motor = speed)
     reset_fraction: float = 0.9  # segment ends when |cte| > this × half the lane width
     progress: bool = False  # show a rich progress bar
 

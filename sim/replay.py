@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from driver.datasets.modes import active_labels
-from driver.datasets.store import Store
 
+from driver.datasets.modes import active_labels
+from driver.datasets.series import stored_speed_name
+from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
 
 from . import replay_metrics as rm
@@ -36,19 +37,20 @@ READ_BLOCK = 256  # frames read from the store at once
 class ReplayConfig:
     """What to replay. ``runs`` empty = every run in the store; ``mode`` None = from each run's labels."""
 
-    model: str
-    data: str
-    runs: list[str] = field(default_factory=list)
-    out: str = "replay_out"
-    mode: str | None = None
-    video: bool = True
+    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz
+    data: str  # store path or URL (driver ingest output)
+    runs: list[str] = field(default_factory=list)  # runs to replay (empty: all)
+    out: str = "replay_out"  # report.json, plots, video, worst.csv
+    mode: str | None = None  # condition on this behavioral mode only (None: every mode label of each run, the input
+                             # training gave it)
+    video: bool = True  # write the overlay video
     video_run: str | None = None  # None = the first replayed run
-    max_video_frames: int = 600
-    worst: int = 20
+    max_video_frames: int = 600  # frames in the overlay video
+    worst: int = 20  # rows in worst.csv (the largest errors)
     max_lag: int = 30  # frames searched either way for the best alignment
     max_gap_s: float = 0.1  # a timestamp gap this long resets the policy (the validity mask's default)
-    plots: bool = True
-    runtime: str = "torch"  # torch | onnx
+    plots: bool = True  # write the plots
+    runtime: str = "torch"  # inference runtime
     view: str = ""  # Rerun view: "" off, "file" = OUT/replay.rrd, X.rrd, spawn, web[:PORT], rerun+http://...
 
     def __post_init__(self):
@@ -126,6 +128,13 @@ def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, 
     if need_right and "right" not in meta["cameras"]:
         raise ValueError(f"run {run!r} has cameras {meta['cameras']} but the model needs the right camera")
     mode = resolve_mode(policy, meta.get("labels", {}), mode)
+    speed = None
+    if policy.speed_input:  # the model reads the car's speed: the run's own series, as in training
+        speed_name = stored_speed_name(meta)
+        if speed_name is None:
+            raise ValueError(f"run {run!r} has no speed series (encoder or speed) but the model was trained with "
+                             "the car's speed as an input (speed_input)")
+        speed = store.series(run, speed_name).astype(np.float64)
     ts = store.series(run, "timestamp").astype(np.float64)
     chunk = rm.chunk_ids(store.series(run, "segment"), ts, max_gap_s)
     left_frames = store.frames(run, "left") if "left" in policy.cameras else None
@@ -142,7 +151,8 @@ def replay_run(policy: Policy, store: Store, run: str, mode: str | None = None, 
                 policy.reset()
                 resets += 1
             frame = left[j] if left is not None else right[j]
-            action = policy.act(frame, right=right[j] if right is not None else None, mode=mode)
+            action = policy.act(frame, right=right[j] if right is not None else None, mode=mode,
+                                speed=None if speed is None else speed[i])
             pred[i] = action.steer, action.motor
     return RunTrace(run, ts - ts[0] if n else ts, store.series(run, "steer").astype(np.float64),
                     store.series(run, "motor").astype(np.float64), pred[:, 0], pred[:, 1],

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from driver.datasets.store import Store
 
+from driver.datasets.store import Store
 from driver.units import run_to_norm
 
 from .closed_loop import autonomy_percent
@@ -56,14 +56,14 @@ class WarpReplayConfig:
     threshold_m: float = 0.3  # |lateral offset| that counts as an intervention
     max_heading_deg: float = 30.0  # |heading offset| that counts as one too (the warp is meaningless beyond)
     camera: CameraModel | None = None
-    baseline_m: float = 0.12  # stereo camera spacing (stereo models only)
+    baseline_m: float = 0.12  # closed loop: stereo camera spacing in m (stereo models only)
     mode: str | None = None  # None = from each run's labels
-    wheelbase_m: float = 0.26
+    wheelbase_m: float = 0.26  # closed loop: the virtual car's wheelbase in m
     max_steer_deg: float = 28.0  # road-wheel angle at full steering (normalised ±1)
     encoder_m_per_unit: float = 0.33  # metres per encoder unit (lab encoder ≈ wheel rev/s; ~0.105 m wheel)
     max_speed_mps: float = 3.0  # motor = 99 run units, used only when a run has no speed or encoder
     latency_frames: int = 0  # actuation latency: the command acts this many frames later
-    penalty_s: float = 6.0
+    penalty_s: float = 6.0  # closed loop: seconds each intervention costs in the autonomy score
     max_gap_s: float = 0.1
     out: str | None = None  # write report.json here when set
 

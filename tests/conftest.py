@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
 

@@ -173,7 +173,6 @@ def _tiny_model():
 def build_formats(workdir: Path) -> list[Format]:
     """The valid file of every format, in ``workdir``, with its loader and error types."""
     import torch
-    from driver.vehicle.drive_config import DriveConfig
 
     from driver.export.codec import CompressedFileError, SharedTensor, load_compressed_model, write_compressed
     from driver.export.common import model_metadata
@@ -190,6 +189,7 @@ def build_formats(workdir: Path) -> list[Format]:
         preprocess_info,
         save_checkpoint,
     )
+    from driver.vehicle.drive_config import DriveConfig
 
     workdir.mkdir(parents=True, exist_ok=True)
     model, spec = _tiny_model()

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+
 from driver.datasets import array_writer
 from driver.datasets.layout import create_frames_array, create_series_array
 

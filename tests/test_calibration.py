@@ -14,6 +14,7 @@ import tty
 import h5py
 import numpy as np
 import pytest
+
 from driver.vehicle.calibration import Calibration, Endpoints
 from driver.vehicle.carlink import (
     Cal,
@@ -33,7 +34,6 @@ from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import drive
 from driver.vehicle.fake_mcu import FIRMWARE_DIR, FakeMcu
 from driver.vehicle.link import CarLink
-
 from tests.test_drive_fixtures import drive_assets, wait_until  # noqa: F401 - fixture
 from tests.test_fake_mcu import AUTO, MANUAL, host_mcu_bin  # noqa: F401 - fixture
 

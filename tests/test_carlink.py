@@ -5,6 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driver.units import norm_to_permille
 from driver.vehicle.carlink import (
     MAX_FRAME,
     Cmd,
@@ -23,10 +27,6 @@ from driver.vehicle.carlink import (
     encode,
     encode_body,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from driver.units import norm_to_permille
 
 FAST = settings(max_examples=150, derandomize=True, deadline=None)
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from driver.datasets.clips import ClipConfig, ClipDataset, eligible_starts
 from driver.datasets.sampling import SteerBalancedSampler, lab_smooth, split_runs
 from driver.datasets.store import Store, StoreError
-from torch.utils.data import DataLoader
-
 from driver.preprocess import frames_to_input
 from driver.units import run_to_norm
 

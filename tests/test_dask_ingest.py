@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs

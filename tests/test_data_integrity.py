@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.info import describe_store, info_tables, print_info
 from driver.datasets.ingest import IngestConfig, ingest

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.fake_mcu import FakeMcu
-
 from tests.test_car_install import onnx_model  # noqa: F401 - fixture (an .onnx: these runs need no torch)
 from tests.test_drive_fixtures import drive_assets  # noqa: F401 - fixture
 from tests.test_fake_mcu import host_mcu_bin  # noqa: F401 - fixture

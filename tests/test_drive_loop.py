@@ -8,9 +8,12 @@ import threading
 import h5py
 import numpy as np
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_format import inspect_run
 from driver.datasets.store import Store
+from driver.policy import load_policy
+from driver.preprocess import prepare_frame
 from driver.vehicle.calibration import Calibration, Endpoints
 from driver.vehicle.camera import CameraConfig, CameraError, LatestFrame, open_camera
 from driver.vehicle.carlink import Mode
@@ -20,9 +23,6 @@ from driver.vehicle.limits import HostLimits, LimitsConfig
 from driver.vehicle.recorder import EXTRAS, SessionRecorder, truncate_to_committed
 from driver.vehicle.safety import CHECKS, Act, Health, SafetyConfig, checks_table_markdown, evaluate
 from driver.vehicle.sim_car import SimLink
-
-from driver.policy import load_policy
-from driver.preprocess import prepare_frame
 from tests.test_drive_fixtures import FPS, H, W, decode_video, drive_assets  # noqa: F401 - fixture
 
 LOOSE = {"camera_timeout_ms": 2000.0, "deadline_ms": 5000.0, "status_every_s": 60.0, "warmup": 0}

@@ -14,13 +14,13 @@ import time
 import h5py
 import numpy as np
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_format import inspect_run
+from driver.policy import load_policy
 from driver.vehicle.carlink import Mode, StateFlags
 from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import drive
-
-from driver.policy import load_policy
 from tests.test_drive_fixtures import DriveProcess, H, W, drive_assets, wait_until  # noqa: F401 - fixture
 from tests.test_fake_mcu import AUTO, MANUAL, RC_NEUTRAL, FakeMcu, expected_us, host_mcu_bin  # noqa: F401 - fixture
 

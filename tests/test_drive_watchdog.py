@@ -12,6 +12,8 @@ import threading
 import time
 
 import pytest
+
+from driver.policy import load_policy
 from driver.vehicle.camera import CameraConfig, CameraSource, LatestFrame
 from driver.vehicle.cameras import VideoFileCamera
 from driver.vehicle.carlink import Mode, State, StateFlags, encode
@@ -19,8 +21,6 @@ from driver.vehicle.drive_config import DriveConfig
 from driver.vehicle.drive_loop import DriveLoop, drive
 from driver.vehicle.fake_mcu import FakeMcu
 from driver.vehicle.link import CarLink
-
-from driver.policy import load_policy
 from tests.test_drive_fixtures import drive_assets, wait_until  # noqa: F401 - fixture
 from tests.test_fake_mcu import AUTO, RC_NEUTRAL, host_mcu_bin  # noqa: F401 - fixture
 

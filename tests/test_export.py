@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
-
 from driver.export import (
     ExportError,
     OnnxExportConfig,

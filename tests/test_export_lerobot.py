@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.interop.lerobot_export import LeRobotExportConfig, export_lerobot
 from driver.datasets.store import Store

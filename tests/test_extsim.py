@@ -9,9 +9,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from driver.datasets.run_format import inspect_run
-from driver.datasets.run_writer import write_run
-from driver.datasets.store import Store
 
 from bench.extsim import geometry as geo
 from bench.extsim.closed_loop import EVAL_SEEDS, ClosedLoopConfig, Episode, summarize
@@ -27,6 +24,9 @@ from bench.extsim.record import (
 from bench.extsim.run_benchmark import INGEST_FLAGS, RECIPES, constant_scores, table, train_budget_args, valid_labels
 from bench.extsim.scores import constant_r_squared, r_squared, r_squared_from_mse
 from driver.cli import main as driver_main
+from driver.datasets.run_format import inspect_run
+from driver.datasets.run_writer import write_run
+from driver.datasets.store import Store
 
 # ---- geometry: + = right everywhere, in highway-env's y-down world -------------------------------
 

@@ -17,13 +17,12 @@ import pytest
 
 pytest.importorskip("highway_env")
 
-from driver.datasets.run_format import inspect_run  # noqa: E402
-
 from bench.extsim import closed_loop as cl  # noqa: E402
 from bench.extsim import geometry as geo  # noqa: E402
 from bench.extsim.env import STEER_LIMIT, RacetrackSim, SimConfig  # noqa: E402
 from bench.extsim.expert import Expert  # noqa: E402
 from bench.extsim.record import EXTRAS, LABELS, RecordConfig, record_runs  # noqa: E402
+from driver.datasets.run_format import inspect_run  # noqa: E402
 
 SMALL = SimConfig(height=32, width=32)
 

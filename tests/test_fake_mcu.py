@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+
 from driver.vehicle.carlink import MAX_FRAME, Cmd, CmdFlags, Mode, MsgType, StateFlags, cobs_encode, encode, encode_body
 from driver.vehicle.fake_mcu import FakeMcu, build_host_mcu
 from driver.vehicle.link import CarLink, LinkError
@@ -306,3 +307,23 @@ def test_check_link_reports_and_never_moves_the_car(mcu):
 def test_check_link_names_the_port_when_nothing_answers(tmp_path):
     with pytest.raises(LinkError, match="nope"):
         check_link(LinkCheckConfig(str(tmp_path / "nope"), seconds=0.2))
+
+
+def test_lost_acks_are_counted_once_in_a_row_and_reset_by_an_ack(mcu, link):
+    """The link is the one lost-ack counter (the drive's acks_lost check reads ``lost_in_a_row``)."""
+    import os
+
+    assert link.wait_ack(link.send(0.0, 0.0), timeout_s=WAIT_S) is not None
+    before = link.counters.lost_acks
+    os.kill(mcu.proc.pid, signal.SIGSTOP)  # the MCU stops answering; the CMDs wait on the line
+    try:
+        for _ in range(4):
+            link.send(0.0, 0.0)
+            time.sleep(link.ack_timeout_s * 2)
+        link.send(0.0, 0.0)  # sending expires the ones older than ack_timeout_s
+        lost = link.counters
+        assert lost.lost_in_a_row >= 4 and lost.lost_acks - before >= 4
+    finally:
+        os.kill(mcu.proc.pid, signal.SIGCONT)
+    assert link.wait_ack(link.send(0.0, 0.0), timeout_s=WAIT_S) is not None
+    assert link.counters.lost_in_a_row == 0 and link.counters.lost_acks >= lost.lost_acks

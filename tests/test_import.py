@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.interop import detect_format, run_sources
 from driver.datasets.store import Store
-from PIL import Image
 
 from .fixtures.make_fixtures import frame
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.store import Store, StoreError
@@ -292,6 +293,7 @@ def _write_layout(path, segments, layout):
 
 def test_frame_offsets_only_for_frames_stored_as_they_are(tmp_path, segments):
     import h5py
+
     from driver.datasets.run_ingest import frame_offsets
 
     segs = segments(n_frames=30, n_segments=1)

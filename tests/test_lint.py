@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.lint import LintRules, flagged_mask, lint_series, lint_store

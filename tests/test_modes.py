@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.modes import MODES, mode_vector
 from driver.datasets.run_writer import write_run
 from driver.datasets.store import Store
 from driver.datasets.synthetic import synthetic_segments
-from driver.sim.replay import replay_run
-
 from driver.models import InputSpec, create_model
 from driver.policy import Policy
+from driver.sim.replay import replay_run
 from driver.training.checkpoint import model_payload, preprocess_info
 
 

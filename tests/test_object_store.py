@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.info import describe_store
 from driver.datasets.ingest import IngestConfig, ingest

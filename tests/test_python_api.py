@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from driver.datasets.ingest import IngestConfig, ingest
-from driver.datasets.synthetic import write_synthetic_runs
 
 import driver
+from driver.datasets.ingest import IngestConfig, ingest
+from driver.datasets.synthetic import write_synthetic_runs
 from driver.models import InputSpec, create_model
 from driver.preprocess import frames_to_input
 from driver.training.checkpoint import CheckpointError, model_payload, preprocess_info, save_checkpoint

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.object_store import ForkedClientError, StoreIOError

@@ -9,11 +9,11 @@ import sys
 import uuid
 
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.object_store import ObjectLocation, StoreIOError
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
-
 from driver.export.common import parity_inputs, resolve_checkpoint
 from driver.training import load_checkpoint
 

@@ -10,10 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.clips import MODES
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.synthetic import write_synthetic_runs
+from driver.models import InputSpec, create_model
+from driver.policy import Policy, load_policy
 from driver.sim import replay_metrics as rm
 from driver.sim.record import SimRecordConfig, record_runs
 from driver.sim.replay import ReplayConfig, format_replay_report, replay
@@ -24,9 +27,6 @@ from driver.sim.warp_replay import (
     format_warp_report,
     warp_replay,
 )
-
-from driver.models import InputSpec, create_model
-from driver.policy import Policy, load_policy
 from driver.training.checkpoint import UNITS, model_payload, preprocess_info, save_checkpoint
 
 H, W = 48, 64

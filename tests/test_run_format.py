@@ -3,6 +3,7 @@
 import h5py
 import numpy as np
 import pytest
+
 from driver.datasets.run_format import RunFormatError, inspect_run
 from driver.datasets.run_writer import write_run
 

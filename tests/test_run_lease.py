@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+
 from driver.datasets.object_store import ObjectLocation
 from driver.datasets.run_lease import LeaseHeld, LeaseLost, RunLease, lock_key
 

@@ -6,6 +6,7 @@ import os
 import random
 
 import pytest
+
 from driver.datasets.shard_cache import ShardCache, parse_bytes
 
 

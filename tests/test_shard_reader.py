@@ -9,11 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
+
 from driver.datasets import storage
 from driver.datasets.layout import create_frames_array
 from driver.datasets.shard_reader import ChecksumError, ShardedFrames, ShardReadError
 from driver.datasets.shard_writer import FramesShardWriter
-
 from driver.errors import DriverError
 
 

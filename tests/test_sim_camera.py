@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from driver.sim.camera import CameraSpec, Renderer
 from driver.sim.track import make_track
 

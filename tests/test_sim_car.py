@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from driver.sim.car import Car, CarSpec, DynamicCar, DynamicSpec, G, KinematicCar, make_car
 
 DT = 1 / 30

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from driver.sim.closed_loop import (
     ClosedLoopConfig,
     ClosedLoopResult,

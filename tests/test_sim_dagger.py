@@ -8,6 +8,8 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+
+from driver.cli import main
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import Store
 from driver.datasets.validity import ValidityRules
@@ -18,12 +20,10 @@ from driver.sim.dagger_collect import STATE_EXPERT, STATE_NETWORK, DaggerWorld, 
 from driver.sim.expert import Expert
 from driver.sim.record import SimRecordConfig, record_runs
 from driver.sim.variant import make_world
-from driver.vehicle.recorder import STATE_HUMAN, STATE_OVERRIDE, SessionRecorder
-from driver.vehicle.recorder import STATE_NETWORK as CAR_NETWORK
-
-from driver.cli import main
 from driver.training import TrainConfig, load_checkpoint, train
 from driver.units import norm_to_run
+from driver.vehicle.recorder import STATE_HUMAN, STATE_OVERRIDE, SessionRecorder
+from driver.vehicle.recorder import STATE_NETWORK as CAR_NETWORK
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 H, W = 48, 64

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from driver.sim.car import CarSpec, CarState, DynamicSpec
 from driver.sim.expert import DartNoise, Expert, ExpertSpec, NoiseSpec
 from driver.sim.speed_plan import plan_speed

@@ -8,11 +8,11 @@ import json
 import h5py
 import numpy as np
 import pytest
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_format import inspect_run
 from driver.datasets.validity import ValidityRules
 from driver.sim.record import EXTRAS, SimRecordConfig, record_runs
-
 from driver.units import run_to_norm
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from driver.sim.track import MIN_RADIUS, make_track
 
 

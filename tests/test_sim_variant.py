@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from driver.sim.track import LANE_WIDTHS, make_track
 from driver.sim.variant import CAMERA_HEIGHT_M, CAMERA_PITCH_DEG, make_variant, make_world
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
+
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import StoreError, create_store
 from driver.datasets.synthetic import write_synthetic_runs
-
 from driver.models import list_models
 from driver.training import CheckpointError, TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
 

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
 from driver.datasets.synthetic import synthetic_segments
-
 from driver.models import InputSpec, create_model
 from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
@@ -81,7 +81,8 @@ def test_validation_reports_baselines_per_run_and_picks_best_by_the_median(mono5
 
 
 def test_the_untrained_model_starts_at_the_constant_predictor(mono50, tmp_path):
-    r = train(_tiny(mono50, tmp_path, name="mean", lr=1e-8, flip=0.0, steps_per_epoch=1, health_every=0))
+    r = train(_tiny(mono50, tmp_path, name="mean", lr=1e-8, flip=0.0, steps_per_epoch=1, health_every=0,
+                    speed_input="off"))
     ck = load_checkpoint(r.last_checkpoint)
     model = model_from_checkpoint(ck)
     out, _ = model(torch.zeros(1, 1, 3, 48, 64), torch.zeros(1, 6))

@@ -1,6 +1,7 @@
 """Validity rules keep braking and coasting, drop a parked car by speed or long neutral stretches, count per rule."""
 
 import numpy as np
+
 from driver.datasets.info import describe_store, info_tables, rule_counts
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run

@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from driver.datasets.store import Store
 
+from driver.datasets.store import Store
 from driver.errors import DriverError
 
 rr = pytest.importorskip("rerun")

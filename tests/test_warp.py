@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+
 from driver.sim.warp import CameraModel, ground_homography, sky_homography, warp_frame, warp_view
 
 H, W = 96, 128

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import ClassVar
 
+from driver.errors import DriverError
 from driver.units import norm_to_permille, permille_to_norm
 
 PROTO_VERSION = 1
@@ -99,7 +100,7 @@ def cobs_encode(data: bytes) -> bytes:
     return bytes(out)
 
 
-class CobsError(ValueError):
+class CobsError(DriverError, ValueError):
     """Bytes that are not a valid COBS encoding."""
 
 

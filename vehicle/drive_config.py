@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, field
-
-from driver.vehicle.link import DEFAULT_BAUD
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from driver.file_checks import read_config_file
+from driver.vehicle.link import DEFAULT_BAUD
 
 from .camera import CameraConfig
 from .limits import LimitsConfig
@@ -26,8 +25,10 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
-class DriveConfig:
-    """One drive session. ``port`` empty is allowed only with ``camera="sim"`` (an in-process MCU).
+class DriveConfig(SafetyConfig, LimitsConfig):
+    """One drive session. ``port`` empty is allowed only with ``camera="sim"`` (an in-process MCU). The host
+    limits' and the failsafe checks' fields are :class:`LimitsConfig`'s and :class:`SafetyConfig`'s own,
+    inherited (one flat set of options, each declared once) and checked by those classes.
 
     ``shadow``: never set AUTO_REQUEST, so the model can never drive (flipping the switch to AUTO then
     puts the MCU in FAILSAFE, which ends the session); for a first run of a new model. ``record_dir`` empty:
@@ -46,21 +47,10 @@ class DriveConfig:
     side_by_side: bool = False  # the camera delivers left|right in one image (ZED-style stereo)
     loop_video: bool = False  # file camera: start over at the end instead of stopping
     mode: str = "direct"  # behavioural mode given to models that take one
-    max_throttle: float = 0.3  # host throttle cap, normalised 0..1
-    min_throttle: float = -1.0  # host brake/reverse bound, normalised -1..0
-    steer_slew_per_s: float = 8.0  # most steering may change per second, normalised (0: off)
     shadow: bool = False  # never ask to drive (AUTO_REQUEST clear): the model only runs and is recorded
     record_dir: str = "runs/drive"  # where each session is recorded as a run (empty: no recording)
     seconds: float = 0.0  # stop cleanly after this long (0: until Ctrl-C)
     baud: int = DEFAULT_BAUD  # serial baud rate
-    camera_timeout_ms: float = 250.0  # no new frame within this → camera_stale (keepalives hold the MCU meanwhile)
-    frozen_frames: int = 15  # this many identical frames in a row → camera_frozen (0: off)
-    max_lost_acks: int = 5  # this many CMDs in a row not acked → acks_lost
-    ack_timeout_ms: float = 200.0  # a CMD not acked within this is lost
-    deadline_ms: float = 0.0  # capture → send budget per tick (0: one frame period)
-    max_overruns: int = 10  # this many ticks in a row over the deadline → loop_overrun
-    gap_frames: int = 3  # more frames than this skipped between ticks → reset the recurrent state
-    output_margin: float = 0.25  # raw model output beyond ±(1 + this), or NaN/inf → output_invalid
     threads: int = 1  # inference threads (0: the runtime's default)
     warmup: int = 10  # model passes on a blank frame before the link opens
     status_every_s: float = 5.0  # seconds between status lines
@@ -103,13 +93,12 @@ class DriveConfig:
 
     @property
     def limits(self) -> LimitsConfig:
-        return LimitsConfig(self.max_throttle, self.min_throttle, self.steer_slew_per_s)
+        return _part(LimitsConfig, self)
 
     @property
     def safety(self) -> SafetyConfig:
-        deadline = self.deadline_ms or 1000.0 / self.fps
-        return SafetyConfig(self.camera_timeout_ms, self.frozen_frames, self.max_lost_acks, self.ack_timeout_ms,
-                            deadline, self.max_overruns, self.gap_frames, self.output_margin)
+        """The checks' thresholds, ``deadline_ms`` 0 resolved to one frame period."""
+        return replace(_part(SafetyConfig, self), deadline_ms=self.deadline_ms or 1000.0 / self.fps)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "DriveConfig") -> DriveConfig:
@@ -137,6 +126,11 @@ class DriveConfig:
             return cls.from_dict(values, source=str(path))
         except ValueError as e:  # a field's own range check: say which file it came from
             raise ValueError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def _part(cls, config: DriveConfig):
+    """The ``cls`` part of ``config`` (one of its bases), validated by ``cls`` itself."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 @dataclass

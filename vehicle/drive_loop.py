@@ -23,12 +23,13 @@ import threading
 import time
 
 import numpy as np
-from driver.vehicle.carlink import Mode, StateFlags
-from driver.vehicle.link import CarLink, LinkError
 
+from driver.errors import SpeedRequired
 from driver.policy import NonFiniteOutput
 from driver.preprocess import prepare_frame
 from driver.units import norm_to_run
+from driver.vehicle.carlink import Mode, StateFlags
+from driver.vehicle.link import CarLink, LinkError
 
 from .calibration import Calibration
 from .camera import CameraError, EndOfStream, Frame, LatestFrame, open_camera
@@ -79,8 +80,8 @@ class DriveLoop:
         self._prev_left: np.ndarray | None = None
         self._identical = 0
         self._overruns = 0
-        self._lost_acks = 0
-        self._pending: dict[int, float] = {}
+        self._lost_before = link.counters.lost_acks  # the link counts lost CMDs; this session's share is new
+        self._pending: dict[int, float] = {}  # seq -> send time, until its ack's round trip is timed
         self._was_model = False
         self._t_start = time.monotonic()
         self._wall0 = time.time() - self._t_start
@@ -227,13 +228,12 @@ class DriveLoop:
             if ack is not None:
                 self.timer.add("ack_rtt", ack.rtt_s)
                 self.report.acks += 1
-                self._lost_acks = 0
                 del self._pending[s]
             elif now - t > self.safety.ack_timeout_ms / 1000.0:
-                self._lost_acks += 1
-                self.report.lost_acks += 1
-                del self._pending[s]
-        h.lost_acks = self._lost_acks
+                del self._pending[s]  # lost: the link counted it (CarLink._count_lost)
+        counters = self.link.counters
+        h.lost_acks = counters.lost_in_a_row
+        self.report.lost_acks = counters.lost_acks - self._lost_before
 
     def _record(self, frame, left, right, state, controller, action, steer, thr, auto, latency) -> None:
         s_end, t_end = self.cal.steer, self.cal.throttle
@@ -355,6 +355,10 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
     # first: every thread started below (serial reader, camera grabber, recorder) inherits CPUs and policy
     with pinned(parse_cpus(config.cpus)) as cpus, realtime_loop(config.realtime) as rt:
         policy = policy or _load_policy(config)
+        if getattr(policy, "speed_input", False):
+            raise SpeedRequired(f"{config.model}: the model takes the car's speed (trained with speed input), "
+                                "but carlink v1.1 carries no wheel speed; drive a model trained with "
+                                "--speed-input off (see docs/carlink.md)")
         cam_cfg = config.camera_config(stereo=policy.stereo)
         if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
             raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "
@@ -362,7 +366,8 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
         _warm_up(policy, config.warmup, config.mode if policy.modes else None)
         view = _open_view(config.view)  # a bad view sink fails before anything opens
         try:
-            link = CarLink(config.port, config.baud, estop_on_close=False) if config.port else SimLink()
+            link = (CarLink(config.port, config.baud, ack_timeout_s=config.safety.ack_timeout_ms / 1000.0,
+                            estop_on_close=False) if config.port else SimLink())
             link.open()
             try:
                 source = open_camera(cam_cfg, actuator=actuator_from_link(link))

@@ -11,9 +11,9 @@ class LimitsConfig:
     """``max_throttle`` caps forward throttle (normalised, 0..1); ``min_throttle`` bounds braking/reverse
     (-1..0); ``steer_slew_per_s`` is the most normalised steering may change per second (0 = unlimited)."""
 
-    max_throttle: float = 0.3
-    min_throttle: float = -1.0
-    steer_slew_per_s: float = 8.0
+    max_throttle: float = 0.3  # host throttle cap, normalised 0..1
+    min_throttle: float = -1.0  # host brake/reverse bound, normalised -1..0
+    steer_slew_per_s: float = 8.0  # most steering may change per second, normalised (0: off)
 
     def __post_init__(self) -> None:
         checks = {"max_throttle": (0.0, 1.0), "min_throttle": (-1.0, 0.0), "steer_slew_per_s": (0.0, 1000.0)}

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
+from driver.errors import DriverError
 from driver.vehicle.calibration import Calibration
 from driver.vehicle.carlink import (
     PROTO_MINOR,
@@ -38,8 +39,6 @@ from driver.vehicle.carlink import (
     encode,
 )
 from driver.vehicle.mcu_watch import McuWatch
-
-from driver.errors import DriverError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,7 @@ class LinkCounters:
     sent: int = 0
     acked: int = 0
     lost_acks: int = 0
+    lost_in_a_row: int = 0  # CMDs lost since the last ack: what the drive's acks_lost check counts
     states: int = 0
     rx_drops: int = 0
     mcu_rx_bad: int = 0
@@ -279,7 +279,7 @@ class CarLink:
             self._pending[cmd.seq] = now
             while len(self._pending) > MAX_PENDING_ACKS:
                 self._pending.popitem(last=False)
-                self._counters.lost_acks += 1
+                self._count_lost()
             self._counters.sent += 1
         self._write(encode(cmd))
 
@@ -340,12 +340,18 @@ class CarLink:
         # CMDs sent before the acked one and still pending will never be acked: the MCU moved past them.
         for seq in [s for s, t in self._pending.items() if t < sent_at]:
             del self._pending[seq]
-            self._counters.lost_acks += 1
+            self._count_lost()
+        self._counters.lost_in_a_row = 0  # an ack arrived after those: the run of losses is broken
 
     def _expire_pending(self, now: float) -> None:
         for seq in [s for s, t in self._pending.items() if now - t > self.ack_timeout_s]:
             del self._pending[seq]
-            self._counters.lost_acks += 1
+            self._count_lost()
+
+    def _count_lost(self) -> None:
+        """The one place a CMD is counted lost (no ack within ``ack_timeout_s``, or overtaken by a later ack)."""
+        self._counters.lost_acks += 1
+        self._counters.lost_in_a_row += 1
 
     def _fail(self, error: LinkError) -> None:
         log.error("%s", error)

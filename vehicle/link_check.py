@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from driver.vehicle.carlink import CmdFlags, Mode, StateFlags
 from driver.vehicle.link import DEFAULT_BAUD, CarLink
 

@@ -26,14 +26,14 @@ class Act(Enum):
 class SafetyConfig:
     """Thresholds of the checks (their CLI flags are the field names with dashes)."""
 
-    camera_timeout_ms: float = 250.0  # no new frame within this → camera_stale
-    frozen_frames: int = 15  # this many identical frames in a row → camera_frozen (0 = off)
-    max_lost_acks: int = 5  # consecutive CMDs not acked within ack_timeout_ms → acks_lost
-    ack_timeout_ms: float = 200.0
-    deadline_ms: float = 0.0  # per-tick budget, capture → send (0 = one frame period)
-    max_overruns: int = 10  # consecutive ticks over the deadline → loop_overrun
-    gap_frames: int = 3  # more frames than this skipped between ticks → frame_gap (reset state)
-    output_margin: float = 0.25  # a raw model output with |x| > 1 + this → output_invalid (before any clamp)
+    camera_timeout_ms: float = 250.0  # no new frame within this → camera_stale (keepalives hold the MCU meanwhile)
+    frozen_frames: int = 15  # this many identical frames in a row → camera_frozen (0: off)
+    max_lost_acks: int = 5  # this many CMDs in a row not acked → acks_lost
+    ack_timeout_ms: float = 200.0  # a CMD not acked within this is lost
+    deadline_ms: float = 0.0  # capture → send budget per tick (0: one frame period)
+    max_overruns: int = 10  # this many ticks in a row over the deadline → loop_overrun
+    gap_frames: int = 3  # more frames than this skipped between ticks → reset the recurrent state
+    output_margin: float = 0.25  # raw model output beyond ±(1 + this), or NaN/inf → output_invalid
 
     def __post_init__(self) -> None:
         ranges = {"camera_timeout_ms": (10.0, 10000.0), "ack_timeout_ms": (5.0, 5000.0),

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from driver.vehicle.carlink import PROTO_VERSION, Info, Mode, State, StateFlags
 from driver.vehicle.link import Ack, LinkCounters
 

@@ -39,12 +39,11 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from driver.sim.closed_loop import autonomy_percent
-
 from bench.extsim.env import RacetrackSim, SimConfig, sim_version
 from bench.extsim.expert import Expert
 from driver.errors import DriverError
 from driver.policy import NonFiniteOutput, Policy
+from driver.sim.closed_loop import autonomy_percent
 
 log = logging.getLogger("extsim.closed_loop")
 

@@ -37,11 +37,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from driver.datasets.run_writer import write_run
-from driver.sim.expert import DartNoise, NoiseSpec
-
 from bench.extsim.env import RacetrackSim, SimConfig, sim_version
 from bench.extsim.expert import Expert, ExpertSpec
+from driver.datasets.run_writer import write_run
+from driver.sim.expert import DartNoise, NoiseSpec
 from driver.units import norm_to_run
 
 log = logging.getLogger("extsim.record")

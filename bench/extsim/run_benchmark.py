@@ -40,8 +40,6 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from driver.datasets.store import Store
-
 from bench.extsim.closed_loop import (
     ClosedLoopConfig,
     ConstantController,
@@ -54,6 +52,7 @@ from bench.extsim.closed_loop import (
 from bench.extsim.env import RacetrackSim, SimConfig, sim_version
 from bench.extsim.record import RecordConfig, record_runs
 from bench.extsim.scores import constant_r_squared, fmt, r_squared_from_mse
+from driver.datasets.store import Store
 from driver.errors import DriverError
 from driver.units import run_to_norm
 

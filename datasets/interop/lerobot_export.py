@@ -49,15 +49,15 @@ BLOCK = 256
 class LeRobotExportConfig:
     """What to export and how to encode it (defaults: LeRobot's own, libsvtav1 crf 30 with a keyframe every 2)."""
 
-    store: str
-    out: str
-    runs: list[str] = field(default_factory=list)  # empty: every run
-    fps: int = 0  # 0: the runs' median frame rate, rounded
-    vcodec: str = "libsvtav1"
-    crf: int = 30
-    gop: int = 2
-    robot_type: str = "driver_car"
-    video_file_mb: int = 200
+    store: str  # store path
+    out: str  # new dataset folder
+    runs: list[str] = field(default_factory=list)  # runs to export (empty: all)
+    fps: int = 0  # dataset fps (0: the runs' median frame rate)
+    vcodec: str = "libsvtav1"  # video codec (LeRobot's: libsvtav1)
+    crf: int = 30  # video quality, lower is better (LeRobot's: 30)
+    gop: int = 2  # frames between keyframes (LeRobot's: 2)
+    robot_type: str = "driver_car"  # info.json robot_type
+    video_file_mb: int = 200  # MB per video file before a new one starts
     progress: bool = False
 
     def __post_init__(self):

@@ -191,7 +191,7 @@ def check_entry(entry, where: str, budget: int) -> int:
 def write_compressed(path: str | os.PathLike, meta: dict, tensors: dict[str, torch.Tensor | SharedTensor],
                      gap_bits: int = 5) -> CompressedModel:
     """Write the file atomically; returns what was written with per-tensor section sizes."""
-    from driver.export.onnx_export import write_atomic
+    from driver.atomic_write import write_atomic
 
     if not 1 <= gap_bits <= 8:
         raise ValueError(f"gap_bits={gap_bits} must be in 1..8")

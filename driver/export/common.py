@@ -3,11 +3,11 @@ parity frames (real ones from the checkpoint's store when it is there) and held-
 
 The step interface being exported is the one in :mod:`driver.models.base`::
 
-    model.step(frame (B, C, H, W), modes (B, M) | None, state) -> (out (B, horizon, 2), new_state)
+    model.step(frame (B, C, H, W), modes (B, M) | None, state, speed (B,) | None) -> (out (B, horizon, 2), new_state)
 
 with ``state`` ``(h, c)`` (LSTM) or ``h`` (GRU), each (layers, B, hidden) float32, and None for frame-wise
-models. :class:`StepModule` flattens that into positional tensors so ONNX and TorchScript see
-``frame, [modes], *state -> out, *new_state``.
+models; ``speed`` (m/s) only for models trained with speed input. :class:`StepModule` flattens that into
+positional tensors so ONNX and TorchScript see ``frame, [modes], [speed], *state -> out, *new_state``.
 """
 
 from __future__ import annotations
@@ -31,19 +31,22 @@ META_KEYS = ("arch", "spec", "arch_kwargs", "preprocess", "units", "metrics", "p
 
 
 class StepModule(nn.Module):
-    """``model.step`` with flat tensor inputs and outputs: ``frame, [modes], *state -> out, *new_state``."""
+    """``model.step`` with flat tensor inputs and outputs: ``frame, [modes], [speed], *state -> out, *new_state``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.has_modes = model.spec.n_modes > 0
+        self.has_speed = bool(getattr(model, "speed_input", False))
         self.state_names = state_names(model)
 
     def forward(self, frame: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         modes = rest[0] if self.has_modes else None
         flat = rest[1:] if self.has_modes else rest
+        speed = flat[0] if self.has_speed else None
+        flat = flat[1:] if self.has_speed else flat
         state = None if not flat else (flat[0] if len(flat) == 1 else tuple(flat))
-        out, new_state = self.model.step(frame, modes, state)
+        out, new_state = self.model.step(frame, modes, state, speed=speed)
         if new_state is None:
             return (out,)
         return (out, new_state) if isinstance(new_state, Tensor) else (out, *new_state)
@@ -57,7 +60,8 @@ def state_names(model: nn.Module) -> list[str]:
 
 
 def input_names(model: nn.Module) -> list[str]:
-    return ["frame"] + (["modes"] if model.spec.n_modes > 0 else []) + state_names(model)
+    speed = ["speed"] if getattr(model, "speed_input", False) else []
+    return ["frame"] + (["modes"] if model.spec.n_modes > 0 else []) + speed + state_names(model)
 
 
 def output_names(model: nn.Module) -> list[str]:
@@ -86,6 +90,13 @@ def model_metadata(ckpt: dict, model: nn.Module) -> dict:
     meta["state"] = {"names": state_names(model), "layers": getattr(model, "num_layers", 0),
                      "hidden": getattr(model, "hidden_size", 0)}
     return meta
+
+
+def refuse_speed_input(speed_input: bool, where: str, what: str) -> None:
+    """``what`` (int8 quantization, compression) cannot feed the car's speed yet: refuse a speed-input model."""
+    if speed_input:
+        raise ExportError(f"{where}: the model takes the car's speed (speed_input), which {what} does not carry "
+                          "yet; export it to ONNX or TorchScript (both carry it), or train with --speed-input off")
 
 
 def resolve_checkpoint(source: str | os.PathLike | dict) -> tuple[dict, nn.Module]:
@@ -156,13 +167,21 @@ def parity_inputs(ckpt: dict, model: nn.Module, steps: int = 8, sequences: int =
     return seqs, source
 
 
+def parity_speed(t: int) -> Tensor:
+    """The car's speed (m/s) fed at step ``t`` of a parity sequence to a speed-input model: 0.5..2.6 m/s."""
+    return torch.tensor([0.5 + 0.3 * (t % 8)])
+
+
 def run_sequences(step_fn, model: nn.Module, seqs: list) -> list[Tensor]:
-    """Outputs of ``step_fn(frame, modes, state)`` over each sequence, state carried; (S*T, horizon, 2)."""
+    """Outputs of ``step_fn(frame, modes, state[, speed=])`` over each sequence, state carried (speed
+    :func:`parity_speed` for speed-input models); (S*T, horizon, 2)."""
     outs = []
+    speed = bool(getattr(model, "speed_input", False))
     for seq in seqs:
         state = None
-        for frame, modes in seq:
-            out, state = step_fn(frame, modes, state)
+        for t, (frame, modes) in enumerate(seq):
+            kw = {"speed": parity_speed(t)} if speed else {}
+            out, state = step_fn(frame, modes, state, **kw)
             outs.append(torch.as_tensor(np.asarray(out)).float().reshape(-1, model.spec.horizon, 2))
     return outs
 
@@ -187,10 +206,12 @@ class SequenceAdapter(nn.Module):
         self.step_model = step_model
         self.is_recurrent = bool(getattr(step_model, "is_recurrent", False))
 
-    def forward(self, clip: Tensor, modes: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, clip: Tensor, modes: Tensor | None = None, state: Any = None,
+                speed: Tensor | None = None) -> tuple[Tensor, Any]:
         outs = []
         for t in range(clip.shape[1]):
-            out, state = self.step_model.step(clip[:, t].contiguous(), modes, state)
+            kw = {"speed": speed[:, t]} if getattr(self.step_model, "speed_input", False) else {}
+            out, state = self.step_model.step(clip[:, t].contiguous(), modes, state, **kw)
             outs.append(torch.as_tensor(out))
         return torch.stack(outs, dim=1), state
 

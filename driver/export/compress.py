@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from driver.export.codec import SharedTensor, write_compressed
-from driver.export.common import heldout_metrics, model_metadata, resolve_checkpoint
+from driver.export.common import heldout_metrics, model_metadata, refuse_speed_input, resolve_checkpoint
 from driver.export.finetune import FinetuneConfig, finetune
 from driver.export.partial import clear_partial, load_partial, resume_key, save_partial
 
@@ -39,24 +39,25 @@ log = logging.getLogger(__name__)
 class CompressConfig:
     """``layer_bits``/``layer_density`` map glob patterns of parameter names to per-layer overrides."""
 
-    out: str = ""
+    out: str = ""  # output .dcz (empty: next to the checkpoint)
     density: float = 0.35  # share of weights kept in each pruned layer
     bits: int = 5  # index bits per shared layer: 2**bits centroids
-    layer_bits: dict[str, int] = field(default_factory=dict)
-    layer_density: dict[str, float] = field(default_factory=dict)
-    min_prune_numel: int = 4096
-    prune_rounds: int = 3
+    layer_bits: dict[str, int] = field(default_factory=dict)  # per-layer bits, e.g. head=8 (glob patterns of parameter
+                                                              # names)
+    layer_density: dict[str, float] = field(default_factory=dict)  # per-layer density, e.g. head=0.5
+    min_prune_numel: int = 4096  # layers with fewer weights are not pruned
+    prune_rounds: int = 3  # pruning rounds (geometric density schedule)
     prune_steps: int = 2700  # fine-tuning steps in all, split over the rounds (docs/benchmarks.md: 900 is too few)
-    centroid_steps: int = 600
-    lr: float = 5e-4
-    centroid_lr: float = 1e-4
-    batch_size: int = 16
-    kmeans_iters: int = 30
-    gap_bits: int = 5
-    precision: str = "auto"
+    centroid_steps: int = 600  # centroid fine-tuning steps
+    lr: float = 5e-4  # peak learning rate of the pruning retraining
+    centroid_lr: float = 1e-4  # learning rate of the centroid fine-tuning
+    batch_size: int = 16  # clips per fine-tuning step
+    kmeans_iters: int = 30  # k-means iterations per shared layer
+    gap_bits: int = 5  # bits per run-length gap of the sparse index
+    precision: str = "auto"  # fine-tuning precision: auto, fp32, bf16 or fp16
     sim_tracks: int = 0  # > 0: closed-loop autonomy before and after with sim_drive (sim-trained models)
-    workdir: str = ""  # where sim_drive writes; default: next to ``out``
-    seed: int = 0
+    workdir: str = ""  # where --sim-tracks writes (empty: next to --out)
+    seed: int = 0  # pruning, sampling and k-means seed
     progress: bool = False  # a rich progress bar over all fine-tuning steps (the CLI sets it on a terminal)
 
     def __post_init__(self) -> None:
@@ -224,6 +225,7 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
     if not config.out:
         raise ValueError("out is empty: name the .dcz file to write")
     ckpt, model = resolve_checkpoint(source)
+    refuse_speed_input(getattr(model, "speed_input", False), str(ckpt.get("path", "checkpoint")), "compression")
     key = resume_key(asdict(config), model)
     partial = load_partial(config.out, key)
     stages = partial["stages"] if partial else {"original": _metrics(model, ckpt, "original")}

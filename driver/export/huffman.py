@@ -11,10 +11,12 @@ import heapq
 
 import numpy as np
 
+from driver.errors import DriverError
+
 MAX_LEN = 15  # lengths fit a nibble (0..15), so code tables pack two per byte
 
 
-class HuffmanError(ValueError):
+class HuffmanError(DriverError, ValueError):
     """A corrupt code table or bit stream."""
 
 

@@ -67,7 +67,7 @@ def check_metadata(meta: Any, where: str, error: type[Exception] = ExportError) 
         raise error(f"{where}: state names {names} must be [], ['h'] or ['h', 'c']")
     require_int(state, "layers", 0, 64, f"{where}: state", error)
     require_int(state, "hidden", 0, 65536, f"{where}: state", error)
-    inputs = require_str_list(meta, "inputs", where, error, max_len=4)
+    inputs = require_str_list(meta, "inputs", where, error, max_len=5)
     if inputs[:1] != ["frame"]:
         raise error(f"{where}: inputs {inputs} must start with 'frame'")
     require_str_list(meta, "outputs", where, error, max_len=4)

@@ -14,14 +14,13 @@ import io
 import json
 import logging
 import os
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from driver.atomic_write import write_atomic
 from driver.export.common import (
     StepModule,
     check_parity,
@@ -43,13 +42,13 @@ MIN_OPSET, MAX_OPSET = 14, 20
 class OnnxExportConfig:
     """Where and how to export. ``tolerance`` is the max |Δ| allowed against PyTorch (fp32: 1e-4)."""
 
-    out: str = ""
-    opset: int = 17
-    tolerance: float = 1e-4
-    parity_steps: int = 8
-    parity_sequences: int = 2
-    dynamic_batch: bool = True
-    threads: int = 1
+    out: str = ""  # output file (empty: beside the checkpoint, e.g. best.onnx)
+    opset: int = 17  # ONNX opset
+    tolerance: float = 1e-4  # max |diff| vs PyTorch
+    parity_steps: int = 8  # recurrent steps compared against PyTorch per sequence
+    parity_sequences: int = 2  # sequences of real frames compared against PyTorch
+    dynamic_batch: bool = True  # ONNX: a dynamic batch dimension
+    threads: int = 1  # ONNX Runtime threads of the parity check
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -74,24 +73,13 @@ class ExportReport:
         return asdict(self)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def example_args(model: nn.Module, batch: int = 1) -> tuple[torch.Tensor, ...]:
     spec = model.spec
     args = [torch.zeros(batch, spec.channels, spec.height, spec.width)]
     if spec.n_modes:
         args.append(torch.zeros(batch, spec.n_modes))
+    if getattr(model, "speed_input", False):
+        args.append(torch.ones(batch))  # m/s
     if getattr(model, "is_recurrent", False):
         state = model.initial_state(batch)
         args.extend([state] if isinstance(state, torch.Tensor) else list(state))
@@ -106,8 +94,8 @@ def onnx_bytes(model: nn.Module, meta: dict, config: OnnxExportConfig) -> bytes:
     names_in, names_out = input_names(model), output_names(model)
     dynamic = None
     if config.dynamic_batch:
-        dynamic = {n: {0: "batch"} for n in ("frame", "modes", "out") if n in names_in + names_out}
-        dynamic.update({n: {1: "batch"} for n in names_in[1:] + names_out[1:] if n not in ("modes",)})
+        dynamic = {n: {0: "batch"} for n in ("frame", "modes", "speed", "out") if n in names_in + names_out}
+        dynamic.update({n: {1: "batch"} for n in names_in[1:] + names_out[1:] if n not in ("modes", "speed")})
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings

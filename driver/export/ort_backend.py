@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from driver.errors import SpeedRequired
 from driver.export.meta import ExportError, check_metadata
 from driver.file_checks import GiB, MiB, read_bounded
 
@@ -114,6 +115,7 @@ class OrtStepModel:
         self.num_layers = int(meta["state"]["layers"])
         self.hidden_size = int(meta["state"]["hidden"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.speed_input = "speed" in self.input_names  # the car's speed (m/s) is an input
         self.output_names = [o.name for o in self.session.get_outputs()]
         if self.input_names != list(meta["inputs"]) or len(self.output_names) != 1 + len(self.state_names):
             raise ExportError(f"{self.name}: model inputs {self.input_names} / outputs {self.output_names} do not "
@@ -137,13 +139,18 @@ class OrtStepModel:
             zeros = [torch.from_numpy(z) for z in zeros]
         return zeros[0] if len(zeros) == 1 else tuple(zeros)
 
-    def feeds(self, frame: Any, modes: Any, state: Any) -> dict[str, np.ndarray]:
-        """The session's input dict; a None state becomes zeros, missing modes become zeros."""
+    def feeds(self, frame: Any, modes: Any, state: Any, speed: Any = None) -> dict[str, np.ndarray]:
+        """The session's input dict; a None state becomes zeros, missing modes become zeros; ``speed`` (B,) m/s
+        is required by a speed-input model (:class:`~driver.errors.SpeedRequired`) and ignored otherwise."""
         x = _numpy(frame)
         batch = x.shape[0]
         feed = {"frame": x}
         if self.n_modes:
             feed["modes"] = np.zeros((batch, self.n_modes), np.float32) if modes is None else _numpy(modes)
+        if self.speed_input:
+            if speed is None:
+                raise SpeedRequired(f"{self.name}: the model takes the car's speed: pass speed (m/s)")
+            feed["speed"] = _numpy(speed).astype(np.float32).reshape(batch)
         if self.is_recurrent:
             state = self.initial_state(batch) if state is None else state
             parts = [state] if not isinstance(state, tuple | list) else list(state)
@@ -151,9 +158,9 @@ class OrtStepModel:
                 feed[name] = _numpy(part)
         return feed
 
-    def step(self, frame: Any, modes: Any = None, state: Any = None) -> tuple[Any, Any]:
+    def step(self, frame: Any, modes: Any = None, state: Any = None, speed: Any = None) -> tuple[Any, Any]:
         """frame (B, C, H, W) -> (out (B, horizon, 2), new state); torch tensors out when a tensor came in."""
-        outs = self.session.run(None, self.feeds(frame, modes, state))
+        outs = self.session.run(None, self.feeds(frame, modes, state, speed))
         if hasattr(frame, "detach"):  # called the torch way (parity checks, quantization, evaluation)
             import torch
 

@@ -121,8 +121,9 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from driver.export.common import heldout_metrics
-    from driver.export.onnx_export import set_metadata, write_atomic
+    from driver.atomic_write import write_atomic
+    from driver.export.common import heldout_metrics, refuse_speed_input
+    from driver.export.onnx_export import set_metadata
 
     if not config.out:
         raise ValueError("out is empty: name the int8 .onnx file to write")
@@ -133,6 +134,7 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
                           f"`driver export {source} --out {stem}.onnx`, then `driver quantize {stem}.onnx`")
     proto, meta = read_onnx(source)
     fp32 = OrtStepModel(proto.SerializeToString(), meta, threads=config.threads, name=str(source))
+    refuse_speed_input(fp32.speed_input, str(source), "int8 quantization")
     feeds, calib_source = calibration_feeds(fp32, meta, config.calibration_frames, config.seed)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]

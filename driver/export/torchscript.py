@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from driver.atomic_write import write_atomic
 from driver.export.common import (
     ExportError,
     StepModule,
@@ -35,9 +36,10 @@ from driver.export.common import (
     validate_parity,
 )
 from driver.export.meta import check_metadata
-from driver.export.onnx_export import ExportReport, example_args, write_atomic
+from driver.export.onnx_export import ExportReport, example_args
 from driver.export.ort_backend import parse_metadata
 from driver.file_checks import GiB, check_size, check_zip
+from driver.models.base import require_speed
 from driver.models.spec import InputSpec
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,10 @@ MAX_TORCHSCRIPT_BYTES = 2 * GiB
 
 @dataclass
 class TorchScriptConfig:
-    out: str = ""
-    tolerance: float = 1e-4
-    parity_steps: int = 8
-    parity_sequences: int = 2
+    out: str = ""  # output file (empty: beside the checkpoint, e.g. best.onnx)
+    tolerance: float = 1e-4  # max |diff| vs PyTorch
+    parity_steps: int = 8  # recurrent steps compared against PyTorch per sequence
+    parity_sequences: int = 2  # sequences of real frames compared against PyTorch
     freeze: bool = True  # torch.jit.freeze: constant weights, faster at batch 1
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class ScriptStepModel:
         self.state_names = list(meta["state"]["names"])
         self.is_recurrent = bool(self.state_names)
         self.num_layers, self.hidden_size = int(meta["state"]["layers"]), int(meta["state"]["hidden"])
+        self.speed_input = "speed" in meta["inputs"]  # the car's speed (m/s) is an input
 
     def initial_state(self, batch_size: int, device: Any = None) -> Any:
         if not self.is_recurrent:
@@ -75,10 +78,13 @@ class ScriptStepModel:
         return zeros[0] if len(zeros) == 1 else tuple(zeros)
 
     @torch.no_grad()
-    def step(self, frame: Tensor, modes: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
+    def step(self, frame: Tensor, modes: Tensor | None = None, state: Any = None,
+             speed: Tensor | None = None) -> tuple[Tensor, Any]:
         args = [frame.float()]
         if self.spec.n_modes:
             args.append(torch.zeros(frame.shape[0], self.spec.n_modes) if modes is None else modes.float())
+        if self.speed_input:
+            args.append(require_speed(self.meta["arch"], speed, (frame.shape[0],)))
         if self.is_recurrent:
             args.extend(flat_state(self.initial_state(frame.shape[0]) if state is None else state))
         outs = self.module(*args)

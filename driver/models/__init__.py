@@ -6,7 +6,7 @@ explicitly, which registers their builders.
 """
 
 from driver.models.alexnet import AlexNet, build_alexnet
-from driver.models.base import DrivingModel, RecurrentState, detach_state
+from driver.models.base import DrivingModel, RecurrentState, SpeedRequired, detach_state
 from driver.models.fire import Fire
 from driver.models.pilotnet import PilotNet, build_pilotnet
 from driver.models.recurrent import (
@@ -16,6 +16,7 @@ from driver.models.recurrent import (
     build_z2color_gru,
     build_z2color_lstm,
     legacy_kwargs,
+    takes_speed_input,
 )
 from driver.models.registry import create_model, list_models, register_model
 from driver.models.spec import LAB_MODES, InputSpec
@@ -24,6 +25,7 @@ from driver.models.summary import count_parameters, flops_per_frame, format_mode
 from driver.models.z2color import Z2Color, build_z2color
 
 __all__ = [
+    "takes_speed_input",
     "LAB_MODES",
     "AlexNet",
     "DrivingModel",
@@ -32,6 +34,7 @@ __all__ = [
     "PilotNet",
     "RecurrentDriver",
     "RecurrentState",
+    "SpeedRequired",
     "SqueezeNet",
     "Z2Color",
     "build_alexnet",

@@ -2,11 +2,16 @@
 
 Every model maps a clip of frames to (steer, motor) predictions for the next ``horizon`` steps:
 
-    forward(clip (B, T, C, H, W), modes (B, n_modes) | None, state) -> (out (B, T, horizon, 2), new_state)
-    step(frame (B, C, H, W), modes, state)                        -> (out (B, horizon, 2), new_state)
+    forward(clip (B, T, C, H, W), modes (B, n_modes) | None, state, speed (B, T) | None)
+        -> (out (B, T, horizon, 2), new_state)
+    step(frame (B, C, H, W), modes, state, speed (B,) | None) -> (out (B, horizon, 2), new_state)
 
 ``out[..., 0]`` is steer and ``out[..., 1]`` motor, both in the normalised units of ``driver.units``
 (-1..1, 0 = neutral). Frame-wise models fold T into the batch and return ``state=None``.
+
+``speed`` is the car's measured speed in m/s (the run's ``encoder`` series). Only a model built with
+``speed_input=True`` (``model.speed_input``) reads it, and then requires it; every other model accepts and
+ignores it, so callers may always pass what they have.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from driver.errors import SpeedRequired
 from driver.models.spec import InputSpec
 
 RecurrentState = Tensor | tuple[Tensor, ...] | None
@@ -117,10 +123,22 @@ def fold_time(clip: Tensor, modes: Tensor | None) -> tuple[Tensor, Tensor | None
     return frames, modes
 
 
+def require_speed(arch: str, speed: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    """``speed`` as float32 of ``shape``; raise :class:`SpeedRequired` when it is missing or mis-shaped."""
+    if speed is None:
+        raise SpeedRequired(f"{arch} was trained with the car's speed as an input (speed_input): pass speed= "
+                            "(m/s, the run's encoder series)")
+    if tuple(speed.shape) != shape:
+        raise SpeedRequired(f"{arch}: expected speed of shape {shape}, got {tuple(speed.shape)}")
+    return speed.float()
+
+
 class DrivingModel(nn.Module):
-    """Base of frame-wise (non-recurrent) models: subclasses implement :meth:`forward_frames`."""
+    """Base of frame-wise (non-recurrent) models: subclasses implement :meth:`forward_frames`.
+    They do not take the car's speed (``speed`` is accepted and ignored)."""
 
     is_recurrent = False
+    speed_input = False
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__()
@@ -137,7 +155,7 @@ class DrivingModel(nn.Module):
         return None
 
     def forward(
-        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
     ) -> tuple[Tensor, RecurrentState]:
         """(B, T, C, H, W), (B, n_modes) -> ((B, T, horizon, 2), None); frames are independent."""
         validate_clip(self.spec, clip, modes)
@@ -147,7 +165,7 @@ class DrivingModel(nn.Module):
         return out.reshape(batch, steps, self.spec.horizon, 2), None
 
     def step(
-        self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+        self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
     ) -> tuple[Tensor, RecurrentState]:
         """One frame (B, C, H, W) -> ((B, horizon, 2), new_state)."""
         out, new_state = self(frame.unsqueeze(1), modes, state)

@@ -13,6 +13,11 @@ can grow by orders of magnitude during training. ``"layer"`` (LayerNorm across c
 issue 18 and what older checkpoints hold) divides every channel by a spread those few channels dominate,
 which turned the RNN's input into a near-constant vector; ``"none"`` feeds the features as they are.
 
+With ``speed_input=True`` the car's measured speed (m/s, the run's ``encoder`` series) joins the normed
+features at every frame, through its own BatchNorm (running statistics on the car), so the RNN and the
+head see how fast the car goes: the throttle a driver gives depends on the speed, not only on the
+picture. Such a model requires ``speed`` (B, T) in ``forward`` and (B,) in ``step``.
+
 State is explicit: ``(h, c)`` for LSTM and ``h`` for GRU, each (num_layers, B, hidden), float32. The RNN
 always runs in float32 (autocast is disabled around it) so a state carried for thousands of frames on the
 car does not accumulate bf16 rounding. ``forward`` over a clip equals calling ``step`` frame by frame.
@@ -30,6 +35,7 @@ from driver.models.base import (
     fold_time,
     make_output_activation,
     outputs_to_pairs,
+    require_speed,
     validate_clip,
 )
 from driver.models.registry import register_model
@@ -106,10 +112,13 @@ class RecurrentDriver(nn.Module):
         num_layers: int = 1,
         output_activation: str = "none",
         feature_norm: str = "batch",
+        speed_input: bool = False,
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
             raise ValueError(f"cell={cell!r} is not one of {sorted(RNN_CELLS)}")
+        if not isinstance(speed_input, bool):
+            raise ValueError(f"speed_input={speed_input!r} must be true or false")
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1")
         self.spec = spec
@@ -124,7 +133,10 @@ class RecurrentDriver(nn.Module):
         self.norm = _feature_norm(feature_norm, encoder.out_features)
         # create_model records these knobs in arch_kwargs (their defaults changed over time)
         self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm}
-        self.rnn = RNN_CELLS[cell](encoder.out_features, hidden_size, num_layers=num_layers, batch_first=True)
+        self.speed_input = speed_input
+        self.speed_norm = nn.BatchNorm1d(1) if speed_input else None  # m/s -> about unit scale
+        rnn_in = encoder.out_features + int(speed_input)
+        self.rnn = RNN_CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.output_activation = make_output_activation(output_activation)
 
@@ -134,31 +146,45 @@ class RecurrentDriver(nn.Module):
         return (hidden, torch.zeros_like(hidden)) if self.cell == "lstm" else hidden
 
     def forward(
-        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
     ) -> tuple[Tensor, RecurrentState]:
-        """(B, T, C, H, W), (B, n_modes), state -> ((B, T, horizon, 2), state after the last frame)."""
+        """(B, T, C, H, W), (B, n_modes), state, speed (B, T) m/s -> ((B, T, horizon, 2), state after the last
+        frame). ``speed`` is read only by a model built with ``speed_input=True``, which requires it."""
         validate_clip(self.spec, clip, modes)
         batch, steps = clip.shape[:2]
+        if self.speed_input:
+            speed = require_speed(self.arch, speed, (batch, steps))
         if state is None:
             state = self.initial_state(batch, clip.device)
         frames, frame_modes = fold_time(clip, modes)
         features = self.encoder(frames, frame_modes).reshape(batch, steps, -1)  # (B, T, F)
         with torch.autocast(device_type=clip.device.type, enabled=False):
-            normed = self.norm(features.float().flatten(0, 1)).view(batch, steps, -1)  # per frame
+            normed = self.norm(features.float().flatten(0, 1))  # per frame
+            if self.speed_norm is not None:
+                normed = torch.cat([normed, self.speed_norm(speed.reshape(-1, 1).to(normed.device))], dim=1)
+            normed = normed.view(batch, steps, -1)
             hidden, new_state = self.rnn(normed, state)  # (B, T, hidden)
         raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         return out.reshape(batch, steps, self.spec.horizon, 2), new_state
 
     def step(
-        self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None
+        self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
     ) -> tuple[Tensor, RecurrentState]:
-        """One frame (B, C, H, W) and the previous state -> ((B, horizon, 2), new state)."""
-        out, new_state = self(frame.unsqueeze(1), modes, state)
+        """One frame (B, C, H, W), the previous state and speed (B,) -> ((B, horizon, 2), new state)."""
+        out, new_state = self(frame.unsqueeze(1), modes, state, None if speed is None else speed.reshape(-1, 1))
         return out[:, 0], new_state
 
 
-_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm")
+SPEED_INPUT_ARCHS = ("squeezenet_lstm", "squeezenet_gru", "z2color_lstm", "z2color_gru")
+
+
+def takes_speed_input(arch: str) -> bool:
+    """Whether the registered arch can be built with ``speed_input=True`` (the recurrent models)."""
+    return arch in SPEED_INPUT_ARCHS
+
+
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

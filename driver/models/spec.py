@@ -24,12 +24,12 @@ class InputSpec:
     number of future (steer, motor) pairs predicted per frame.
     """
 
-    height: int = 94
-    width: int = 168
-    cameras: int = 2
-    stack: int = 2
-    n_modes: int = 6
-    horizon: int = 10
+    height: int = 94  # frame height in pixels
+    width: int = 168  # frame width in pixels
+    cameras: int = 2  # cameras per frame
+    stack: int = 2  # frames stacked per step
+    n_modes: int = 6  # behavioral-mode planes
+    horizon: int = 10  # future steps predicted
 
     def __post_init__(self) -> None:
         ranges = {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from driver.datasets.clips import ClipDataset
+from driver.datasets.sampling import balanced_draw
 
 _RUN_KEY = 1 << 32
 
@@ -32,15 +33,6 @@ class EpochPlan:
 
 def _rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, rank, 7919])
-
-
-def _draw(rng: np.random.Generator, n: int, high: np.ndarray | None) -> np.ndarray:
-    """n clip indices, half from high-steer and half from low-steer clips (uniform if one side is empty)."""
-    hi, lo = np.flatnonzero(high), np.flatnonzero(~high)
-    if len(hi) == 0 or len(lo) == 0:
-        return rng.integers(0, len(high), n)
-    pick_hi = rng.random(n) < 0.5
-    return np.where(pick_hi, hi[rng.integers(0, len(hi), n)], lo[rng.integers(0, len(lo), n)])
 
 
 class PlanMaker:
@@ -62,7 +54,7 @@ class PlanMaker:
     def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.high is None:
             return rng.integers(0, len(self.ds), n)
-        return _draw(rng, n, self.high)
+        return balanced_draw(rng, n, self.high)
 
     def plan(self, epoch: int) -> EpochPlan:
         rng = _rng(self.seed, epoch, self.rank)

@@ -26,7 +26,7 @@ import torch
 from driver.preprocess import frames_to_input
 
 from .config import TrainConfig, parse_budget
-from .evaluate import evaluate, weighted_loss
+from .evaluate import batch_speed, evaluate, weighted_loss
 from .recipe import auto_warmup
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ MIN_VAL_CLIPS = 32
 
 def _batch(dataset, rows: np.ndarray) -> dict:
     items = [dataset[int(i)] for i in rows]
-    return {k: torch.stack([it[k] for it in items]) for k in ("frames", "target", "modes")}
+    return {k: torch.stack([it[k] for it in items]) for k in ("frames", "target", "modes", "speed") if k in items[0]}
 
 
 def seconds_per_step(setup, budget_s: float) -> float:
@@ -61,7 +61,7 @@ def seconds_per_step(setup, budget_s: float) -> float:
         batch = _batch(setup.train_ds, rng.integers(0, len(setup.train_ds), cfg.batch_size))
         x = frames_to_input(batch["frames"].to(setup.device), channels_last=cfg.channels_last)
         with setup.autocast():
-            out, _ = setup.net(x, batch["modes"].to(setup.device), None)
+            out, _ = setup.net(x, batch["modes"].to(setup.device), None, speed=batch_speed(batch, setup.device))
         weighted_loss(out.float(), batch["target"].to(setup.device), cfg, setup.stats).backward()
         model.zero_grad(set_to_none=True)
         if i:  # the first step warms up the allocator and kernels

@@ -13,13 +13,13 @@ import hashlib
 import os
 import pickle
 import re
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from driver.atomic_write import atomic_path
 from driver.errors import DriverError
 from driver.export.meta import check_preprocess, check_spec
 from driver.file_checks import GiB, check_size, check_zip, require
@@ -69,17 +69,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 
     On any error (disk full included) the temp file is removed and the previous checkpoint is intact.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _unpickle_refusal(error: Exception) -> str:

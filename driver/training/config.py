@@ -41,6 +41,7 @@ class TrainConfig:
     # model
     arch: str = "squeezenet_gru"        # a model of driver models
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options as JSON, e.g. {"hidden_size": 64}
+    speed_input: str = "off"            # car speed (m/s) as model input: off | on | auto (on if every run has one)
     # optimisation
     optimizer: str = "adamw"            # adamw | sgd
     lr: float = 0.0                     # base learning rate; 0 = auto, scaled with the batch and the input size
@@ -63,6 +64,9 @@ class TrainConfig:
     val_clips: int = 1024               # at most this many held-out clips per validation
     checkpoint_every: int = 200         # steps between checkpoints (and at every validation)
     patience: int = 0                   # early stopping after this many validations without improvement
+    eval_closed_loop: str = ""          # drive held-out sim tracks (count or seeds 1,4,7); best.pt by pace x autonomy
+    every: int = 0                      # steps between closed-loop drives (0 = at each validation)
+    eval_seconds: float = 30.0          # simulated seconds per closed-loop world (one lap at most)
     health_every: int = 50              # steps between per-layer activation and gradient statistics (0 = off)
     not_learning: str = "warn"          # warn | fail | off: model not beating the constant predictor, or blowing up
     learning_check_step: int = 0        # first step at which the learning check applies (0 = a quarter of the training)
@@ -96,6 +100,7 @@ class TrainConfig:
         choice("device", ("auto", "cpu", "cuda"))
         choice("precision", ("auto", "fp32", "bf16", "fp16"))
         choice("not_learning", ("warn", "fail", "off"))
+        choice("speed_input", ("auto", "on", "off"))
         for name, lo, hi in [("stack", 1, 2), ("clip_seconds", 0.0, 60.0), ("horizon_seconds", 0.0, 60.0),
                              ("target_stride_seconds", 0.001, 60.0), ("clip_length", 0, 64), ("frame_stride", 1, 100),
                              ("horizon", 0, 100), ("target_stride", 0, 100), ("flip", 0.0, 1.0),
@@ -105,8 +110,8 @@ class TrainConfig:
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
-                             ("patience", 0, 10**6), ("health_every", 0, 10**9), ("learning_check_step", 0, 10**9),
-                             ("seed", 0, 2**31 - 1)]:
+                             ("patience", 0, 10**6), ("every", 0, 10**9), ("eval_seconds", 1.0, 3600.0),
+                             ("health_every", 0, 10**9), ("learning_check_step", 0, 10**9), ("seed", 0, 2**31 - 1)]:
             rng(name, lo, hi)
         if self.clip_length == 0 and self.clip_seconds == 0:
             raise ValueError("clip_seconds=0 and clip_length=0: give the clip length in seconds (--clip-seconds) "
@@ -117,6 +122,13 @@ class TrainConfig:
             raise ValueError(f"arch_kwargs={self.arch_kwargs!r} must be a table/dict of architecture options")
         if self.budget:
             parse_budget(self.budget)
+        if self.eval_closed_loop:
+            from driver.sim.model_choice import parse_tracks
+
+            parse_tracks(self.eval_closed_loop)
+        elif self.every:
+            raise ValueError(f"every={self.every} needs eval_closed_loop (--eval-closed-loop TRACKS): it spaces "
+                             "the closed-loop drives")
 
     @property
     def camera_names(self) -> tuple[str, ...]:

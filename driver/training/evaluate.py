@@ -133,10 +133,16 @@ def _val_batches(net, dataset: ClipDataset, config: TrainConfig, device, autocas
             yield batch, out
 
 
+def batch_speed(batch: dict, device) -> torch.Tensor | None:
+    """The clips' speed (B, T) m/s on ``device`` when the items carry it (speed input), else None."""
+    speed = batch.get("speed")
+    return None if speed is None else speed.to(device, non_blocking=True)
+
+
 def _forward(net, batch: dict, state, config: TrainConfig, device, autocast):
     x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
     with autocast():
-        out, state = net(x, batch["modes"].to(device), state)
+        out, state = net(x, batch["modes"].to(device), state, speed=batch_speed(batch, device))
     return out.float(), state
 
 

@@ -2,6 +2,8 @@
 
 - ``metrics.csv``: ``train`` rows every 10 steps (mean loss since the last row) and ``val`` rows at each
   validation (pooled over held-out runs, with the constant predictor's error and R² per target);
+  ``drive`` rows at each closed-loop drive (``--eval-closed-loop``): the drive score (pace × autonomy / 100),
+  autonomy and pace beside the validation loss and score of the same step;
 - ``val_runs.csv``: one row per held-out run at each validation;
 - ``health.csv``: per-layer statistics (:mod:`driver.training.health`).
 """
@@ -16,7 +18,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 COLUMNS = ("step", "epoch", "split", "loss", "score", "steer_mae", "steer_const_mae", "steer_r2", "motor_mae",
-           "motor_const_mae", "motor_r2", "lr", "samples_per_s", "data_wait")
+           "motor_const_mae", "motor_r2", "lr", "samples_per_s", "data_wait", "drive_score", "drive_autonomy",
+           "drive_pace")
 RUN_COLUMNS = ("step", "run", "frames", "loss", "steer_mae", "steer_const_mae", "steer_r2", "motor_mae",
                "motor_const_mae", "motor_r2")
 

@@ -23,8 +23,9 @@ import numpy as np
 
 from driver.datasets.clips import ClipConfig
 from driver.datasets.lint import LintRules
-from driver.datasets.series import frame_rate
+from driver.datasets.series import frame_rate, stored_speed_name
 from driver.datasets.store import Store
+from driver.models import takes_speed_input
 
 from .config import TrainConfig
 
@@ -75,13 +76,43 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
         raise ValueError(f"at {fps:.1f} frames/s the recipe gives clip_length={clip_length} (max 64), "
                          f"horizon={horizon} (max 100), target_stride={target_stride} (max 100) frames; "
                          "shorten --clip-seconds / --horizon-seconds")
+    speed_input = resolve_speed_input(config, metas)
+    arch_kwargs = {**config.arch_kwargs, "speed_input": True} if speed_input == "on" else config.arch_kwargs
     resolved = dataclasses.replace(config, cameras=cameras, clip_length=clip_length, horizon=horizon,
-                                   target_stride=target_stride)
+                                   target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs)
     ahead = ("the current command predicted" if horizon == 1 else f"{horizon} predicted steps every "
              f"{target_stride} frames ({(horizon - 1) * target_stride / fps:.2f} s ahead)")
     log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %s", fps, cameras, clip_length,
              clip_length / fps, ahead)
     return resolved
+
+
+def resolve_speed_input(config: TrainConfig, metas: list[dict]) -> str:
+    """``on`` or ``off``: ``auto`` is on when the arch takes speed and every run has a speed series."""
+    if "speed_input" in config.arch_kwargs:
+        given = "on" if config.arch_kwargs["speed_input"] is True else "off"
+        if config.speed_input not in ("auto", given):
+            raise ValueError(f"--speed-input {config.speed_input} contradicts arch_kwargs "
+                             f"speed_input={config.arch_kwargs['speed_input']!r}; give one of them")
+        return given
+    without = [m["name"] for m in metas if stored_speed_name(m) is None]
+    if config.speed_input == "on":
+        if not takes_speed_input(config.arch):
+            raise ValueError(f"--speed-input on: arch {config.arch!r} does not take the car's speed; use a "
+                             "recurrent model (squeezenet_gru, squeezenet_lstm, z2color_gru, z2color_lstm)")
+        if without:
+            raise ValueError(f"--speed-input on: run {without[0]!r} has no speed series (encoder or speed); "
+                             f"{len(without)} of {len(metas)} runs lack one. Use --speed-input off or auto")
+        return "on"
+    if config.speed_input == "auto":
+        on = takes_speed_input(config.arch) and not without
+        log.info("speed input %s (auto: %s)", "on" if on else "off",
+                 "every run has a speed series; driver drive cannot feed it yet (carlink v1.1 has no wheel speed): "
+                 "train a model for the car with --speed-input off" if on else
+                 f"{config.arch} does not take speed" if not takes_speed_input(config.arch) else
+                 f"run {without[0]!r} has no speed series")
+        return "on" if on else "off"
+    return "off"
 
 
 def resolve_optimisation(config: TrainConfig, total_steps: int, height: int, width: int) -> TrainConfig:
@@ -102,4 +133,4 @@ def clip_config(config: TrainConfig, train: bool = True, seed: int | None = None
                       color_jitter=config.color_jitter if train else 0.0,
                       include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
                       exclude_flagged=LintRules() if config.exclude_flagged else None,
-                      seed=config.seed if seed is None else seed)
+                      speed=config.speed_input == "on", seed=config.seed if seed is None else seed)

@@ -23,6 +23,8 @@ class TrainingState:
     bad_validations: int = 0  # validations since the best one
     best_val: dict = field(default_factory=dict)  # the best validation, with its step
     last_val: dict = field(default_factory=dict)
+    best_drive: float = -math.inf  # highest closed-loop drive score so far (--eval-closed-loop)
+    drive_history: list = field(default_factory=list)  # [step, validation score or None, drive score] per drive
     window: list[float] = field(default_factory=list)  # training losses since the last metrics row
     carry: RecurrentState = None  # recurrent state carried into the next step's lanes (this rank)
     # throughput of this process
@@ -35,7 +37,8 @@ class TrainingState:
         """The saved part (plain containers and tensors: loads with ``weights_only=True``)."""
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_val_loss": self.best_score, "bad_validations": self.bad_validations,
-                "best_val": self.best_val, "last_val": self.last_val, "window": list(self.window)}
+                "best_val": self.best_val, "last_val": self.last_val, "window": list(self.window),
+                "best_drive": self.best_drive, "drive_history": [list(h) for h in self.drive_history]}
 
     @classmethod
     def from_checkpoint(cls, training: dict, rank: int, device: torch.device) -> TrainingState:
@@ -46,7 +49,9 @@ class TrainingState:
         return cls(step=training["step"], epoch=training["epoch"], batch_in_epoch=training["batch_in_epoch"],
                    best_score=training["best_val_loss"], bad_validations=training["bad_validations"],
                    best_val=dict(training.get("best_val", {})), last_val=dict(training.get("last_val", {})),
-                   window=list(training.get("window", [])), carry=carry)
+                   window=list(training.get("window", [])), carry=carry,
+                   best_drive=training.get("best_drive", -math.inf),
+                   drive_history=[list(h) for h in training.get("drive_history", [])])
 
     def carry_cpu(self):
         """The carried state on the CPU, as saved (a tuple becomes a list)."""

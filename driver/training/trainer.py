@@ -35,9 +35,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, parse_budget, write_config
-from .evaluate import evaluate, not_beating, weighted_loss
+from .evaluate import batch_speed, evaluate, not_beating, weighted_loss
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
+from .recipe import store_frame_rate
 from .setup import Setup, device_for, prepare
 from .state import TrainingState
 
@@ -62,6 +63,7 @@ class RunResult:
     final_val: dict = field(default_factory=dict)
     samples_per_s: float | None = None  # frames per second trained by this process (None: no step ran)
     data_wait: float | None = None
+    model_choice: dict = field(default_factory=dict)  # --eval-closed-loop: model_choice.json (see Trainer)
 
 
 def train(config: TrainConfig | None = None, resume: str | Path | None = None,
@@ -105,7 +107,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
 def _load_resume(run_dir: Path, overrides: dict) -> tuple[TrainConfig, dict | None]:
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"{run_dir}: not a training run directory (no config.json)")
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir))
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved.setdefault("speed_input", "off")  # runs from before speed input existed trained without it
+    config = TrainConfig.from_dict(saved, str(run_dir))
     changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(config, k)}
     ignored = sorted(k for k in changed if k not in RESUME_OVERRIDES)
     if ignored:
@@ -162,6 +166,7 @@ class Trainer:
         self.check_step = self.cfg.learning_check_step or max(1, setup.total_steps // 4)
         self.warned: set[str] = set()
         self.static = self._static_payload()
+        self.drive_eval = self._drive_eval_config() if self.cfg.eval_closed_loop else None
 
     def _restore(self, ckpt: dict) -> TrainingState:
         s, training = self.s, ckpt["training"]
@@ -193,6 +198,16 @@ class Trainer:
                 "dataset": {"store": str(s.store.path), "train_runs": s.train_runs, "val_runs": s.val_runs,
                             "fingerprint": dataset_fingerprint(s.store, s.train_runs + s.val_runs)}}
 
+    def _drive_eval_config(self):
+        """Held-out worlds to drive (``--eval-closed-loop``) at the training data's frame rate and size."""
+        from driver.sim.model_choice import DriveEvalConfig, parse_tracks
+
+        s = self.s
+        return DriveEvalConfig(tracks=parse_tracks(self.cfg.eval_closed_loop),
+                               fps=store_frame_rate(s.store, s.train_runs), height=s.spec.height,
+                               width=s.spec.width, stereo=len(self.cfg.camera_names) == 2,
+                               seconds=self.cfg.eval_seconds, seed=self.cfg.seed)
+
     # -- the run -----------------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg, st = self.cfg, self.state
@@ -214,9 +229,10 @@ class Trainer:
         if self.main:
             plot_curves(self.run_dir)
         log.info("training %s after %d steps", stopped, st.step)
+        choice = self._report_model_choice() if self.drive_eval is not None and self.main else {}
         best = self.run_dir / "best.pt"
         return RunResult(self.run_dir, self.run_dir / "last.pt", best if best.exists() else None, st.step, st.epoch,
-                         stopped, st.best_val, st.last_val, st.samples_per_s, st.data_wait)
+                         stopped, st.best_val, st.last_val, st.samples_per_s, st.data_wait, choice)
 
     def _epoch(self, progress: Progress) -> str:
         """Train the rest of the current epoch; returns ``completed`` or why training stopped early."""
@@ -256,7 +272,8 @@ class Trainer:
         if measure:
             self.health.start()
         with s.autocast():
-            out, state = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in)
+            out, state = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
+                               speed=batch_speed(batch, s.device))
         loss = weighted_loss(out.float(), target, cfg, s.stats)
         if not torch.isfinite(loss):
             last = self.run_dir / "last.pt"
@@ -296,8 +313,10 @@ class Trainer:
         if end_of_epoch:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
         stopped = "completed"
-        if (cfg.val_every and st.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch):
-            stopped = self._validate()
+        validate = (cfg.val_every and st.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
+        drive = self.drive_eval is not None and (st.step % cfg.every == 0 if cfg.every else validate)
+        if validate or drive:
+            stopped = self._validate(drive)
         elif st.step % cfg.checkpoint_every == 0 or end_of_epoch:
             self._checkpoint()
         if stopped == "completed" and self.deadline is not None and time.perf_counter() > self.deadline:
@@ -305,28 +324,68 @@ class Trainer:
             stopped = "budget"
         return stopped
 
-    def _validate(self) -> str:
-        """Validate, checkpoint, keep ``best.pt`` by the median run loss; ``early_stop`` after ``patience``."""
+    def _validate(self, drive: bool = False) -> str:
+        """Validate (and with ``drive`` also drive the held-out sim worlds), checkpoint, keep ``best.pt``: by the
+        median run loss, or with ``--eval-closed-loop`` by the drive score (pace × autonomy) at each drive;
+        ``early_stop`` after ``patience`` judged evaluations without improvement."""
         s, st, cfg = self.s, self.state, self.cfg
-        if s.val_ds is None:
+        if s.val_ds is None and not drive:
             self._checkpoint()
             return "completed"
-        st.last_val = evaluate(s.net, s.val_ds, cfg, s.device, s.autocast, s.dist, s.stats)
-        s.net.train()
-        self.metrics.write_validation(st.step, st.epoch, st.last_val)
-        improved = st.last_val["score"] < st.best_score
-        st.best_score, st.bad_validations = ((st.last_val["score"], 0) if improved
-                                             else (st.best_score, st.bad_validations + 1))
+        if s.val_ds is not None:
+            st.last_val = evaluate(s.net, s.val_ds, cfg, s.device, s.autocast, s.dist, s.stats)
+            s.net.train()
+            self.metrics.write_validation(st.step, st.epoch, st.last_val)
+        else:
+            st.last_val = {}
+        if drive:
+            self._drive()
+        judged, improved = self.drive_eval is None or drive, False  # with closed loop, only drives choose
+        if judged:
+            if self.drive_eval is None:
+                improved = st.last_val["score"] < st.best_score
+                st.best_score = min(st.best_score, st.last_val["score"])
+            else:
+                from driver.sim.model_choice import is_better
+
+                improved = is_better(st.last_val["drive_score"], st.best_drive)
+                st.best_drive = st.last_val["drive_score"] if improved else st.best_drive
+            st.bad_validations = 0 if improved else st.bad_validations + 1
         if improved:
             st.best_val = dict(st.last_val, step=st.step)
         self._checkpoint()
         if improved and self.main:
             self._save(self.run_dir / "best.pt", {**model_payload(s.model), **self.static, "metrics": st.best_val})
-        if st.step >= self.check_step:
+        if s.val_ds is not None and st.step >= self.check_step:
             self._warn_or_fail("not_learning", not_beating(st.last_val, cfg))
-        if cfg.patience and ddp.broadcast_flag(st.bad_validations >= cfg.patience, s.dist, s.device):
+        if judged and cfg.patience and ddp.broadcast_flag(st.bad_validations >= cfg.patience, s.dist, s.device):
             return "early_stop"
         return "completed"
+
+    def _drive(self) -> None:
+        """Drive a copy of the model through the held-out worlds (main process only; the others score 0)."""
+        from driver.sim.model_choice import drive_score
+
+        s, st = self.s, self.state
+        scores = {"drive_score": 0.0, "drive_autonomy": 0.0, "drive_pace": 0.0}
+        if self.main:
+            t0 = time.perf_counter()
+            scores = drive_score(s.model, {"arch": self.cfg.arch, **self.static}, self.drive_eval)
+            log.info("step %d: drove %s held-out worlds in %.0f s: autonomy %.1f%%, pace %.3f, drive score %.3f",
+                     st.step, self.cfg.eval_closed_loop, time.perf_counter() - t0, scores["drive_autonomy"],
+                     scores["drive_pace"], scores["drive_score"])
+        st.last_val = {**st.last_val, **scores}
+        self.metrics.write(st.step, st.epoch, "drive", loss=st.last_val.get("loss"), score=st.last_val.get("score"),
+                           **scores)
+        st.drive_history.append([st.step, st.last_val.get("score"), scores["drive_score"]])
+
+    def _report_model_choice(self) -> dict:
+        """Which step each criterion picks, and how often the two rankings disagreed (``model_choice.json``)."""
+        from driver.sim.model_choice import summarise_choice
+
+        choice = summarise_choice(self.state.drive_history)
+        (self.run_dir / "model_choice.json").write_text(json.dumps(choice, indent=2), encoding="utf-8")
+        return choice
 
     def _check_health(self, rows: dict) -> None:
         self._warn_or_fail("blowup", blown_up(rows, self.health.first))

@@ -9,6 +9,8 @@ normalised) and ``events`` (a text log with each intervention).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import require_rerun
@@ -21,6 +23,7 @@ class ViewedController:
 
     def __init__(self, controller, every: int = 3):
         self.controller, self.every = controller, max(1, every)
+        self._pass_speed = "speed" in inspect.signature(controller.act).parameters  # a speed-input policy
         self.frames: list[list[tuple[int, object]]] = []
         self._step = 0
 
@@ -33,13 +36,13 @@ class ViewedController:
     def reset(self) -> None:
         self.controller.reset()
 
-    def act(self, left, right):
+    def act(self, left, right, speed=None):
         if not self.frames:
             self.frames.append([])
         if self._step % self.every == 0:
             self.frames[-1].append((self._step, jpeg(left)))
         self._step += 1
-        return self.controller.act(left, right)
+        return self.controller.act(left, right, **({"speed": speed} if self._pass_speed else {}))
 
 
 def view_sim_drive(result, viewed: ViewedController | None, sink_spec: str, default_file: str, fps: float) -> str:
