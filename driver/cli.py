@@ -74,6 +74,13 @@ Prints a table per track (autonomy, pace vs the expert, lap times, interventions
 speeds) and writes summary.json, top-down maps, speed profiles and videos to --out.
 """
 
+SIM_DAGGER_EXAMPLES = """examples:
+  driver sim dagger --model demo_out/train/demo/best.pt --data demo_out/store.zarr --rounds 3
+  driver sim dagger --model runs/train/x/last.pt --data store.zarr --rounds 5 --tracks 8 --epochs-per-round 2 \\
+      --eval-tracks 6 --eval-variants 20 21 22 --out dagger5
+Run the same command again to continue a stopped run (or with a larger --rounds to add rounds).
+"""
+
 DEMO_EXAMPLES = """examples:
   driver demo                  # sim record -> ingest -> train -> open-loop replay -> closed-loop sim drive
   driver demo --workdir /tmp/d --runs 24 --steps 1200 --eval-tracks 10
@@ -189,6 +196,16 @@ def _sim_drive(args: argparse.Namespace) -> int:
 
     result = sim_drive(config_from_args(SimDriveConfig, args))
     print(format_sim_drive(result))  # noqa: T201 - the command's output
+    return 0
+
+
+def _sim_dagger(args: argparse.Namespace) -> int:
+    from driver.sim.dagger import run_dagger
+    from driver.sim.dagger_config import DaggerConfig
+
+    report = run_dagger(config_from_args(DaggerConfig, args))
+    print(report.table)  # noqa: T201 - the command's output
+    print(f"table: {report.out / 'dagger_table.md'} and dagger_table.json")  # noqa: T201
     return 0
 
 
@@ -372,6 +389,12 @@ def _sim_record_flags(s: argparse.ArgumentParser) -> None:
     add_config_flags(s, SimRecordConfig, skip=("progress",), **_world_knobs())
 
 
+def _sim_dagger_flags(s: argparse.ArgumentParser) -> None:
+    from driver.sim.dagger_config import DaggerConfig
+
+    add_config_flags(s, DaggerConfig, metavar={"variants": "V", "eval_variants": "V"})
+
+
 def _sim_drive_flags(s: argparse.ArgumentParser) -> None:
     from driver.sim.evaluate_policy import SimDriveConfig
 
@@ -487,6 +510,12 @@ COMMANDS: dict[str, Command] = {
         help="record expert driving (with DART noise) as lab-format HDF5 runs"),
     "sim drive": Command(_sim_drive_flags, _sim_drive,
         help="a model (or the expert) drives held-out tracks: autonomy, pace, laps", epilog=SIM_DRIVE_EXAMPLES),
+    "sim dagger": Command(_sim_dagger_flags, _sim_dagger,
+        help="DAgger: the model drives, the expert labels, ingest, resume training", epilog=SIM_DAGGER_EXAMPLES,
+        description="Rounds of: the model drives training tracks with the expert taking over per a beta-mixture "
+        "and near the road edge, every frame labelled with the expert's clean command; the runs are appended to "
+        "--data; training resumes; held-out tracks are driven. A table of autonomy and pace per round. A stopped "
+        "run continues. See docs/training.md."),
     "replay": Command(_replay_flags, _replay,
         help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
         description="Open-loop: the model against the recorded human, frame by frame in order, beside the "

@@ -103,20 +103,23 @@ class SimRecordConfig:
             raise ValueError(f"reset_fraction={self.reset_fraction} must be in 0.1..2.0")
 
 
-class _Segment:
-    """Preallocated buffers for one segment."""
+class SegmentBuffer:
+    """Preallocated buffers for one segment of ``n`` frames at most: frames, ``steer``/``motor`` (normalised;
+    written in run units), ``state`` (lab code, 1 = human unless given) and the ``extras`` series."""
 
-    def __init__(self, n: int, h: int, w: int, stereo: bool):
+    def __init__(self, n: int, h: int, w: int, stereo: bool, extras: tuple[str, ...] = EXTRAS):
         self.n = 0
         self.left = np.empty((n, h, w, 3), np.uint8)
         self.right = np.empty((n, h, w, 3), np.uint8) if stereo else None
-        self.series = {k: np.empty(n, np.float64) for k in ("steer", "motor", "left_timestamp", *EXTRAS)}
+        self.extras = extras
+        self.series = {k: np.empty(n, np.float64) for k in ("steer", "motor", "state", "left_timestamp", *extras)}
 
-    def add(self, left, right, **values) -> None:
+    def add(self, left, right, state: float = 1.0, **values) -> None:
         i = self.n
         self.left[i] = left
         if self.right is not None:
             self.right[i] = right
+        self.series["state"][i] = state
         for k, v in values.items():
             self.series[k][i] = v
         self.n += 1
@@ -129,10 +132,11 @@ class _Segment:
         s = self.series
         seg["steer"] = norm_to_run(s["steer"][:n]).astype(np.float32)
         seg["motor"] = norm_to_run(s["motor"][:n]).astype(np.float32)
-        seg["state"] = np.ones(n, np.float32)
+        seg["state"] = s["state"][:n].astype(np.float32)
         seg["left_timestamp"] = s["left_timestamp"][:n]
-        seg.update({k: s[k][:n].astype(np.float32) for k in EXTRAS})
-        seg["sim_sliding"] = s["sim_sliding"][:n].astype(np.uint8)
+        seg.update({k: s[k][:n].astype(np.float32) for k in self.extras})
+        if "sim_sliding" in seg:
+            seg["sim_sliding"] = s["sim_sliding"][:n].astype(np.uint8)
         return seg
 
 
@@ -153,7 +157,7 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     n_total = max(1, int(round(config.seconds * config.fps)))
     limit = config.reset_fraction * track.lane_width / 2
     segments: list[dict] = []
-    seg = _Segment(n_total, config.height, config.width, config.stereo)
+    seg = SegmentBuffer(n_total, config.height, config.width, config.stereo)
     t = 1000.0  # seconds; segments are separated by a 1 s gap
     for _ in range(n_total):
         st = car.state
@@ -176,7 +180,7 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
         if abs(after.lateral) > limit:  # off the road: cut the segment and put the car back
             log.debug("run %d: reset at t=%.2f (cte %.2f m)", index, t, after.lateral)
             segments.append(seg.arrays())
-            seg = _Segment(n_total, config.height, config.width, config.stereo)
+            seg = SegmentBuffer(n_total, config.height, config.width, config.stereo)
             ahead = after.progress + 0.5
             nx, ny, nyaw = track.point_at(ahead)
             car.reset(nx, ny, nyaw, speed=min(max(car.state.speed, 0.0), expert.plan.at(ahead)))
@@ -206,4 +210,4 @@ def record_runs(config: SimRecordConfig) -> list[Path]:
         return [record_run(config, i, on_step=lambda: bar.update(bar.done + 1)) for i in range(config.runs)]
 
 
-__all__ = ["EXTRAS", "SimRecordConfig", "record_run", "record_runs"]
+__all__ = ["EXTRAS", "SegmentBuffer", "SimRecordConfig", "record_run", "record_runs"]
