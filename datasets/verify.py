@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from driver.progress import Progress
+
 from .layout import RUNS, SERIES_ARRAYS
 from .shard_reader import ShardReadError
 from .store import Store, StoreError
@@ -112,29 +114,14 @@ def verify_store(config: VerifyConfig, progress: bool = False) -> VerifyReport:
     missing = [r for r in runs if not store.has_run(r)]
     if missing:
         raise StoreError(f"{store.url}: no run named {missing[0]!r} (runs: {', '.join(store.runs) or 'none'})")
-    bar = None
-    on_bytes = None
-    if progress:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("[bold]verify"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                       transient=True)
-        task = bar.add_task("verify", total=_total_bytes(store, runs))
-        bar.start()
-
-        def on_bytes(n: int) -> None:
-            bar.advance(task, n)
-
     checks = []
-    try:
+    with Progress("verify", total=_total_bytes(store, runs), unit="B", enabled=progress) as bar:
         for run in runs:
-            check = _check_run(store, run, on_bytes)
+            check = _check_run(store, run, lambda n: bar.update(bar.done + n))
             for p in check.problems:
                 log.debug("%s", p)
             checks.append(check)
-    finally:
-        if bar is not None:
-            bar.stop()
+        bar.update(bar.total)  # the total was estimated from the arrays' sizes
     return VerifyReport(store.url, store.format_version, checks, time.perf_counter() - t0)
 
 

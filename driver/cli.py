@@ -103,7 +103,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _export_dataset(args: argparse.Namespace) -> int:
     from driver.datasets.interop.lerobot_export import LeRobotExportConfig, export_lerobot
 
-    r = export_lerobot(config_from_args(LeRobotExportConfig, args, progress=sys.stderr.isatty()))
+    r = export_lerobot(config_from_args(LeRobotExportConfig, args, progress=True))
     print(f"wrote {r.path}: LeRobot v3.0, {r.episodes} episodes, {r.frames} frames at {r.fps} fps, "  # noqa: T201
           f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s")
     return 0
@@ -139,7 +139,7 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from driver.datasets.verify import VerifyConfig, verify_store, verify_table
 
-    report = verify_store(config_from_args(VerifyConfig, args), progress=sys.stderr.isatty())
+    report = verify_store(config_from_args(VerifyConfig, args), progress=True)
     console = Console()
     console.print(verify_table(report))
     for r in report.runs:

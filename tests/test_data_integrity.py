@@ -3,6 +3,7 @@ named by the reader, by `driver verify` and by training; `driver ingest --force 
 stores (no chunk checksums) still open and say they are unverified."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -203,3 +204,11 @@ def test_info_never_cuts_run_names_and_leaves_staging_out(tmp_path):
     cli = subprocess.run([*CLI, "info", str(out)], capture_output=True, text=True, env={**ENV, "COLUMNS": "40"},
                          timeout=SAFETY_S)
     assert cli.returncode == 0 and long in cli.stdout
+
+
+def test_verify_without_a_terminal_logs_its_progress(store, caplog):
+    """Under CI or nohup (no terminal) `driver verify` logs a progress line instead of drawing nothing."""
+    caplog.set_level(logging.INFO, logger="driver.progress")
+    report = verify_store(VerifyConfig(str(store)), progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "driver.progress"]
+    assert report.ok and lines and lines[-1].startswith("verify ") and "(100%)" in lines[-1]

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from driver.progress import Progress
+
 from ..store import Store, StoreError
 from .lerobot import _pq
 from .mapping import Mapping, ValueMap
@@ -242,7 +244,7 @@ def _write(store: Store, runs: list[str], metas: list[dict], root: Path, fps: in
     columns: dict[str, list[np.ndarray]] = {k: [] for k in feats if feats[k]["dtype"] != "video"}
     episodes, ep_stats, sampled = [], [], {cam: [] for cam in first["cameras"]}
     index = 0
-    bar = _progress(config.progress, sum(m["n_frames"] for m in metas))
+    bar = Progress("export", total=sum(m["n_frames"] for m in metas), unit="frame", enabled=config.progress)
     try:
         for ep, (run, meta) in enumerate(zip(runs, metas, strict=True)):
             n = int(meta["n_frames"])
@@ -260,8 +262,8 @@ def _write(store: Store, runs: list[str], metas: list[dict], root: Path, fps: in
                     block = frames.read(a, min(BLOCK, n - a))
                     w.write(block)
                     samples.append(block[pick[(pick >= a) & (pick < a + len(block))] - a])
-                    if bar is not None and cam == meta["cameras"][0]:
-                        bar[0].advance(bar[1], len(block))
+                    if cam == meta["cameras"][0]:
+                        bar.update(bar.done + len(block))
                 key = CAMERA_KEYS[cam]
                 row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": videos.file_index[cam],
                             f"videos/{key}/from_timestamp": start_s, f"videos/{key}/to_timestamp": w.frames / fps})
@@ -280,8 +282,7 @@ def _write(store: Store, runs: list[str], metas: list[dict], root: Path, fps: in
             index += n
     finally:
         videos.close()
-        if bar is not None:
-            bar[0].stop()
+        bar.close()
     table = pa.table({k: _pa_column(np.concatenate(v), feats[k]) for k, v in columns.items()})
     (root / DATA_PATH.format(chunk_index=0, file_index=0)).parent.mkdir(parents=True)
     pq.write_table(table, root / DATA_PATH.format(chunk_index=0, file_index=0), compression="snappy")
@@ -349,13 +350,3 @@ def _episode_columns(store: Store, run: str, meta: dict, feats: dict, ep: int, i
     if "observation.state" in feats:
         cols["observation.state"] = np.concatenate([v.reshape(n, -1).astype(np.float32) for v in extras], 1)
     return cols
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-    bar.start()
-    return bar, bar.add_task("export", total=total)
