@@ -126,7 +126,7 @@ def test_budget_sizes_the_run(mono50, tmp_path):
     assert parse_budget("20m") == 1200 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
     with pytest.raises(ValueError, match="budget='soon' must be a duration"):
         TrainConfig(data="x", budget="soon")
-    r = train(_tiny(mono50, tmp_path, name="budget", budget="40s", steps_per_epoch=0, epochs=1))
+    r = train(_tiny(mono50, tmp_path, name="budget", budget="15s", steps_per_epoch=0, epochs=1))
     cfg = json.loads((r.run_dir / "config.json").read_text())
     planned = cfg["steps_per_epoch"] * cfg["epochs"]
     assert planned > 1 and cfg["val_every"] > 0
