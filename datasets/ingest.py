@@ -4,10 +4,10 @@ sharded zarr v3 store, one atomic run at a time.
 Each source file is validated, then written into ``STORE/.staging/`` and renamed into
 ``STORE/runs/<run>`` only when complete, so a killed ingest never leaves a half-written run visible;
 re-running skips what is done (same size and mtime, or same sha256) and finishes the rest. A bad file
-fails alone with one line naming it and the problem. Runs ingest in parallel processes with ``jobs``, or
-as one task each on a Dask cluster with ``dask`` (:mod:`.dask_ingest`). A store on object storage has no
-rename: there each run is written in place and committed by its metadata object, written last
-(:mod:`.object_ingest`).
+fails alone with one line naming it and the problem. Runs ingest ``jobs`` at a time, in threads or
+processes (:mod:`.ingest_workers`), or as one task each on a Dask cluster with ``dask``
+(:mod:`.dask_ingest`). A store on object storage has no rename: there each run is written in place and
+committed by its metadata object, written last (:mod:`.object_ingest`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
 from driver.progress import Progress
 
+from .ingest_workers import WORKERS, run_jobs, safe_ingest
 from .interop import FORMATS, Hdf5Source, RunSource, run_sources
-from .layout import CODECS, FORMAT_VERSION
-from .run_format import RunFormatError
-from .run_ingest import RunJob, ingest_run_file
+from .layout import CODECS, FORMAT_VERSION, STAGING
+from .run_ingest import RunJob
 from .store import (
     Store,
     StoreError,
@@ -53,7 +50,9 @@ class IngestConfig:
     sources: list[str]  # run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or folders of them (optional with
                         # --force RUN)
     out: str  # store path or URL (s3://bucket/prefix, gs://, az://; created if missing)
-    jobs: int = 1  # runs ingested in parallel processes
+    jobs: int = 1  # runs ingested at once
+    workers: str = "threads"  # how --jobs run: threads (start at once) or processes (a crash inside the HDF5 library
+                              # fails only its run; with threads the next ingest isolates it)
     codec: str = "none"  # frame compression (none: fastest reads; see docs/dataset-format.md)
     shard_frames: int | None = None  # frames per shard file (None: ~24 MiB)
     validity: ValidityRules = field(default_factory=ValidityRules)
@@ -75,6 +74,8 @@ class IngestConfig:
             raise ValueError(f"format={self.format!r} must be auto or one of {', '.join(FORMATS)}")
         if not 1 <= self.jobs <= 256:
             raise ValueError(f"jobs={self.jobs} must be in 1..256")
+        if self.workers not in WORKERS:
+            raise ValueError(f"workers={self.workers!r} must be one of {', '.join(WORKERS)}")
         if self.codec not in CODECS:
             raise ValueError(f"codec={self.codec!r} must be one of {', '.join(CODECS)}")
         if self.shard_frames is not None and not 1 <= self.shard_frames <= 65536:
@@ -190,75 +191,6 @@ def _plan(store: Store, config: IngestConfig, sources: list[RunSource | str]
     return jobs, known
 
 
-def _run_jobs(jobs: list[RunJob], n_procs: int, on_done, work=None) -> None:
-    """Run ``work`` (default :func:`_safe_ingest`) on every job, in ``n_procs`` spawned processes.
-
-    A worker process that dies (killed, out of memory, a crash in a native library) breaks the whole pool
-    and with it every job still queued there. Those jobs are run again, each in a fresh process of its own
-    (``n_procs`` at a time), so only the job that kills its process again is reported failed.
-    """
-    work = work or _safe_ingest
-    if n_procs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            on_done(job, work(job))
-        return
-    lost: list[RunJob] = []
-    with ProcessPoolExecutor(max_workers=min(n_procs, len(jobs)), mp_context=get_context("spawn")) as pool:
-        futures = {}
-        for i, job in enumerate(jobs):
-            try:
-                futures[pool.submit(work, job)] = job
-            except BrokenProcessPool:  # a worker died while the queue was being filled
-                lost.extend(jobs[i:])
-                break
-        for fut in as_completed(futures):
-            try:
-                result = fut.result()
-            except BrokenProcessPool:
-                lost.append(futures[fut])
-                continue
-            except Exception as e:  # the result could not come back (e.g. not picklable)
-                result = _failed(futures[fut], f"worker error: {type(e).__name__}: {e}")
-            on_done(futures[fut], result)
-    if not lost:
-        return
-    log.warning("a worker process died; running %d unfinished run(s) again, one process each", len(lost))
-    order = {id(job): i for i, job in enumerate(jobs)}
-    lost.sort(key=lambda job: order[id(job)])
-    with ThreadPoolExecutor(max_workers=min(n_procs, len(lost))) as threads:
-        for job, result in zip(lost, threads.map(lambda job: _isolated(work, job), lost), strict=True):
-            on_done(job, result)
-
-
-def _isolated(work, job: RunJob) -> dict:
-    """``work(job)`` in a process of its own: if that process dies, only this job fails."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        try:
-            return pool.submit(work, job).result()
-        except BrokenProcessPool as e:
-            return _failed(job, f"the worker process ingesting it died ({e}); it may be too large for memory or "
-                                "crash the HDF5 library")
-        except Exception as e:
-            return _failed(job, f"worker error: {type(e).__name__}: {e}")
-
-
-def _failed(job: RunJob, why: str) -> dict:
-    return {"status": "failed", "seconds": 0.0, "error": f"{job.source}: {why}"}
-
-
-def _safe_ingest(job: RunJob) -> dict:
-    """Run one job; never raises, so one bad file cannot take the pool (or the others) down."""
-    t0 = time.perf_counter()
-    try:
-        result = ingest_run_file(job)
-    except RunFormatError as e:
-        result = {"status": "failed", "error": str(e)}
-    except Exception as e:  # truncated reads, disk errors: reported per file, the rest goes on
-        result = {"status": "failed", "error": f"{job.source}: {type(e).__name__}: {e}"}
-    result["seconds"] = time.perf_counter() - t0
-    return result
-
-
 def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
     """Ingest ``config.sources`` into ``config.out``; returns per-file outcomes (see module docstring).
 
@@ -286,10 +218,21 @@ def ingest(config: IngestConfig, progress: bool = False) -> IngestReport:
     return IngestReport(store.url, outcomes, time.perf_counter() - t0)
 
 
+def _interrupted_runs(store: Store) -> set[str]:
+    """Runs an earlier ingest was writing when its process died (killed, or crashed inside a native library while
+    reading the source): their staging folders are still there (a run that fails cleanly removes its own)."""
+    try:
+        return {name.rsplit(".", 1)[0] for name in os.listdir(store.path / STAGING)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
 def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], outcomes: list[RunOutcome],
                  progress: bool) -> None:
     """The ingest proper (under the store's lock for a local store)."""
+    interrupted = set()
     if not store.remote:
+        interrupted = _interrupted_runs(store)
         sweep_leftovers(store)
     files.extend(_recorded_sources(store, config, files))
     jobs, known = _plan(store, config, files)
@@ -317,9 +260,9 @@ def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], out
         if config.dask:
             from .dask_ingest import run_on_dask
 
-            run_on_dask(jobs, config.dask, on_done, _safe_ingest)
+            run_on_dask(jobs, config.dask, on_done, safe_ingest)
         else:
-            _run_jobs(jobs, config.jobs, on_done)
+            run_jobs(jobs, config.jobs, on_done, config.workers, interrupted)
     finally:
         bar.close()
     if not store.remote:

@@ -244,15 +244,16 @@ def ingest_run_file(job: RunJob) -> dict:
                 return {"status": "unchanged", "bytes_in": size, "source": source_meta}
         else:  # hash while the frames are read and written (hashlib releases the GIL)
             source_meta = hasher.submit(src.describe).result
-        info = src.inspect()
         if storage.is_remote(job.store):  # no rename there: write in place, commit by a marker written last
             from .object_ingest import write_and_commit
 
-            return {**write_and_commit(job, info, source_meta), "bytes_in": size}
+            return {**write_and_commit(job, src.inspect(), source_meta), "bytes_in": size}
+        # made before the source is opened: if the process dies (a crash in the HDF5 library), the folder left
+        # behind tells the next ingest which run to isolate (ingest_workers)
         staging = os.path.join(job.store, STAGING, f"{job.run}.{uuid.uuid4().hex[:12]}")
         os.makedirs(staging)
         try:
-            meta = write_run_group(staging, job, info, source_meta)
+            meta = write_run_group(staging, job, src.inspect(), source_meta)
             storage.fsync_tree(staging)  # durable before the parent's commit rename makes it visible
         except BaseException:
             storage.remove_tree(staging)

@@ -90,7 +90,8 @@ def test_idempotent_and_changed_file_replaces(tmp_path, segments):
     assert sorted(os.listdir(out)) == ["runs", "zarr.json"]  # no staging or trash left behind
 
 
-def test_bad_files_fail_alone(tmp_path, segments):
+@pytest.mark.parametrize("workers", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
+def test_bad_files_fail_alone(tmp_path, segments, workers):
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=60, height=24, width=32, seed=4)
     bad = tmp_path / "runs" / "bad.h5"
     segs = segments(n_frames=40)
@@ -102,7 +103,7 @@ def test_bad_files_fail_alone(tmp_path, segments):
     trunc.write_bytes(data[: int(len(data) * 0.6)])
     (tmp_path / "runs" / "readme.h5").write_text("not a run")
     out = tmp_path / "s.zarr"
-    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), jobs=2))
+    report = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), jobs=2, workers=workers))
     status = {o.run: o.status for o in report.outcomes}
     assert status == {"bad": "failed", "readme": "failed", "run_000": "ingested", "run_001": "ingested",
                       "trunc": "failed"}
@@ -130,6 +131,8 @@ def test_refuses_a_non_store_path(tmp_path):
         ingest(IngestConfig(sources=["whatever.h5"], out=str(tmp_path / "x")))
     with pytest.raises(ValueError, match=r"jobs=0 must be in 1\.\.256"):
         IngestConfig(sources=["a.h5"], out="s", jobs=0)
+    with pytest.raises(ValueError, match="workers='fork' must be one of threads, processes"):
+        IngestConfig(sources=["a.h5"], out="s", workers="fork")
 
 
 @pytest.mark.slow
@@ -183,16 +186,17 @@ def test_replace_killed_between_renames_keeps_the_old_run(tmp_path, segments):
 
 
 def _dies_on_run_001(job):
-    from driver.datasets.ingest import _safe_ingest
+    from driver.datasets.ingest_workers import safe_ingest
 
     if job.run == "run_001":
         os._exit(3)  # a worker killed mid-run (OOM killer, a crash in a native library)
-    return _safe_ingest(job)
+    return safe_ingest(job)
 
 
 @pytest.mark.slow
 def test_a_dying_worker_fails_only_its_own_run(tmp_path):
-    from driver.datasets.ingest import _plan, _run_jobs
+    from driver.datasets.ingest import _plan
+    from driver.datasets.ingest_workers import run_jobs
     from driver.datasets.store import create_store
 
     runs = write_synthetic_runs(tmp_path / "runs", 4, n_frames=30, height=24, width=32, seed=8)
@@ -200,7 +204,7 @@ def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     jobs, known = _plan(create_store(config.out), config, [str(p) for p in runs])
     assert len(jobs) == 4 and not known
     results = {}
-    _run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), work=_dies_on_run_001)
+    run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), "processes", work=_dies_on_run_001)
     assert {r: v["status"] for r, v in results.items()} == {
         "run_000": "ingested", "run_001": "failed", "run_002": "ingested", "run_003": "ingested"}
     assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
