@@ -4,7 +4,8 @@
 
 The ceiling copies every source file (sequential 8 MiB reads, writes, one fsync per file) into a fresh
 folder: what any ingest must at least do. Ingest writes a fresh store from the same sources at
---jobs 1 and 2; "previous path" writes the same frames through zarr-python's encoder (the ingest before
+--jobs 1 and 2 in threads (the default workers) and at --jobs 2 in spawned processes (--workers
+processes); "previous path" writes the same frames through zarr-python's encoder (the ingest before
 direct shard writes) with the sha256 read first. Before every measurement the sources are evicted from
 the page cache (posix_fadvise DONTNEED), so each one reads from the disk. Rounds interleave the
 measurements; the table gives the median MB/s of each, its ratio to the ceiling's, and the CPU seconds
@@ -70,11 +71,11 @@ def previous_path(sources: list[Path], out: Path) -> None:
 
 
 def _import_ingest_worker() -> None:
-    import driver.datasets.run_ingest  # noqa: F401 - what an ingest worker imports before its first run
+    import driver.datasets.ingest_workers  # noqa: F401 - what an ingest worker process imports before its first run
 
 
 def worker_start_seconds() -> float:
-    """Seconds from asking for a spawned worker to it having imported the ingest code (--jobs > 1)."""
+    """Seconds from asking for a spawned worker to it having imported the ingest code (--workers processes)."""
     t0 = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         pool.submit(_import_ingest_worker).result()
@@ -94,6 +95,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/driver_bench_ingest")
     args = ap.parse_args()
+    load_at_start = os.getloadavg()[0]
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     sources = write_synthetic_runs(work / "runs", args.runs, n_frames=args.frames, height=94, width=168,
@@ -102,10 +104,14 @@ def main():
     one, two = "ceiling: read + write + fsync, 1 stream", "ceiling: read + write + fsync, 2 streams"
     cases = {  # name: (what to run, the ceiling it is compared with)
         one: (lambda out: ceiling(sources, out, 1), one),
-        "driver ingest --jobs 1": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out))), one),
+        "driver ingest --jobs 1": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out),
+                                                                   jobs=1)), one),
         two: (lambda out: ceiling(sources, out, 2), two),
         "driver ingest --jobs 2": (lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out),
                                                                    jobs=2)), two),
+        "driver ingest --jobs 2 --workers processes": (
+            lambda out: ingest(IngestConfig(sources=[str(work / "runs")], out=str(out), jobs=2,
+                                            workers="processes")), two),
         "previous path (zarr-python encoder, hash first)": (lambda out: previous_path(sources, out), one),
         "sha256 of the sources alone (1 stream)": (lambda out: [file_sha256(str(p)) for p in sources], one),
     }
@@ -126,8 +132,9 @@ def main():
             rates[name].append(total / seconds / 1e6)
             shutil.rmtree(out, ignore_errors=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load average "
-          f"{os.getloadavg()[0]:.1f} (shared); zarr {zarr.__version__}, numpy {np.__version__}; {args.runs} stereo "
-          f"runs x {args.frames} frames 94x168 = {total / 1e6:.0f} MB; median of {args.rounds} rounds")
+          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (shared); zarr {zarr.__version__}, "
+          f"numpy {np.__version__}; {args.runs} stereo runs x {args.frames} frames 94x168 = {total / 1e6:.0f} MB; "
+          f"median of {args.rounds} rounds")
     print("| what | MB/s | vs ceiling (same streams) | CPU s |")
     print("|---|---|---|---|")
     for name, (_, ref) in cases.items():

@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 from driver.progress import Progress
 
@@ -38,6 +39,8 @@ from .validity import ValidityRules
 
 log = logging.getLogger(__name__)
 
+DEFAULT_JOBS = 2  # runs in flight overlap one run's fixed costs and CPU with another's disk time
+
 @dataclass
 class IngestConfig:
     """What to ingest and how. ``sources`` are run files, donkeycar tubs, LeRobot datasets or folders of them.
@@ -50,9 +53,11 @@ class IngestConfig:
     sources: list[str]  # run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or folders of them (optional with
                         # --force RUN)
     out: str  # store path or URL (s3://bucket/prefix, gs://, az://; created if missing)
-    jobs: int = 1  # runs ingested at once
-    workers: str = "threads"  # how --jobs run: threads (start at once) or processes (a crash inside the HDF5 library
-                              # fails only its run; with threads the next ingest isolates it)
+    jobs: int | None = None  # runs ingested at once, 1..256 (None: 2, faster than 1 even on 2 cores, see
+                             # docs/benchmarks.md; 1 with --dask)
+    workers: Literal["threads", "processes"] = "threads"  # how --jobs run: threads start at once; processes isolate
+                                                          # a crash inside the HDF5 library (with threads the next
+                                                          # ingest isolates the run that crashed)
     codec: str = "none"  # frame compression (none: fastest reads; see docs/dataset-format.md)
     shard_frames: int | None = None  # frames per shard file (None: ~24 MiB)
     validity: ValidityRules = field(default_factory=ValidityRules)
@@ -72,7 +77,7 @@ class IngestConfig:
             raise ValueError("sources is empty: name at least one run file or folder (or runs to --force)")
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(f"format={self.format!r} must be auto or one of {', '.join(FORMATS)}")
-        if not 1 <= self.jobs <= 256:
+        if self.jobs is not None and not 1 <= self.jobs <= 256:
             raise ValueError(f"jobs={self.jobs} must be in 1..256")
         if self.workers not in WORKERS:
             raise ValueError(f"workers={self.workers!r} must be one of {', '.join(WORKERS)}")
@@ -84,7 +89,7 @@ class IngestConfig:
             from .dask_ingest import check_scheduler
 
             check_scheduler(self.dask)
-            if self.jobs != 1:
+            if self.jobs not in (None, 1):
                 raise ValueError(f"jobs={self.jobs} with dask={self.dask!r}: choose one (the cluster's workers "
                                  "are the parallelism)")
         if not 0.5 <= self.lock_ttl_s <= 86400:
@@ -262,7 +267,7 @@ def _ingest_into(store: Store, config: IngestConfig, files: list[RunSource], out
 
             run_on_dask(jobs, config.dask, on_done, safe_ingest)
         else:
-            run_jobs(jobs, config.jobs, on_done, config.workers, interrupted)
+            run_jobs(jobs, config.jobs or DEFAULT_JOBS, on_done, config.workers, interrupted)
     finally:
         bar.close()
     if not store.remote:

@@ -1,12 +1,12 @@
 """Ingest one run (an HDF5 file or an imported :class:`~.interop.RunSource`) into a staging folder of the store
 (runs in a worker process).
 
-Frames stream from the source one shard at a time into a reused buffer and go to disk as finished shard
-files (:mod:`.shard_writer`), each fsynced in the background while the next is made; the source's
-sha256 is computed in a thread while that happens. Frames stored the way ``write_run`` stores them
-(uncompressed, unfiltered chunks of whole frames, or a contiguous dataset) are read with one positioned
-vector read per shard at the chunks' own file offsets, as large as a plain file copy's reads; any other
-layout goes through h5py.
+Frames stream from the source one shard at a time, into two reused buffers: a thread reads the next shard
+while the current one goes to disk as a finished shard file (:mod:`.shard_writer`), each fsynced in the
+background; the source's sha256 is computed in a thread while that happens. Frames stored the way
+``write_run`` stores them (uncompressed, unfiltered chunks of whole frames, or a contiguous dataset) are
+read with one positioned vector read per shard at the chunks' own file offsets, as large as a plain file
+copy's reads; any other layout goes through h5py.
 """
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ class RunJob:
 
 
 def file_sha256(path: str) -> str:
+    """The file's sha256 (hex), read in blocks into one reused buffer (no fresh 8 MiB of pages to fault in per read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
+    block = bytearray(HASH_BLOCK)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -108,34 +111,75 @@ def _read_direct(fd: int, path: str, offsets: np.ndarray, out: np.ndarray, junk:
         i = j
 
 
-def _copy_frames(h5, info: RunInfo, camera: str, writer: FramesShardWriter, buf: np.ndarray) -> None:
-    """Stream one camera's frames, segment after segment, into whole shard files."""
-    shard = len(buf)
-    filled, index = 0, 0
-    junk = np.empty(MAX_GAP, dtype=np.uint8)
+@dataclass
+class _Piece:
+    """Frames ``pos:pos+take`` of one segment's camera dataset, into rows ``dst:dst+take`` of a shard buffer."""
+
+    ds: object  # h5py.Dataset, or an imported run's dataset-like (``read_direct``)
+    offsets: np.ndarray | None  # file offset of each of the segment's frames: read directly (frame_offsets)
+    file: str  # the file those offsets are in (the dataset's own: an external link may point elsewhere)
+    pos: int
+    take: int
+    dst: int
+
+
+def _shard_plan(h5, info: RunInfo, camera: str, shard: int) -> list[list[_Piece]]:
+    """For each shard of ``camera``, the segment pieces that fill it (a shard may span segments)."""
+    plan: list[list[_Piece]] = [[]]
+    filled = 0
     for seg in info.segments:
         ds = h5["segments"][seg.name][camera]
         offsets = frame_offsets(ds)
-        fd = os.open(ds.file.filename, os.O_RDONLY) if offsets is not None else None
-        try:
-            pos = 0
-            while pos < seg.n_frames:
-                take = min(shard - filled, seg.n_frames - pos)
-                if fd is None:
-                    ds.read_direct(buf, np.s_[pos : pos + take], np.s_[filled : filled + take])
-                else:
-                    _read_direct(fd, info.path, offsets[pos : pos + take], buf[filled : filled + take], junk)
-                pos += take
-                filled += take
-                if filled == shard:
-                    writer.write_shard(index, buf)
-                    index += 1
-                    filled = 0
-        finally:
-            if fd is not None:
-                os.close(fd)
-    if filled:
-        writer.write_shard(index, buf[:filled])
+        file = ds.file.filename if offsets is not None else ""
+        pos = 0
+        while pos < seg.n_frames:
+            if filled == shard:
+                plan.append([])
+                filled = 0
+            take = min(shard - filled, seg.n_frames - pos)
+            plan[-1].append(_Piece(ds, offsets, file, pos, take, filled))
+            pos += take
+            filled += take
+    return plan if plan[0] else []
+
+
+def _fill(fds: dict[str, int], path: str, pieces: list[_Piece], buf: np.ndarray, junk: np.ndarray) -> np.ndarray:
+    """Read one shard's frames into ``buf`` (``fds``: the open source files); returns the filled rows."""
+    for p in pieces:
+        if p.offsets is None:
+            p.ds.read_direct(buf, np.s_[p.pos : p.pos + p.take], np.s_[p.dst : p.dst + p.take])
+        else:
+            _read_direct(fds[p.file], path, p.offsets[p.pos : p.pos + p.take], buf[p.dst : p.dst + p.take], junk)
+    return buf[: pieces[-1].dst + pieces[-1].take]
+
+
+def _copy_frames(h5, info: RunInfo, cameras: list[str], writers: list[FramesShardWriter], bufs: list[np.ndarray],
+                 reader: ThreadPoolExecutor) -> None:
+    """Stream every camera's frames, segment after segment, into whole shard files: shard k+1 is read (in
+    ``reader``, into the other of the two ``bufs``) while shard k is CRC'd and written, so the source is read
+    while the disk takes the writes."""
+    shards = [(writer, k, pieces) for cam, writer in zip(cameras, writers, strict=True)
+              for k, pieces in enumerate(_shard_plan(h5, info, cam, len(bufs[0])))]
+    if not shards:
+        return
+    junk = np.empty(MAX_GAP, dtype=np.uint8)
+    fds: dict[str, int] = {}
+    pending = None
+    try:
+        for file in {p.file for _, _, pieces in shards for p in pieces if p.offsets is not None}:
+            fds[file] = os.open(file, os.O_RDONLY)
+        pending = reader.submit(_fill, fds, info.path, shards[0][2], bufs[0], junk)
+        for i, (writer, k, _) in enumerate(shards):
+            frames = pending.result()
+            pending = None
+            if i + 1 < len(shards):
+                pending = reader.submit(_fill, fds, info.path, shards[i + 1][2], bufs[(i + 1) % 2], junk)
+            writer.write_shard(k, frames)
+    finally:
+        if pending is not None:  # an error while writing: let the read in flight end before closing its file
+            pending.exception()
+        for fd in fds.values():
+            os.close(fd)
 
 
 def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta, zarr_store=None, shard_sink=None) -> dict:
@@ -152,9 +196,10 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta, zarr_sto
     group = None if zarr_store is None else zarr.open_group(zarr_store, path=path, mode="w")  # object storage
     if group is None:
         os.makedirs(path, exist_ok=True)
-    buf = np.empty((shard, info.height, info.width, 3), dtype=np.uint8)
+    bufs = [np.empty((shard, info.height, info.width, 3), dtype=np.uint8) for _ in range(2)]
     writers = []
-    with info.open() as h5, ThreadPoolExecutor(max_workers=2) as sync:  # the HDF5 file, or a run shaped like it
+    # the HDF5 file, or a run shaped like it; a thread reading frames ahead, two fsyncing finished shards
+    with info.open() as h5, ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=2) as sync:
         for cam in info.cameras:
             if group is None:
                 array_writer.write_frames_metadata(os.path.join(path, cam), n, info.height, info.width, shard,
@@ -164,7 +209,7 @@ def write_run_group(path: str, job: RunJob, info: RunInfo, source_meta, zarr_sto
             sink = shard_sink(cam) if shard_sink is not None else None
             writers.append(FramesShardWriter(os.path.join(path, cam), n, shard, job.codec,
                                              sync if sink is None else None, sink))
-            _copy_frames(h5, info, cam, writers[-1], buf)
+        _copy_frames(h5, info, list(info.cameras), writers, bufs, reader)
         segment = np.concatenate([np.full(s.n_frames, i, dtype=np.int32) for i, s in enumerate(info.segments)])
         s = info.series
         speed_name = speed_series_name([e.name for e in info.extras if not e.shape])

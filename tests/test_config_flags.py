@@ -94,7 +94,7 @@ def test_nested_renamed_and_negated_flags_round_trip():
 
     config = config_from_args(IngestConfig, args)
     assert config.validity == ValidityRules(max_gap_s=0.2, reject_pinned_steer=False, accepted_states=(1, 3))
-    assert config.lock_ttl_s == 30.0 and config.jobs == 1
+    assert config.lock_ttl_s == 30.0 and config.jobs is None  # None: ingest's default
 
 
 def test_pairs_and_json_flags():
