@@ -42,7 +42,7 @@ class DemoConfig:
     width: int = 64  # frame width in pixels
     steps: int = 2400  # training steps
     eval_tracks: int = 6  # held-out tracks driven closed-loop
-    jobs: int = 2  # ingest processes
+    jobs: int = 2  # runs ingested at once
     seed: int = 0  # tracks, split and initialisation
     threads: int = 0  # compute threads (0 = auto: physical cores, 1 on a busy machine)
 

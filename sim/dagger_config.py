@@ -26,7 +26,7 @@ class DaggerConfig:
     max_seconds: float = 60.0    # per held-out track
     fps: float = 30.0            # camera and control rate
     seed: int = 0                # first training track seed, the mixture draws and render noise
-    jobs: int = 1                # ingest processes
+    jobs: int = 1                # runs ingested at once
     progress: bool = True        # training progress bar on a terminal
 
     def __post_init__(self):
