@@ -1,5 +1,5 @@
 """Ingest one run (an HDF5 file or an imported :class:`~.interop.RunSource`) into a staging folder of the store
-(runs in a worker process).
+(runs in an ingest worker, a thread or a process: :mod:`.ingest_workers`).
 
 Frames stream from the source one shard at a time, into two reused buffers: a thread reads the next shard
 while the current one goes to disk as a finished shard file (:mod:`.shard_writer`), each fsynced in the
