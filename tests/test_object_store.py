@@ -182,7 +182,7 @@ def test_killed_ingest_on_object_storage_resumes(s3_url, s3_endpoint, tmp_path):
     with FaultProxy(s3_endpoint, only=("PUT", "/c/"), delay_s=0.2) as slow:  # slow shard uploads
         env = {**__import__("os").environ, "AWS_ENDPOINT_URL": slow.url}
         cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", s3_url,
-               "--shard-frames", "16", "--lock-ttl", "1"]
+               "--shard-frames", "16", "--lock-ttl", "1", "--jobs", "1"]  # one run at a time: run_000 is done
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + SAFETY_S
         while time.time() < deadline and not slow.requests("PUT", "runs/run_001/left/c/"):
