@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JOBS = 2  # runs in flight overlap one run's fixed costs and CPU with another's disk time
 
+
 @dataclass
 class IngestConfig:
     """What to ingest and how. ``sources`` are run files, donkeycar tubs, LeRobot datasets or folders of them.

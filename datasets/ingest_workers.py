@@ -80,7 +80,11 @@ def _in_threads(jobs: list[RunJob], n: int, on_done: OnDone, work) -> None:
     handed = set()
     try:
         for fut in as_completed(futures):
-            on_done(futures[fut], fut.result())
+            try:
+                result = fut.result()
+            except Exception as e:  # ``work`` is meant never to raise; if it does, the run fails, not the ingest
+                result = _failed(futures[fut], f"worker error: {type(e).__name__}: {e}")
+            on_done(futures[fut], result)
             handed.add(fut)
     except BaseException:  # Ctrl-C, or a commit failed: start nothing new, let what runs finish, drop its staging
         pool.shutdown(wait=True, cancel_futures=True)  # (a staging folder left would mark its run as crashed)
