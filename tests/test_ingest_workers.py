@@ -109,3 +109,16 @@ def test_an_interrupted_thread_pool_leaves_nothing_staged(tmp_path):
         run_jobs(jobs, 2, interrupt, work=safe_ingest)
     assert not os.listdir(tmp_path / "s.zarr" / STAGING)
     assert Store(tmp_path / "s.zarr").runs == []
+
+
+def test_workers_and_jobs_flags():
+    from driver.cli import build_parser
+    from driver.config_flags import config_from_args
+
+    args = build_parser().parse_args(["ingest", "r.h5", "--out", "s.zarr", "--jobs", "3", "--workers", "processes"])
+    config = config_from_args(IngestConfig, args)
+    assert (config.jobs, config.workers) == (3, "processes")
+    default = config_from_args(IngestConfig, build_parser().parse_args(["ingest", "r.h5", "--out", "s.zarr"]))
+    assert (default.jobs, default.workers) == (None, "threads")  # None: DEFAULT_JOBS (2)
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        build_parser().parse_args(["ingest", "r.h5", "--out", "s.zarr", "--workers", "fork"])
