@@ -12,8 +12,8 @@ measurements; the table gives the median MB/s of each, its ratio to the ceiling 
 and to the better of the two ceilings (the disk's best; on a shared disk the 2-stream copy is sometimes
 the slower), and the CPU seconds it used (user + system, this process and its worker processes): on a
 machine whose cores are busy with other work, CPU time turns into wall time; then each round's MB/s.
-Also measured: what hashing the sources alone costs (sha256, which ingest records for every run) and how
-long a spawned ingest worker takes to start.
+Also measured: what hashing the sources alone costs (sha256, which ingest records for every run), how
+long a spawned ingest worker takes to start, and what a run costs besides its bytes (runs of 10 frames).
 """
 
 from __future__ import annotations
@@ -84,6 +84,16 @@ def worker_start_seconds() -> float:
     return time.perf_counter() - t0
 
 
+def fixed_seconds_per_run(runs: Path, out: Path) -> float:
+    """Seconds per run of ingesting runs of 10 frames (--jobs 1): what a run costs besides its bytes."""
+    t0 = time.perf_counter()
+    report = ingest(IngestConfig(sources=[str(runs)], out=str(out), jobs=1))
+    seconds = time.perf_counter() - t0
+    assert report.ok, report
+    shutil.rmtree(out)
+    return seconds / len(report.outcomes)
+
+
 def cpu_seconds() -> float:
     """User + system CPU of this process and its finished children."""
     return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
@@ -119,9 +129,11 @@ def main():
     }
     rates: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
-    starts = []
+    starts, fixed = [], []
+    write_synthetic_runs(work / "tiny", 8, n_frames=10, height=94, width=168, stereo=True, seed=1)
     for r in range(args.rounds):
         starts.append(worker_start_seconds())
+        fixed.append(fixed_seconds_per_run(work / "tiny", work / f"tiny_out_{r}"))
         for name, (run, _) in cases.items():
             out = work / f"out_{r}_{abs(hash(name))}"
             for p in sources:
@@ -148,6 +160,9 @@ def main():
     one_job = total / 1e6 / statistics.median(rates["driver ingest --jobs 1"])
     print(f"a spawned ingest worker starts (Python + imports) in {statistics.median(starts):.2f} s (median of "
           f"{len(starts)}); the whole ingest at --jobs 1 takes {one_job:.2f} s")
+    per_run = total / 1e6 / statistics.median(rates["driver ingest --jobs 1"]) / args.runs
+    print(f"fixed cost of a run (8 runs x 10 frames, --jobs 1): {statistics.median(fixed) * 1e3:.0f} ms per run "
+          f"(median of {len(fixed)}), against {per_run:.2f} s per run above")
 
 
 if __name__ == "__main__":
