@@ -54,8 +54,8 @@ class IngestConfig:
     sources: list[str]  # run files (.h5/.hdf5), donkeycar tubs, LeRobot v3 datasets, or folders of them (optional with
                         # --force RUN)
     out: str  # store path or URL (s3://bucket/prefix, gs://, az://; created if missing)
-    jobs: int | None = None  # runs ingested at once, 1..256 (None: 2, faster than 1 even on 2 cores, see
-                             # docs/benchmarks.md; 1 with --dask)
+    jobs: int | None = None  # runs ingested at once, 1..256 (None: 2, faster than 1 on lab-sized runs even on
+                             # 2 cores: docs/benchmarks.md; 1 with --dask)
     workers: Literal["threads", "processes"] = "threads"  # how --jobs run: threads start at once; processes isolate
                                                           # a crash inside the HDF5 library (with threads the next
                                                           # ingest isolates the run that crashed)
