@@ -19,6 +19,7 @@ from driver.datasets.validity import ValidityRules, validity_mask
 from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
+from .ingest_workers import dies_on_run_001
 
 
 def _assert_run_equal(store_path, run_name, h5_path, cameras=("left", "right")):
@@ -182,14 +183,6 @@ def test_replace_killed_between_renames_keeps_the_old_run(tmp_path, segments):
     assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
 
 
-def _dies_on_run_001(job):
-    from driver.datasets.ingest import _safe_ingest
-
-    if job.run == "run_001":
-        os._exit(3)  # a worker killed mid-run (OOM killer, a crash in a native library)
-    return _safe_ingest(job)
-
-
 @pytest.mark.slow
 def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     from driver.datasets.ingest import _plan, _run_jobs
@@ -200,7 +193,7 @@ def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     jobs, known = _plan(create_store(config.out), config, [str(p) for p in runs])
     assert len(jobs) == 4 and not known
     results = {}
-    _run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), work=_dies_on_run_001)
+    _run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), work=dies_on_run_001)
     assert {r: v["status"] for r, v in results.items()} == {
         "run_000": "ingested", "run_001": "failed", "run_002": "ingested", "run_003": "ingested"}
     assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
@@ -221,11 +214,11 @@ def test_a_failed_first_ingest_leaves_no_store(tmp_path):
 
 
 RACER = """
-import os, sys, time
+import os, sys
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import StoreError
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.001)
+print("ready", flush=True)
+os.read(int(sys.argv[3]), 1)  # the start line: every racer blocks here until the test closes the pipe
 try:
     report = ingest(IngestConfig(sources=[sys.argv[1]], out=sys.argv[2]))
     print("ok" if report.ok else "failed")
@@ -236,29 +229,35 @@ except StoreError as e:
 
 @pytest.mark.slow
 def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
+    """20 processes ingest the same runs into one new store, released at once from one start line."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=11)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):
-        out, go = tmp_path / f"s{attempt}.zarr", tmp_path / f"go{attempt}"
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "runs"), str(out), str(go)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = tmp_path / "s.zarr"
+    start_r, start_w = os.pipe()
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "runs"), str(out), str(start_r)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                  pass_fds=(start_r,))
                  for _ in range(20)]
-        time.sleep(3)  # let every process import and wait at the start line
-        go.write_text("go")
-        results = [p.communicate(timeout=SAFETY_S) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
-        lines = [o.strip() for o, _ in results]
-        assert all(line == "ok" or line.startswith("refused:") for line in lines), lines
-        assert "ok" in lines  # someone ingested; the others stopped with one clear line
-        assert all("another ingest is writing this store" in line or "removed" in line
-                   for line in lines if line != "ok")
-        assert Store(out).runs == ["run_000", "run_001"]
-        for p in runs:
-            _assert_run_equal(out, p.stem, p)
-        assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
-        assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
-        again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
-        assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
+        os.close(start_r)
+        for p in procs:  # every racer has imported and waits at the start line (no sleep to guess how long)
+            assert p.stdout.readline().strip() == "ready", p.communicate(timeout=SAFETY_S)[1][-500:]
+    finally:
+        os.close(start_w)  # end of file on the pipe: all 20 go at once
+    results = [p.communicate(timeout=SAFETY_S) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
+    lines = [o.strip() for o, _ in results]
+    assert all(line == "ok" or line.startswith("refused:") for line in lines), lines
+    assert "ok" in lines  # someone ingested; the others stopped with one clear line
+    assert all("another ingest is writing this store" in line or "removed" in line
+               for line in lines if line != "ok")
+    assert Store(out).runs == ["run_000", "run_001"]
+    for p in runs:
+        _assert_run_equal(out, p.stem, p)
+    assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
+    again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
+    assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
 
 
 def test_a_creator_that_loses_the_lock_leaves_the_store_to_its_holder(tmp_path, monkeypatch):

@@ -30,7 +30,9 @@ def _files_under(root) -> dict[str, bytes]:
 def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_endpoint, s3_bucket, tmp_path, caplog,
                                                                      monkeypatch):
     """The CLI end to end on a bucket: ingest; train with 2 torchrun ranks, each with a forkserver DataLoader
-    worker reading its own runs through the node's cache; replay. Then look for the secret everywhere."""
+    worker reading its own runs through the node's cache; replay. Then look for the secret everywhere.
+    This is also the suite's data-parallel (DDP, gloo) test: the ranks' disjoint run split, the step count and
+    one RNG state per rank in the checkpoint."""
     key_id, secret = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"SECRET{uuid.uuid4().hex}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "OMP_NUM_THREADS": "1",
            "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
