@@ -201,19 +201,36 @@ def test_every_error_class_derives_from_driver_error():
     assert seen > 100 and not outside
 
 
-def test_drive_config_declares_its_parts_fields_once():
+def test_drive_config_declares_its_parts_fields_once(capsys):
+    from driver.vehicle.camera import CameraConfig
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.limits import LimitsConfig
     from driver.vehicle.safety import SafetyConfig
 
     own = set(vars(DriveConfig)["__annotations__"])
-    for part in (LimitsConfig, SafetyConfig):
+    declared = [name for cls in DriveConfig.__mro__ if dataclasses.is_dataclass(cls)
+                for name in vars(cls).get("__annotations__", {})]
+    assert len(declared) == len(set(declared)) == len(dataclasses.fields(DriveConfig))  # each field declared once
+    for part in (CameraConfig, LimitsConfig, SafetyConfig):
         names = {f.name for f in dataclasses.fields(part)}
         assert not own & names and names <= {f.name for f in dataclasses.fields(DriveConfig)}
-    c = DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "ack_timeout_ms": 300})
+    c = DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "ack_timeout_ms": 300,
+                               "fps": 20, "loop_video": True})
+    assert c.camera_config == CameraConfig("sim", fps=20.0, loop_video=True)
     assert c.limits == LimitsConfig(max_throttle=0.2)
-    assert c.safety == SafetyConfig(ack_timeout_ms=300, deadline_ms=1000.0 / 30.0)  # 0: one frame period
+    assert c.safety == SafetyConfig(ack_timeout_ms=300, deadline_ms=1000.0 / 20.0)  # 0: one frame period
     with pytest.raises(ValueError, match="max_throttle=2"):
         DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 2})  # LimitsConfig's own check
-    args = build_parser().parse_args(["drive", "--model", "m.pt", "--camera", "sim", "--max-throttle", "0.2"])
-    assert given_values(args, DriveConfig) == {"model": "m.pt", "camera": "sim", "max_throttle": 0.2}
+    with pytest.raises(ValueError, match="fourcc='MJPEG' must be 4 characters"):  # CameraConfig's own check
+        DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "fourcc": "MJPEG"})
+    args = build_parser().parse_args(["drive", "--model", "m.pt", "--camera", "sim", "--max-throttle", "0.2",
+                                      "--fps", "15", "--width", "320", "--height", "240", "--fourcc", "YUYV",
+                                      "--side-by-side", "--loop-video"])
+    assert given_values(args, DriveConfig) == {"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "fps": 15.0,
+                                               "width": 320, "height": 240, "fourcc": "YUYV", "side_by_side": True,
+                                               "loop_video": True}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drive", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the camera flags' help comes from CameraConfig's comments
+    assert "--fourcc FOURCC V4L2 pixel format asked for (default: 'MJPG')" in text
+    assert "--loop-video, --no-loop-video file camera: start over at the end" in text
