@@ -372,7 +372,8 @@ def _train_flags(s: argparse.ArgumentParser) -> None:
                    "(default: none)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a run exactly where it stopped (default: a new run)")
-    add_config_flags(s, TrainConfig, notes={"arch": "one of: " + ", ".join(list_models())})
+    add_config_flags(s, TrainConfig, notes={"arch": "one of: " + ", ".join(list_models())}, required=("data",),
+                     required_unless="in --config FILE or with --resume")
 
 
 def _world_knobs(**choices) -> dict:
@@ -392,7 +393,7 @@ def _sim_record_flags(s: argparse.ArgumentParser) -> None:
 def _sim_dagger_flags(s: argparse.ArgumentParser) -> None:
     from driver.sim.dagger_config import DaggerConfig
 
-    add_config_flags(s, DaggerConfig, metavar={"variants": "V", "eval_variants": "V"})
+    add_config_flags(s, DaggerConfig, metavar={"variants": "V", "eval_variants": "V"}, required=("model", "data"))
 
 
 def _sim_drive_flags(s: argparse.ArgumentParser) -> None:
@@ -420,7 +421,7 @@ def _drive_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", default=None, metavar="FILE",
                    help="a car's settings: TOML or YAML of the options below, a [drive] table allowed; flags "
                    "override it (default: none)")
-    add_config_flags(s, DriveConfig)
+    add_config_flags(s, DriveConfig, required=("model",), required_unless="in --config FILE")
 
 
 def _export_flags(s: argparse.ArgumentParser) -> None:
@@ -457,7 +458,7 @@ def _compress_flags(s: argparse.ArgumentParser) -> None:
 def _link_flags(s: argparse.ArgumentParser) -> None:
     from driver.vehicle.link_check import LinkCheckConfig
 
-    add_config_flags(s, LinkCheckConfig)
+    add_config_flags(s, LinkCheckConfig, required=("port",))
 
 
 def _demo_flags(s: argparse.ArgumentParser) -> None:
