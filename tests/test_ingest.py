@@ -213,17 +213,34 @@ def test_a_failed_first_ingest_leaves_no_store(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-RACER = """
-import os, sys
+RACERS = """
+import os, sys, traceback
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import StoreError
+runs, out, start, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+children = []
+for _ in range(n):  # n racers forked after the imports: each a process of its own, none paying for them
+    pid = os.fork()
+    if pid:
+        children.append(pid)
+        continue
+    code = 0
+    try:
+        os.read(start, 1)  # the start line: every racer blocks here until the test closes the pipe
+        try:
+            report = ingest(IngestConfig(sources=[runs], out=out))
+            line = "ok" if report.ok else "failed"
+        except StoreError as e:
+            line = "refused: " + " ".join(str(e).split())
+        os.write(1, (line + "\\n").encode())  # one short write: racers' lines never interleave
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
 print("ready", flush=True)
-os.read(int(sys.argv[3]), 1)  # the start line: every racer blocks here until the test closes the pipe
-try:
-    report = ingest(IngestConfig(sources=[sys.argv[1]], out=sys.argv[2]))
-    print("ok" if report.ok else "failed")
-except StoreError as e:
-    print("refused:", e)
+failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+sys.exit(f"{len(failed)} racer(s) failed" if failed else 0)
 """
 
 
@@ -231,23 +248,21 @@ except StoreError as e:
 def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
     """20 processes ingest the same runs into one new store, released at once from one start line."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=11)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "s.zarr"
     start_r, start_w = os.pipe()
     try:
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "runs"), str(out), str(start_r)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                  pass_fds=(start_r,))
-                 for _ in range(20)]
+        proc = subprocess.Popen([sys.executable, "-c", RACERS, str(tmp_path / "runs"), str(out), str(start_r), "20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, pass_fds=(start_r,))
         os.close(start_r)
-        for p in procs:  # every racer has imported and waits at the start line (no sleep to guess how long)
-            assert p.stdout.readline().strip() == "ready", p.communicate(timeout=SAFETY_S)[1][-500:]
+        # all 20 have forked and wait at the start line (no sleep to guess how long imports take)
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=SAFETY_S)[1][-2000:]
     finally:
         os.close(start_w)  # end of file on the pipe: all 20 go at once
-    results = [p.communicate(timeout=SAFETY_S) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
-    lines = [o.strip() for o, _ in results]
-    assert all(line == "ok" or line.startswith("refused:") for line in lines), lines
+    stdout, stderr = proc.communicate(timeout=SAFETY_S)
+    assert proc.returncode == 0, stderr[-3000:]
+    lines = stdout.splitlines()
+    assert len(lines) == 20 and all(line == "ok" or line.startswith("refused:") for line in lines), lines
     assert "ok" in lines  # someone ingested; the others stopped with one clear line
     assert all("another ingest is writing this store" in line or "removed" in line
                for line in lines if line != "ok")
