@@ -55,7 +55,7 @@ def test_models_table(capsys):  # in this process: parsing and dispatch are the 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_its_next_step_runs_as_printed(tmp_path):
     r = _driver("demo", "--workdir", str(tmp_path / "d"), "--runs", "3", "--seconds", "6", "--steps", "4",
-                "--eval-tracks", "1", "--jobs", "1")
+                "--eval-tracks", "1", "--jobs", "1", "--height", "32", "--width", "48")  # 32x48: 2/3 of the CPU
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "d" / "report.md").read_text()
     assert "3 simulated runs" in report and "| train |" in report

@@ -135,7 +135,7 @@ def test_refuses_a_non_store_path(tmp_path):
 
 @pytest.mark.slow
 def test_killed_ingest_resumes(tmp_path):
-    runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=400, height=94, width=168, seed=6)
+    runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=200, height=64, width=96, seed=6)
     out = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
