@@ -133,7 +133,6 @@ def test_refuses_a_non_store_path(tmp_path):
         IngestConfig(sources=["a.h5"], out="s", jobs=0)
 
 
-@pytest.mark.slow
 def test_killed_ingest_resumes(tmp_path):
     runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=200, height=64, width=96, seed=6)
     out = tmp_path / "s.zarr"
@@ -244,7 +243,6 @@ sys.exit(f"{len(failed)} racer(s) failed" if failed else 0)
 """
 
 
-@pytest.mark.slow
 def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
     """20 processes ingest the same runs into one new store, released at once from one start line."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=11)

@@ -162,7 +162,6 @@ def test_progress_prints_lines_without_a_terminal(caplog):
     assert "train 5/10 (50%)" in caplog.text and "ETA" in caplog.text and "loss 0.1234" in caplog.text
 
 
-@pytest.mark.slow
 def test_cli_resume_of_a_finished_run_says_so(mono50, tmp_path, capsys, caplog):
     from driver.cli import main
 
