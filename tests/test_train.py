@@ -83,7 +83,8 @@ def _rows(run_dir):
 
 def _train_cmd(store, out, name, *extra):
     return [sys.executable, "-m", "driver.cli", "train", "--data", str(store), "--arch", "squeezenet_gru",
-            "--arch-kwargs", '{"hidden_size": 8}', "--cameras", "left", "--stack", "2", "--clip-length", "3",
+            "--arch-kwargs", '{"hidden_size": 8, "base_width": 16, "width_increment": 16}', "--cameras",
+            "left", "--stack", "2", "--clip-length", "3",
             "--horizon", "2", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "8",
             "--checkpoint-every", "2", "--val-every", "5", "--precision", "bf16", "--warmup-steps", "4",
             "--val-fraction", "0.25", "--out", str(out), "--name", name, "--no-progress", *extra]
