@@ -1,4 +1,5 @@
-"""The `driver` command line: parses arguments into typed configs and dispatches. Nothing else."""
+"""The `driver` command line: parses arguments into typed configs and dispatches. Nothing else (each
+subcommand's flags and examples are in driver/cli_flags.py)."""
 
 from __future__ import annotations
 
@@ -11,80 +12,9 @@ import typing
 
 from rich.console import Console
 
-from driver.config_flags import add_config_flags, config_from_args, given_values
+from driver import cli_flags
+from driver.config_flags import config_from_args, given_values
 from driver.errors import DriverError
-
-INGEST_EXAMPLES = """examples:
-  driver ingest runs/*.h5 --out data/store.zarr
-  driver ingest runs/ --out data/store.zarr --jobs 2            # every .h5/.hdf5 in runs/
-  driver ingest runs/*.h5 --out store.zarr --accepted-states 1 --min-motor 50 --max-gap 0.2
-  driver ingest new_runs/*.h5 --out data/store.zarr             # adds new runs; unchanged ones are skipped
-  driver ingest --out data/store.zarr --force run_003           # re-ingest a damaged run from its recorded source
-  driver ingest runs/ --out data/store.zarr --force             # re-ingest everything
-  driver ingest ~/mycar/data/tub_3 --out store.zarr              # a donkeycar tub: one run per session
-  driver ingest lerobot_ds/ --out store.zarr --mapping car.toml  # a LeRobot v3 dataset: one run per episode
-  driver ingest runs/*.h5 --out s3://lab/driving.zarr            # a store on object storage (driver[s3])
-  driver ingest runs/ --out s3://lab/driving.zarr --dask local:4  # 4 Dask worker processes (driver[dask])
-  driver ingest /nfs/runs --out s3://lab/driving.zarr --dask tcp://10.0.0.5:8786   # a Dask cluster
-
-A run that fails validation is reported on one line and skipped; the others are ingested and the exit
-code is 1. A killed ingest leaves no half-written run: run the same command again to finish. Two ingests
-into one store never both write: the second stops at once with one line. A first ingest that stores no
-run leaves no store behind.
-"""
-
-VERIFY_EXAMPLES = """examples:
-  driver verify data/store.zarr                       # every run; exit code 1 if any is damaged
-  driver verify data/store.zarr --runs run_003 run_007
-  driver verify s3://lab/driving.zarr                 # a store on object storage
-Repair a damaged run with `driver ingest --out data/store.zarr --force RUN` (re-read from its source).
-"""
-
-TRAIN_EXAMPLES = """examples:
-  driver train --data store.zarr --arch squeezenet_lstm
-  driver train --data s3://lab/driving.zarr --num-workers 4    # from object storage, through a local cache
-  driver train --data store.zarr --arch squeezenet --stack 2 --epochs 20 --batch-size 64 --name sq1
-  driver train --config train.toml --lr 3e-4          # flags override the file
-  driver train --resume runs/train/sq1                # after a crash or kill -9: continues exactly
-  torchrun --nproc-per-node 2 -m driver.cli train --data store.zarr --name ddp1   # data parallel
-"""
-
-DRIVE_EXAMPLES = """examples:
-  driver drive --port /dev/ttyUSB0 --model best.onnx                            # USB camera 0, ONNX Runtime
-  driver drive --config car.toml                                                # a car's settings in one file
-  driver drive --config car.toml --max-throttle 0.2 --shadow                    # flags override the file
-  driver drive --port /dev/ttyUSB0 --model best.pt --camera /dev/video2 --fps 30 --max-throttle 0.25
-  driver drive --model best.pt --camera sim --seconds 60                        # no car: the simulator
-  driver drive --port /dev/ttyUSB0 --model best.onnx --cpus 2,3 --realtime      # a car computer's own cores
-  driver drive --port /dev/ttyUSB0 --model best.pt --camera replay:store.zarr:run_003
-Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a failsafe check fired
-(the MCU going FAILSAFE on its own included), 2 when it could not start (bad model, port, camera, flag).
-"""
-
-LINK_EXAMPLES = """examples:
-  driver link --port /dev/ttyUSB0
-  python -m driver.vehicle.fake_mcu driver link --port {port}      # no hardware: the firmware's logic on a pty
-"""
-
-SIM_DRIVE_EXAMPLES = """examples:
-  driver sim drive --model expert --tracks 6                         # the expert: the pace reference
-  driver sim drive --model best.pt --tracks 6 --out drive6           # held-out tracks in their own variants
-  driver sim drive --model best.pt --tracks 6 --variants 10 11 --variant-split eval   # other held-out looks
-Prints a table per track (autonomy, pace vs the expert, lap times, interventions by cause, corner/straight
-speeds) and writes summary.json, top-down maps, speed profiles and videos to --out.
-"""
-
-SIM_DAGGER_EXAMPLES = """examples:
-  driver sim dagger --model demo_out/train/demo/best.pt --data demo_out/store.zarr --rounds 3
-  driver sim dagger --model runs/train/x/last.pt --data store.zarr --rounds 5 --tracks 8 --epochs-per-round 2 \\
-      --eval-tracks 6 --eval-variants 20 21 22 --out dagger5
-Run the same command again to continue a stopped run (or with a larger --rounds to add rounds).
-"""
-
-DEMO_EXAMPLES = """examples:
-  driver demo                  # sim record -> ingest -> train -> open-loop replay -> closed-loop sim drive
-  driver demo --workdir /tmp/d --runs 24 --steps 1200 --eval-tracks 10
-"""
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -303,172 +233,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- flags: each subcommand's come from its config dataclass (driver/config_flags.py) ----------------------
-
-def _ingest_flags(s: argparse.ArgumentParser) -> None:
-    from driver.datasets.ingest import IngestConfig
-    from driver.datasets.interop.mapping import FORMATS
-    from driver.datasets.layout import CODECS
-
-    add_config_flags(s, IngestConfig, positional=("sources",), skip=("force", "force_runs"),
-                     rename={"max_gap_s": "max-gap", "lock_ttl_s": "lock-ttl"},
-                     negate={"reject_pinned_steer": "keep-pinned-steer"},
-                     choices={"format": ("auto", *FORMATS), "codec": CODECS},
-                     metavar={"mapping": "FILE", "dask": "SCHEDULER", "lock_ttl_s": "S", "accepted_states": "S",
-                              "sources": "SOURCES"})
-    s.add_argument("--force", nargs="*", default=None, metavar="RUN",
-                   help="re-ingest even if unchanged: the named runs (from SOURCES, else from the source file the "
-                   "store recorded), or every run when no name follows (put --force after the sources) "
-                   "(default: only new or changed runs)")
-
-
-def _verify_flags(s: argparse.ArgumentParser) -> None:
-    from driver.datasets.verify import VerifyConfig
-
-    add_config_flags(s, VerifyConfig, positional=("store",), metavar={"runs": "RUN"})
-
-
-def _export_dataset_flags(s: argparse.ArgumentParser) -> None:
-    from driver.datasets.interop.lerobot_export import VCODECS, LeRobotExportConfig
-
-    s.add_argument("--to", choices=("lerobot",), required=True, help="dataset format (required)")
-    add_config_flags(s, LeRobotExportConfig, positional=("store", "out"), skip=("progress",),
-                     choices={"vcodec": VCODECS})
-
-
-def _view_flags(s: argparse.ArgumentParser) -> None:
-    from driver.view.store_view import ViewConfig
-
-    add_config_flags(s, ViewConfig, positional=("store",), skip=("sink",))
-    where = s.add_mutually_exclusive_group()
-    sink = next(f.default for f in dataclasses.fields(ViewConfig) if f.name == "sink")
-    where.add_argument("--save", default=None, metavar="OUT.rrd", help=f"write a recording (default: {sink})")
-    where.add_argument("--spawn", action="store_true", help="open a Rerun viewer on this machine (default: off)")
-    where.add_argument("--web", action="store_true",
-                       help="serve Rerun's web viewer on --port (Ctrl-C stops) (default: off)")
-    s.add_argument("--port", type=int, default=9090, help="web viewer port; gRPC on port + 1 (default: 9090)")
-
-
-def _info_flags(s: argparse.ArgumentParser) -> None:
-    s.add_argument("store", help="store path or URL")
-    s.add_argument("--lint", action="store_true", help="flag windows of saturated steering and of throttle "
-                   "without progress (the driver lost control); driver train drops them by default (default: off)")
-    s.add_argument("--lint-json", default=None, metavar="FILE",
-                   help="also write the lint report as JSON (default: none)")
-
-
-def _models_flags(s: argparse.ArgumentParser) -> None:
-    from driver.models import InputSpec
-
-    add_config_flags(s, InputSpec, rename={"n_modes": "modes"}, choices={"cameras": (1, 2), "stack": (1, 2)})
-
-
-def _train_flags(s: argparse.ArgumentParser) -> None:
-    from driver.models import list_models
-    from driver.training.config import TrainConfig
-
-    s.add_argument("--config", default=None, metavar="FILE",
-                   help="TOML or YAML file of the options below, a [train] table allowed; flags override it "
-                   "(default: none)")
-    s.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue a run exactly where it stopped (default: a new run)")
-    add_config_flags(s, TrainConfig, notes={"arch": "one of: " + ", ".join(list_models())})
-
-
-def _world_knobs(**choices) -> dict:
-    from driver.sim.car import CAR_MODELS
-    from driver.sim.track import SPLITS
-
-    return {"choices": {"split": tuple(SPLITS), "variant_split": tuple(SPLITS), "car": CAR_MODELS, **choices},
-            "metavar": {"variants": "V"}}
-
-
-def _sim_record_flags(s: argparse.ArgumentParser) -> None:
-    from driver.sim.record import SimRecordConfig
-
-    add_config_flags(s, SimRecordConfig, skip=("progress",), **_world_knobs())
-
-
-def _sim_dagger_flags(s: argparse.ArgumentParser) -> None:
-    from driver.sim.dagger_config import DaggerConfig
-
-    add_config_flags(s, DaggerConfig, metavar={"variants": "V", "eval_variants": "V"})
-
-
-def _sim_drive_flags(s: argparse.ArgumentParser) -> None:
-    from driver.sim.evaluate_policy import SimDriveConfig
-
-    add_config_flags(s, SimDriveConfig, optional_value={"view": "file"}, **_world_knobs(runtime=RUNTIMES))
-
-
-def _replay_flags(s: argparse.ArgumentParser) -> None:
-    from driver.sim.replay import ReplayConfig
-    from driver.sim.warp_replay import WarpReplayConfig
-
-    add_config_flags(s, ReplayConfig, optional_value={"view": "file"}, choices={"runtime": RUNTIMES},
-                     rename={"max_gap_s": "max-gap"})
-    closed = s.add_argument_group("closed loop (--closed-loop)")
-    closed.add_argument("--closed-loop", action="store_true",
-                        help="closed-loop replay by viewpoint warping (default: off, open loop)")
-    shared = {f.name for f in dataclasses.fields(ReplayConfig)}
-    add_config_flags(closed, WarpReplayConfig, skip=shared | {"camera"}, rename={"threshold_m": "threshold"})
-
-
-def _drive_flags(s: argparse.ArgumentParser) -> None:
-    from driver.vehicle.drive_config import DriveConfig
-
-    s.add_argument("--config", default=None, metavar="FILE",
-                   help="a car's settings: TOML or YAML of the options below, a [drive] table allowed; flags "
-                   "override it (default: none)")
-    add_config_flags(s, DriveConfig)
-
-
-def _export_flags(s: argparse.ArgumentParser) -> None:
-    from driver.export.onnx_export import OnnxExportConfig
-    from driver.export.torchscript import TorchScriptConfig
-
-    s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
-    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
-                   help="onnx (runs on ONNX Runtime, the car's runtime) or torchscript (default: onnx)")
-    add_config_flags(s, OnnxExportConfig)
-    shared = {f.name for f in dataclasses.fields(OnnxExportConfig)}
-    add_config_flags(s.add_argument_group("torchscript"), TorchScriptConfig, skip=shared)
-
-
-def _quantize_flags(s: argparse.ArgumentParser) -> None:
-    from driver.export.quantize import QuantizeConfig
-
-    s.add_argument("model", help="an exported .onnx model")
-    add_config_flags(s, QuantizeConfig)
-
-
-def _compress_flags(s: argparse.ArgumentParser) -> None:
-    from driver.export.compress import CompressConfig
-
-    s.add_argument("checkpoint", help="best.pt / last.pt / run dir")
-    add_config_flags(s, CompressConfig, skip=("progress",),
-                     metavar={"layer_bits": "PATTERN=BITS", "layer_density": "PATTERN=D"})
-    s.add_argument("--layers", action="store_true",
-                   help="also print one line per tensor: kept, bits, bytes (default: off)")
-    s.add_argument("--report", default=None, metavar="JSON", help="also write the whole report as JSON (default: "
-                   "none)")
-
-
-def _link_flags(s: argparse.ArgumentParser) -> None:
-    from driver.vehicle.link_check import LinkCheckConfig
-
-    add_config_flags(s, LinkCheckConfig)
-
-
-def _demo_flags(s: argparse.ArgumentParser) -> None:
-    from driver.demo import DemoConfig
-
-    add_config_flags(s, DemoConfig)
-
-
-RUNTIMES = ("torch", "onnx")
-
-
 @dataclasses.dataclass(frozen=True)
 class Command:
     """A subcommand: ``flags`` adds its flags to its parser (None: a group of subcommands), ``run`` runs it."""
@@ -482,68 +246,70 @@ class Command:
 
 # "sim X" is subcommand X of `driver sim`
 COMMANDS: dict[str, Command] = {
-    "ingest": Command(_ingest_flags, _ingest,
-        help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store", epilog=INGEST_EXAMPLES,
+    "ingest": Command(cli_flags.ingest_flags, _ingest,
+        help="shard runs (HDF5, donkeycar tubs, LeRobot) into a zarr v3 store", epilog=cli_flags.INGEST_EXAMPLES,
         description="Validate driving runs (HDF5 files, tub sessions, LeRobot episodes) and write them into a store."),
-    "verify": Command(_verify_flags, _verify,
-        help="check every chunk of a store against its checksums", epilog=VERIFY_EXAMPLES,
+    "verify": Command(cli_flags.verify_flags, _verify,
+        help="check every chunk of a store against its checksums", epilog=cli_flags.VERIFY_EXAMPLES,
         description="Reads every byte of the store's runs and checks it against its CRC32Cs; prints a table and "
         "exits 1 when any run is damaged."),
-    "export-dataset": Command(_export_dataset_flags, _export_dataset,
+    "export-dataset": Command(cli_flags.export_dataset_flags, _export_dataset,
         help="write a store as a LeRobot v3 dataset (parquet + MP4)", description="Each run becomes an episode; "
         "`driver ingest OUT` reads it back with labels exact. See docs/import-export.md."),
-    "view": Command(_view_flags, _view,
+    "view": Command(cli_flags.view_flags, _view,
         help="look at a store's runs in Rerun (pip install 'driver[view]')", description="Both cameras, "
         "steer/motor/state timelines, the validity mask, segment breaks and labels, scrubbable. See docs/view.md."),
-    "info": Command(_info_flags, _info,
+    "info": Command(cli_flags.info_flags, _info,
         help="show what a store holds", description="Runs, frames, modes, size, and the frames each validity rule "
         "removes; --lint flags where the driver lost control."),
-    "models": Command(_models_flags, _models,
+    "models": Command(cli_flags.models_flags, _models,
         help="list model architectures with parameters and MFLOPs per frame", description="Every registered "
         "architecture at one input size; 'input too small' where an architecture cannot take it. See "
         "docs/models.md."),
-    "train": Command(_train_flags, _train,
-        help="train a model on a store", epilog=TRAIN_EXAMPLES,
+    "train": Command(cli_flags.train_flags, _train,
+        help="train a model on a store", epilog=cli_flags.TRAIN_EXAMPLES,
         description="Train a controller; every option can also come from --config FILE."),
     "sim": Command(None, None, help="the driving simulator: record runs, drive a model closed-loop"),
-    "sim record": Command(_sim_record_flags, _sim_record,
+    "sim record": Command(cli_flags.sim_record_flags, _sim_record,
         help="record expert driving (with DART noise) as lab-format HDF5 runs"),
-    "sim drive": Command(_sim_drive_flags, _sim_drive,
-        help="a model (or the expert) drives held-out tracks: autonomy, pace, laps", epilog=SIM_DRIVE_EXAMPLES),
-    "sim dagger": Command(_sim_dagger_flags, _sim_dagger,
-        help="DAgger: the model drives, the expert labels, ingest, resume training", epilog=SIM_DAGGER_EXAMPLES,
+    "sim drive": Command(cli_flags.sim_drive_flags, _sim_drive,
+        help="a model (or the expert) drives held-out tracks: autonomy, pace, laps",
+        epilog=cli_flags.SIM_DRIVE_EXAMPLES),
+    "sim dagger": Command(cli_flags.sim_dagger_flags, _sim_dagger,
+        help="DAgger: the model drives, the expert labels, ingest, resume training",
+        epilog=cli_flags.SIM_DAGGER_EXAMPLES,
         description="Rounds of: the model drives training tracks with the expert taking over per a beta-mixture "
         "and near the road edge, every frame labelled with the expert's clean command; the runs are appended to "
         "--data; training resumes; held-out tracks are driven. A table of autonomy and pace per round. A stopped "
         "run continues. See docs/training.md."),
-    "replay": Command(_replay_flags, _replay,
+    "replay": Command(cli_flags.replay_flags, _replay,
         help="evaluate a model on recorded runs: open-loop, or closed-loop by warping",
         description="Open-loop: the model against the recorded human, frame by frame in order, beside the "
         "constant predictor (the training mean) and with R² per target. --closed-loop: the model drives a virtual "
         "car along the recorded path (viewpoint warping)."),
-    "drive": Command(_drive_flags, _drive,
-        help="drive the car (or the sim) with a model: camera -> policy -> carlink", epilog=DRIVE_EXAMPLES,
+    "drive": Command(cli_flags.drive_flags, _drive,
+        help="drive the car (or the sim) with a model: camera -> policy -> carlink", epilog=cli_flags.DRIVE_EXAMPLES,
         description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, with named "
         "failsafe checks (every fault ends in neutral throttle) and session recording. Every "
         "option can also come from --config FILE. See docs/drive.md."),
-    "export": Command(_export_flags, _export,
+    "export": Command(cli_flags.export_flags, _export,
         help="export a checkpoint to ONNX or TorchScript (parity-checked)", description="The step model with "
         "recurrent state in and out, metadata inside; the export fails unless it matches PyTorch on real frames "
         "within the tolerance. See docs/deploy.md."),
-    "quantize": Command(_quantize_flags, _quantize,
+    "quantize": Command(cli_flags.quantize_flags, _quantize,
         help="static int8 (per-channel QDQ) ONNX model calibrated on store frames", description="Takes an "
         "exported .onnx (run `driver export` on a checkpoint first) and writes its int8 twin, with held-out MAE "
         "and latency of both. See docs/deploy.md."),
-    "compress": Command(_compress_flags, _compress,
+    "compress": Command(cli_flags.compress_flags, _compress,
         help="Deep Compression: prune + retrain, k-means weight sharing, Huffman", description="Writes one .dcz "
         "file that driver loads directly (replay, sim drive, drive). A killed run resumes after its last finished "
         "pruning round when run again."),
-    "link": Command(_link_flags, _link,
-        help="check the serial link to the car's microcontroller (carlink v1.1)", epilog=LINK_EXAMPLES,
+    "link": Command(cli_flags.link_flags, _link,
+        help="check the serial link to the car's microcontroller (carlink v1.1)", epilog=cli_flags.LINK_EXAMPLES,
         description="Handshake, versions, the MCU's calibration, round-trip latency and live RC values; nothing "
         "moves."),
-    "demo": Command(_demo_flags, _demo,
-        help="the main job on an embedded default (no data needed)", epilog=DEMO_EXAMPLES),
+    "demo": Command(cli_flags.demo_flags, _demo,
+        help="the main job on an embedded default (no data needed)", epilog=cli_flags.DEMO_EXAMPLES),
 }
 
 

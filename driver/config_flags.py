@@ -15,7 +15,7 @@ generator (docs, tests and users' scripts use flags such as ``--max-gap`` for ``
 ``--keep-pinned-steer`` for ``reject_pinned_steer=False`` and positional sources), and those libraries name
 nested flags by path (``--validity.max-gap-s``) and import far more at start-up (``driver drive --help`` must
 stay light on a car computer). The knobs below (``rename``, ``negate``, ``positional``, ``skip``,
-``optional_value``, ``choices``) keep every existing flag name without a second copy of a default.
+``optional_value``, ``choices``, ``required``) keep every existing flag name without a second copy of a default.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                      positional: Iterable[str] = (), negate: Mapping[str, str] | None = None,
                      optional_value: Mapping[str, str] | None = None,
                      choices: Mapping[str, tuple] | None = None, metavar: Mapping[str, str] | None = None,
-                     notes: Mapping[str, str] | None = None, _prefix: str = "") -> None:
+                     notes: Mapping[str, str] | None = None, required: Iterable[str] = (),
+                     required_unless: str = "", _prefix: str = "") -> None:
     """One flag per field of the config dataclass ``cls`` (and of the config dataclasses nested in it).
 
     ``skip``: fields that get no flag (set by the command itself); ``rename``: field -> flag name when it
@@ -146,11 +147,15 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     ``negate``: bool field -> the name of a flag that sets it False (``{"reject_pinned_steer":
     "keep-pinned-steer"}``); ``optional_value``: field -> the value a bare ``--flag`` means; ``choices``
     and ``metavar`` as argparse's; ``notes``: field -> text added to its help (known only at run time, such
-    as the registered architectures). The knobs apply to nested fields too, by field name.
+    as the registered architectures); ``required``: fields whose default (an empty string, say) the config
+    refuses: their flag must be given and its help says "required" instead of showing that default;
+    ``required_unless``: where else such a value may come from (``"in --config FILE"``): the help says so and
+    argparse no longer insists (the config's own check does). The knobs apply to nested fields too, by field
+    name.
     """
     rename, negate, optional_value = dict(rename or {}), dict(negate or {}), dict(optional_value or {})
     choices, metavar, skip, positional = dict(choices or {}), dict(metavar or {}), set(skip), set(positional)
-    notes = dict(notes or {})
+    notes, required = dict(notes or {}), set(required)
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     own = set(vars(cls).get("__annotations__", {}))
@@ -162,7 +167,7 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         if kind.nested:
             add_config_flags(parser, kind.nested, skip=skip, rename=rename, positional=positional, negate=negate,
                              optional_value=optional_value, choices=choices, metavar=metavar, notes=notes,
-                             _prefix=dest + ".")
+                             required=required, required_unless=required_unless, _prefix=dest + ".")
             continue
         default = field_default(f)
         about = "; ".join(x for x in (comments.get(f.name, ""), notes.get(f.name, "")) if x)
@@ -173,10 +178,14 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                                 metavar=metavar.get(f.name, f.name.upper()))
             continue
         flag = "--" + rename.get(f.name, f.name.replace("_", "-"))
-        shown = "required" if default is dataclasses.MISSING else f"default: {_show(default)}"
+        must = default is dataclasses.MISSING or f.name in required
+        if must and required_unless and default is not dataclasses.MISSING:
+            shown = f"required unless {required_unless}"
+        else:
+            shown = "required" if must else f"default: {_show(default)}"
         text = f"{about} ({shown})".strip().replace("%", "%%")
         common = {"dest": dest, "default": None, "help": text}
-        if default is dataclasses.MISSING:
+        if must and shown == "required":
             common["required"] = True
         if kind.scalar is bool and not kind.container:
             if f.name in negate:

@@ -85,14 +85,14 @@ def _read_all(ds, workers, context=None):
     return list(loader)
 
 
-@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker")
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
 def test_workers_read_the_same_bits(small_store, context):
     ds = ClipDataset(small_store, ClipConfig(clip_length=3, stack=2, horizon=4, flip=0.5))
     sub = torch.utils.data.Subset(ds, list(range(0, len(ds), 7)))
     ds.store.frames(ds.runs[0]).read(0, 1)  # parent opened files before forking
     ref = _read_all(sub, 0)
-    got = _read_all(sub, 4, context)
+    got = _read_all(sub, 2, context)  # each spawned worker imports torch: two show the sharing as well as four
     assert len(ref) == len(got)
     for a, b in zip(ref, got, strict=True):
         assert a.keys() == b.keys()

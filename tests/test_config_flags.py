@@ -39,7 +39,7 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
             if not a.option_strings or a.dest == "help":
                 continue
             assert a.help and not a.help.startswith("("), (name, a.option_strings, a.help)
-            assert "(default" in a.help or "(required)" in a.help, (name, a.option_strings, a.help)
+            assert "(default" in a.help or "(required" in a.help, (name, a.option_strings, a.help)
 
 
 def _config_commands():
@@ -49,6 +49,7 @@ def _config_commands():
     from driver.export.onnx_export import OnnxExportConfig
     from driver.export.quantize import QuantizeConfig
     from driver.models import InputSpec
+    from driver.sim.dagger_config import DaggerConfig
     from driver.sim.evaluate_policy import SimDriveConfig
     from driver.sim.record import SimRecordConfig
     from driver.sim.replay import ReplayConfig
@@ -63,6 +64,7 @@ def _config_commands():
         (["ingest", "a.h5", "--out", "s.zarr"], IngestConfig, {"sources": ["a.h5"], "out": "s.zarr"}),
         (["sim", "record", "--out", "runs"], SimRecordConfig, {"out": "runs"}),
         (["sim", "drive", "--model", "expert"], SimDriveConfig, {"model": "expert"}),
+        (["sim", "dagger", "--model", "m.pt", "--data", "s.zarr"], DaggerConfig, {"model": "m.pt", "data": "s.zarr"}),
         (["replay", "--model", "m.pt", "--data", "s.zarr"], ReplayConfig, {"model": "m.pt", "data": "s.zarr"}),
         (["compress", "best.pt"], CompressConfig, {}),
         (["export", "best.pt"], OnnxExportConfig, {}),
@@ -81,7 +83,7 @@ def test_generated_defaults_are_the_dataclass_defaults(argv, cls, required):
         if argv[0] != "sim" else {}
     for f in dataclasses.fields(cls):  # the help shows the dataclass's own default
         if f.name in shown and field_default(f) is not dataclasses.MISSING and isinstance(field_default(f), int |
-                                                                                              float | str):
+                float | str) and "(required" not in shown[f.name]:  # a refused default is not shown
             assert f"default: {field_default(f)!r}" in shown[f.name] or "default: on" in shown[f.name], f.name
 
 
@@ -151,6 +153,34 @@ def test_a_new_config_field_becomes_a_flag_without_touching_the_cli():
     assert helps["path"] == "where (required)"
 
 
+@dataclasses.dataclass
+class Named:
+    name: str = ""  # who (the config refuses an empty one)
+    note: str = ""  # what (empty: none)
+
+
+def test_a_refused_default_shows_required_and_where_else_it_may_come_from():
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Named, required=("name",))
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["name"] == "who (the config refuses an empty one) (required)"
+    assert helps["note"] == "what (empty: none) (default: '')"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--note", "x"])  # argparse insists on --name
+    assert config_from_args(Named, p.parse_args(["--name", "a"])) == Named("a")
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Named, required=("name",), required_unless="in --config FILE")
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["name"].endswith("(required unless in --config FILE)")
+    assert given_values(p.parse_args([]), Named) == {}  # the file may hold it: the config's own check decides
+    commands = dict(subcommands(build_parser()))
+    for command, flag, shown in (("sim dagger", "--model", "(required)"), ("sim dagger", "--data", "(required)"),
+                                 ("link", "--port", "(required)"), ("drive", "--model", "(required unless in --config"),
+                                 ("train", "--data", "(required unless in --config FILE or with --resume)")):
+        (action,) = [a for a in commands[command]._actions if flag in a.option_strings]
+        assert shown in action.help and "default" not in action.help, (command, flag, action.help)
+
+
 def _driver(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "driver.cli", *args], capture_output=True, text=True, timeout=600)
 
@@ -201,19 +231,36 @@ def test_every_error_class_derives_from_driver_error():
     assert seen > 100 and not outside
 
 
-def test_drive_config_declares_its_parts_fields_once():
+def test_drive_config_declares_its_parts_fields_once(capsys):
+    from driver.vehicle.camera import CameraConfig
     from driver.vehicle.drive_config import DriveConfig
     from driver.vehicle.limits import LimitsConfig
     from driver.vehicle.safety import SafetyConfig
 
     own = set(vars(DriveConfig)["__annotations__"])
-    for part in (LimitsConfig, SafetyConfig):
+    declared = [name for cls in DriveConfig.__mro__ if dataclasses.is_dataclass(cls)
+                for name in vars(cls).get("__annotations__", {})]
+    assert len(declared) == len(set(declared)) == len(dataclasses.fields(DriveConfig))  # each field declared once
+    for part in (CameraConfig, LimitsConfig, SafetyConfig):
         names = {f.name for f in dataclasses.fields(part)}
         assert not own & names and names <= {f.name for f in dataclasses.fields(DriveConfig)}
-    c = DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "ack_timeout_ms": 300})
+    c = DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "ack_timeout_ms": 300,
+                               "fps": 20, "loop_video": True})
+    assert c.camera_config == CameraConfig("sim", fps=20.0, loop_video=True)
     assert c.limits == LimitsConfig(max_throttle=0.2)
-    assert c.safety == SafetyConfig(ack_timeout_ms=300, deadline_ms=1000.0 / 30.0)  # 0: one frame period
+    assert c.safety == SafetyConfig(ack_timeout_ms=300, deadline_ms=1000.0 / 20.0)  # 0: one frame period
     with pytest.raises(ValueError, match="max_throttle=2"):
         DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "max_throttle": 2})  # LimitsConfig's own check
-    args = build_parser().parse_args(["drive", "--model", "m.pt", "--camera", "sim", "--max-throttle", "0.2"])
-    assert given_values(args, DriveConfig) == {"model": "m.pt", "camera": "sim", "max_throttle": 0.2}
+    with pytest.raises(ValueError, match="fourcc='MJPEG' must be 4 characters"):  # CameraConfig's own check
+        DriveConfig.from_dict({"model": "m.pt", "camera": "sim", "fourcc": "MJPEG"})
+    args = build_parser().parse_args(["drive", "--model", "m.pt", "--camera", "sim", "--max-throttle", "0.2",
+                                      "--fps", "15", "--width", "320", "--height", "240", "--fourcc", "YUYV",
+                                      "--side-by-side", "--loop-video"])
+    assert given_values(args, DriveConfig) == {"model": "m.pt", "camera": "sim", "max_throttle": 0.2, "fps": 15.0,
+                                               "width": 320, "height": 240, "fourcc": "YUYV", "side_by_side": True,
+                                               "loop_video": True}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drive", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the camera flags' help comes from CameraConfig's comments
+    assert "--fourcc FOURCC V4L2 pixel format asked for (default: 'MJPG')" in text
+    assert "--loop-video, --no-loop-video file camera: start over at the end" in text

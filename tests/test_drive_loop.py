@@ -35,7 +35,7 @@ def run_loop(tmp_path, model, camera: str, record: bool = True, freeze_after: in
     policy = policy or load_policy(model)
     link = SimLink()
     link.open()
-    source = open_camera(config.camera_config(stereo=False))
+    source = open_camera(config.camera_config)
     source.open()
     grabber = LatestFrame(source).start()
     recorder = SessionRecorder(tmp_path / "rec" / "s.h5", H, W, False) if record else None

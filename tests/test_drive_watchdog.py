@@ -114,7 +114,7 @@ def test_camera_gap_longer_than_the_watchdog_is_held_by_keepalives(host_mcu_bin,
     mcu = FakeMcu(host_mcu_bin, watchdog_ms=600)
     config = DriveConfig(port=mcu.port, model=str(drive_assets["model"]), camera="file:x", seconds=5.0,
                          camera_timeout_ms=2000.0, **LOOSE)
-    source = StallingCamera(drive_assets["long_video"], config.camera_config(False), after=10, stall_s=0.8,
+    source = StallingCamera(drive_assets["long_video"], config.camera_config, after=10, stall_s=0.8,
                             when=in_auto(mcu))
     hand_over_when_driving(mcu)
     try:
@@ -139,7 +139,7 @@ def test_inference_stall_past_the_watchdog_is_named_mcu_failsafe(host_mcu_bin, d
     config = DriveConfig(port=mcu.port, model=str(drive_assets["model"]), camera=f"file:{drive_assets['long_video']}",
                          seconds=30.0, camera_timeout_ms=2000.0, **LOOSE)
     policy = StallingPolicy(load_policy(drive_assets["model"]), 0.6, in_auto(mcu))
-    source = VideoFileCamera(str(drive_assets["long_video"]), config.camera_config(False))
+    source = VideoFileCamera(str(drive_assets["long_video"]), config.camera_config)
     hand_over_when_driving(mcu)
     try:
         report, _ = run_loop(mcu, config, source, policy)

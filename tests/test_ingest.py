@@ -19,6 +19,7 @@ from driver.datasets.validity import ValidityRules, validity_mask
 from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames, read_run_series
+from .ingest_workers import dies_on_run_001
 
 
 def _assert_run_equal(store_path, run_name, h5_path, cameras=("left", "right")):
@@ -135,9 +136,8 @@ def test_refuses_a_non_store_path(tmp_path):
         IngestConfig(sources=["a.h5"], out="s", workers="fork")
 
 
-@pytest.mark.slow
 def test_killed_ingest_resumes(tmp_path):
-    runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=400, height=94, width=168, seed=6)
+    runs = write_synthetic_runs(tmp_path / "runs", 6, n_frames=200, height=64, width=96, seed=6)
     out = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "driver.cli", "ingest", str(tmp_path / "runs"), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -185,14 +185,6 @@ def test_replace_killed_between_renames_keeps_the_old_run(tmp_path, segments):
     assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
 
 
-def _dies_on_run_001(job):
-    from driver.datasets.ingest_workers import safe_ingest
-
-    if job.run == "run_001":
-        os._exit(3)  # a worker killed mid-run (OOM killer, a crash in a native library)
-    return safe_ingest(job)
-
-
 @pytest.mark.slow
 def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     from driver.datasets.ingest import _plan
@@ -204,7 +196,7 @@ def test_a_dying_worker_fails_only_its_own_run(tmp_path):
     jobs, known = _plan(create_store(config.out), config, [str(p) for p in runs])
     assert len(jobs) == 4 and not known
     results = {}
-    run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), "processes", work=_dies_on_run_001)
+    run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), "processes", work=dies_on_run_001)
     assert {r: v["status"] for r, v in results.items()} == {
         "run_000": "ingested", "run_001": "failed", "run_002": "ingested", "run_003": "ingested"}
     assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
@@ -224,45 +216,65 @@ def test_a_failed_first_ingest_leaves_no_store(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-RACER = """
-import os, sys, time
+RACERS = """
+import os, sys, traceback
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.store import StoreError
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.001)
-try:
-    report = ingest(IngestConfig(sources=[sys.argv[1]], out=sys.argv[2]))
-    print("ok" if report.ok else "failed")
-except StoreError as e:
-    print("refused:", e)
+runs, out, start, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+children = []
+for _ in range(n):  # n racers forked after the imports: each a process of its own, none paying for them
+    pid = os.fork()
+    if pid:
+        children.append(pid)
+        continue
+    code = 0
+    try:
+        os.read(start, 1)  # the start line: every racer blocks here until the test closes the pipe
+        try:
+            report = ingest(IngestConfig(sources=[runs], out=out))
+            line = "ok" if report.ok else "failed"
+        except StoreError as e:
+            line = "refused: " + " ".join(str(e).split())
+        os.write(1, (line + "\\n").encode())  # one short write: racers' lines never interleave
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+print("ready", flush=True)
+failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+sys.exit(f"{len(failed)} racer(s) failed" if failed else 0)
 """
 
 
-@pytest.mark.slow
 def test_racing_ingests_into_a_new_store_leave_a_consistent_store(tmp_path):
+    """20 processes ingest the same runs into one new store, released at once from one start line."""
     runs = write_synthetic_runs(tmp_path / "runs", 2, n_frames=40, height=24, width=32, seed=11)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):
-        out, go = tmp_path / f"s{attempt}.zarr", tmp_path / f"go{attempt}"
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "runs"), str(out), str(go)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(20)]
-        time.sleep(3)  # let every process import and wait at the start line
-        go.write_text("go")
-        results = [p.communicate(timeout=SAFETY_S) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results if err]
-        lines = [o.strip() for o, _ in results]
-        assert all(line == "ok" or line.startswith("refused:") for line in lines), lines
-        assert "ok" in lines  # someone ingested; the others stopped with one clear line
-        assert all("another ingest is writing this store" in line or "removed" in line
-                   for line in lines if line != "ok")
-        assert Store(out).runs == ["run_000", "run_001"]
-        for p in runs:
-            _assert_run_equal(out, p.stem, p)
-        assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
-        assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
-        again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
-        assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
+    out = tmp_path / "s.zarr"
+    start_r, start_w = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", RACERS, str(tmp_path / "runs"), str(out), str(start_r), "20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, pass_fds=(start_r,))
+        os.close(start_r)
+        # all 20 have forked and wait at the start line (no sleep to guess how long imports take)
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=SAFETY_S)[1][-2000:]
+    finally:
+        os.close(start_w)  # end of file on the pipe: all 20 go at once
+    stdout, stderr = proc.communicate(timeout=SAFETY_S)
+    assert proc.returncode == 0, stderr[-3000:]
+    lines = stdout.splitlines()
+    assert len(lines) == 20 and all(line == "ok" or line.startswith("refused:") for line in lines), lines
+    assert "ok" in lines  # someone ingested; the others stopped with one clear line
+    assert all("another ingest is writing this store" in line or "removed" in line
+               for line in lines if line != "ok")
+    assert Store(out).runs == ["run_000", "run_001"]
+    for p in runs:
+        _assert_run_equal(out, p.stem, p)
+    assert sorted(os.listdir(out)) == ["runs", "zarr.json"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no creation leftovers
+    again = ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out)))
+    assert [o.status for o in again.outcomes] == ["unchanged", "unchanged"]
 
 
 def test_a_creator_that_loses_the_lock_leaves_the_store_to_its_holder(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 the environment or an AWS profile that never end up in the store, the checkpoints or the logs."""
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -10,6 +11,7 @@ import uuid
 
 import pytest
 
+from driver.cli import main
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.object_store import ObjectLocation, StoreIOError
 from driver.datasets.store import Store
@@ -28,28 +30,35 @@ def _files_under(root) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_endpoint, s3_bucket, tmp_path, caplog,
-                                                                     monkeypatch):
+                                                                     monkeypatch, capsys):
     """The CLI end to end on a bucket: ingest; train with 2 torchrun ranks, each with a forkserver DataLoader
-    worker reading its own runs through the node's cache; replay. Then look for the secret everywhere."""
+    worker reading its own runs through the node's cache; replay. Then look for the secret everywhere.
+    This is also the suite's data-parallel (DDP, gloo) test: the ranks' disjoint run split, the step count and
+    one RNG state per rank in the checkpoint."""
     key_id, secret = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"SECRET{uuid.uuid4().hex}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "OMP_NUM_THREADS": "1",
            "DRIVER_CACHE_DIR": str(tmp_path / "cache")}
     write_synthetic_runs(tmp_path / "runs", 5, n_frames=80, height=48, width=64, seed=31)
     outputs = []
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DRIVER_CACHE_DIR"):
+        monkeypatch.setenv(k, env[k])
+    caplog.set_level(logging.DEBUG)  # every log line of the commands run in this process, checked for the secret
 
-    def run(*args, launcher=(sys.executable, "-m")):
-        r = subprocess.run([*launcher, "driver.cli", "-v", *args], env=env, capture_output=True, text=True,
-                           timeout=SAFETY_S)
-        outputs.append(r.stdout + r.stderr)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    def run(*args):  # ingest and replay in this process (the CLI's code path without a second torch import)
+        assert main(["-v", *args]) == 0, caplog.text[-3000:]
+        captured = capsys.readouterr()
+        outputs.append(captured.out + captured.err)
 
     run("ingest", str(tmp_path / "runs"), "--out", s3_url)
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
-                "-m")
-    run("train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left", "--stack", "1", "--clip-length", "2",
-        "--horizon", "2", "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "3", "--val-fraction", "0.2",
-        "--precision", "fp32", "--num-workers", "1", "--out", str(tmp_path / "train"), "--name", "s3",
-        "--no-progress", launcher=torchrun)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
+                "-m", "driver.cli", "-v"]
+    r = subprocess.run([*torchrun, "train", "--data", s3_url, "--arch", "squeezenet", "--cameras", "left", "--stack",
+                        "1", "--clip-length", "2", "--horizon", "2", "--batch-size", "4", "--epochs", "1",
+                        "--steps-per-epoch", "3", "--val-fraction", "0.2", "--precision", "fp32", "--num-workers", "1",
+                        "--out", str(tmp_path / "train"), "--name", "s3", "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=SAFETY_S)
+    outputs.append(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     split = json.loads((tmp_path / "train" / "s3" / "split.json").read_text())
     parts = split["rank_runs"]
     assert len(parts) == 2 and all(parts) and set(parts[0]).isdisjoint(parts[1])
@@ -68,8 +77,6 @@ def test_ingest_torchrun_replay_from_s3_without_leaking_the_secret(s3_url, s3_en
                **_files_under(tmp_path / "replay"), **_files_under(tmp_path / "cache")}
     assert len(written) > 20 and not [k for k, v in written.items() if secret.encode() in v]
     assert all(secret not in text for text in outputs)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     st = Store(s3_url)
     st.frames("run_000", "left").read(0, 2)
     assert secret.encode() not in pickle.dumps(st)  # what DataLoader workers and Dask tasks receive

@@ -1,4 +1,5 @@
-"""driver train: every arch steps, learning happens, resume is exact, DDP runs, bad input is named."""
+"""driver train: every arch steps, learning happens, resume is exact, bad input is named. (Data-parallel training,
+2 gloo ranks under torchrun, is tests/test_remote_training.py's first test.)"""
 
 import json
 import os
@@ -44,10 +45,10 @@ def _cfg(store, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "alexnet" else a  # 25 s
-                                  for a in list_models()])
+@pytest.mark.parametrize("arch", list_models())
 def test_every_arch_trains_a_few_steps(store64, tmp_path, arch):
-    kwargs = {"hidden_size": 16} if "lstm" in arch or "gru" in arch else {}
+    # small widths: AlexNet's default 4096-wide head is 21 M parameters here, 6 CPU-s of checkpoint writing
+    kwargs = {"hidden_size": 16} if "lstm" in arch or "gru" in arch else {"fc_width": 256} if arch == "alexnet" else {}
     r = train(_cfg(store64, tmp_path, arch=arch, arch_kwargs=kwargs, precision="auto", stack=2, name=arch))
     assert r.steps == 2 and r.final_val["clips"] > 0
     ck = load_checkpoint(r.last_checkpoint)
@@ -82,8 +83,9 @@ def _rows(run_dir):
 
 def _train_cmd(store, out, name, *extra):
     return [sys.executable, "-m", "driver.cli", "train", "--data", str(store), "--arch", "squeezenet_gru",
-            "--arch-kwargs", '{"hidden_size": 8}', "--cameras", "left", "--stack", "2", "--clip-length", "3",
-            "--horizon", "2", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "12",
+            "--arch-kwargs", '{"hidden_size": 8, "base_width": 16, "width_increment": 16}', "--cameras",
+            "left", "--stack", "2", "--clip-length", "3",
+            "--horizon", "2", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "8",
             "--checkpoint-every", "2", "--val-every", "5", "--precision", "bf16", "--warmup-steps", "4",
             "--val-fraction", "0.25", "--out", str(out), "--name", name, "--no-progress", *extra]
 
@@ -102,40 +104,23 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = load_checkpoint(ckpt)["training"]["step"]
-    assert 0 < step < 36, "the run finished before it was killed"
+    assert 0 < step < 24, "the run finished before it was killed"
     resumed = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(tmp_path / "killed")],
                              env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(ckpt)
-    assert a["training"]["step"] == b["training"]["step"] == 36
+    assert a["training"]["step"] == b["training"]["step"] == 24
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     def val_rows(run):
         rows = _rows(tmp_path / run)
         return [(r["step"], r["loss"], r["steer_mae"], r["motor_mae"]) for r in rows if r["split"] == "val"]
 
-    assert val_rows("full") == val_rows("killed") and len(val_rows("full")) == 7
+    assert val_rows("full") == val_rows("killed") and len(val_rows("full")) == 4  # steps 5, 10, 15, 20
     def train_rows(run):  # the losses logged every 10 steps, the first one after the resume included
         return [(r["step"], r["loss"]) for r in _rows(tmp_path / run) if r["split"] == "train"]
 
-    assert train_rows("full") == train_rows("killed") and len(train_rows("full")) >= 6
-
-
-@pytest.mark.slow
-def test_ddp_two_gloo_processes(store48, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "driver.cli", "train", "--data", str(store48), "--arch", "squeezenet", "--cameras", "left",
-           "--stack", "1", "--clip-length", "1", "--horizon", "1", "--batch-size", "4", "--epochs", "1",
-           "--steps-per-epoch", "3", "--val-fraction", "0.25", "--precision", "fp32", "--out", str(tmp_path),
-           "--name", "ddp", "--no-progress"]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=SAFETY_S)
-    assert r.returncode == 0, r.stderr[-3000:]
-    split = json.loads((tmp_path / "ddp" / "split.json").read_text())
-    parts = split["rank_runs"]
-    assert len(parts) == 2 and all(parts) and set(parts[0]).isdisjoint(parts[1])
-    assert sorted(parts[0] + parts[1]) == sorted(split["train"])
-    ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    assert ck["training"]["step"] == 3 and len(ck["training"]["rng"]) == 2
+    assert train_rows("full") == train_rows("killed") and len(train_rows("full")) >= 5  # 8, 10, 16, 20, 24
 
 
 def test_bad_input_is_named(store64, tmp_path):

@@ -52,23 +52,23 @@ class Frame:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """Which camera and how: ``spec`` as in the module docstring; 0 for width/height/fps = the source's own.
+    """Which camera and how: ``camera`` as in the module docstring; 0 for width/height = the source's own.
 
-    ``side_by_side``: the device delivers left|right in one image (ZED-style stereo); it is split in two.
-    ``stereo`` asks a source that can render two views (the simulator) for both.
+    Every field's trailing comment is its ``driver drive --flag`` help: :class:`~driver.vehicle.drive_config.
+    DriveConfig` inherits these fields (one declaration each). Whether the simulator renders two views is the
+    model's business, not the camera's settings: ``open_camera(config, stereo=...)``.
     """
 
-    spec: str = "0"
-    width: int = 0
-    height: int = 0
-    fps: float = 30.0
-    fourcc: str = "MJPG"
-    side_by_side: bool = False
-    stereo: bool = False
-    loop: bool = False
+    camera: str = "0"  # 0 or /dev/videoN (V4L2), file:VIDEO, replay:STORE:RUN, sim or sim:SEED
+    fps: float = 30.0  # camera frame rate asked for (and the pace of file/replay/sim cameras)
+    width: int = 0  # camera width asked for (0: the device's own)
+    height: int = 0  # camera height asked for (0: the device's own)
+    fourcc: str = "MJPG"  # V4L2 pixel format asked for
+    side_by_side: bool = False  # the camera delivers left|right in one image (ZED-style stereo)
+    loop_video: bool = False  # file camera: start over at the end instead of stopping
 
     def __post_init__(self) -> None:
-        if not self.spec:
+        if not self.camera:
             raise ValueError("camera must be a device index/path, file:PATH, replay:STORE:RUN or sim")
         if not (0 <= self.width <= 8192 and 0 <= self.height <= 8192):
             raise ValueError(f"camera width={self.width}, height={self.height} must be in 0..8192 (0 = as delivered)")
@@ -79,7 +79,7 @@ class CameraConfig:
 
     @property
     def kind(self) -> str:
-        head = self.spec.split(":", 1)[0]
+        head = self.camera.split(":", 1)[0]
         if head in ("file", "replay", "sim"):
             return head
         return "v4l2"
@@ -215,23 +215,24 @@ class LatestFrame:
         self.stop()
 
 
-def open_camera(config: CameraConfig, actuator=None) -> CameraSource:
-    """The source for ``config.spec`` (not yet opened). ``actuator`` feeds the simulator's car (sim only)."""
+def open_camera(config: CameraConfig, actuator=None, stereo: bool = False) -> CameraSource:
+    """The source for ``config.camera`` (not yet opened). ``actuator`` feeds the simulator's car and ``stereo``
+    asks it for two views (sim only)."""
     from . import cameras
 
-    kind = config.kind
+    spec, kind = config.camera, config.kind
     if kind == "file":
-        return cameras.VideoFileCamera(config.spec[len("file:"):], config)
+        return cameras.VideoFileCamera(spec[len("file:"):], config)
     if kind == "replay":
-        parts = config.spec.split(":")
+        parts = spec.split(":")
         if len(parts) < 3 or not parts[-1]:
-            raise ValueError(f"camera={config.spec!r}: expected replay:STORE:RUN")
+            raise ValueError(f"camera={spec!r}: expected replay:STORE:RUN")
         return cameras.ReplayCamera(":".join(parts[1:-1]), parts[-1], config)
     if kind == "sim":
         from .sim_car import SimCamera
 
-        seed = config.spec.split(":", 1)[1] if ":" in config.spec else "0"
+        seed = spec.split(":", 1)[1] if ":" in spec else "0"
         if not seed.isdigit():
-            raise ValueError(f"camera={config.spec!r}: expected sim or sim:SEED with an integer seed")
-        return SimCamera(config, seed=int(seed), actuator=actuator)
+            raise ValueError(f"camera={spec!r}: expected sim or sim:SEED with an integer seed")
+        return SimCamera(config, seed=int(seed), actuator=actuator, stereo=stereo)
     return cameras.V4l2Camera(config)

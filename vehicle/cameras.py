@@ -56,8 +56,8 @@ class V4l2Camera(_SplitMixin, CameraSource):
 
     def __init__(self, config: CameraConfig) -> None:
         self.config = config
-        self.device: int | str = int(config.spec) if config.spec.isdigit() else config.spec
-        self.name = f"v4l2:{config.spec}"
+        self.device: int | str = int(config.camera) if config.camera.isdigit() else config.camera
+        self.name = f"v4l2:{config.camera}"
         self._cap = None
         self.actual: dict[str, float | str] = {}
 
@@ -66,12 +66,12 @@ class V4l2Camera(_SplitMixin, CameraSource):
 
         node = f"/dev/video{self.device}" if isinstance(self.device, int) else self.device
         if not os.path.exists(node):
-            raise CameraError(f"camera {self.config.spec!r}: {node} does not exist (is the camera plugged in? "
+            raise CameraError(f"camera {self.config.camera!r}: {node} does not exist (is the camera plugged in? "
                               "list them with `v4l2-ctl --list-devices`)")
         with _opencv_quiet(cv2):
             cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
         if not cap.isOpened():
-            raise CameraError(f"cannot open camera {self.config.spec!r} with V4L2 (is it a video device? "
+            raise CameraError(f"cannot open camera {self.config.camera!r} with V4L2 (is it a video device? "
                               "list them with `v4l2-ctl --list-devices`)")
         c = self.config
         cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*c.fourcc))
@@ -84,7 +84,7 @@ class V4l2Camera(_SplitMixin, CameraSource):
         self.actual = {"fourcc": "".join(chr((code >> 8 * i) & 0xFF) for i in range(4)),
                        "width": cap.get(cv2.CAP_PROP_FRAME_WIDTH), "height": cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
                        "fps": cap.get(cv2.CAP_PROP_FPS)}
-        log.info("camera %s: %s %dx%d @ %.1f fps", c.spec, self.actual["fourcc"], self.actual["width"],
+        log.info("camera %s: %s %dx%d @ %.1f fps", c.camera, self.actual["fourcc"], self.actual["width"],
                  self.actual["height"], self.actual["fps"])
         wanted = {"fourcc": c.fourcc, "width": c.width or self.actual["width"],
                   "height": c.height or self.actual["height"], "fps": c.fps}
@@ -92,15 +92,15 @@ class V4l2Camera(_SplitMixin, CameraSource):
             got = self.actual[key]
             if (got != want) if isinstance(want, str) else abs(float(got) - float(want)) > 0.5:
                 log.warning("camera %s: asked for %s=%s, the driver gave %s (see v4l2-ctl --list-formats-ext)",
-                            c.spec, key, want, got)
+                            c.camera, key, want, got)
         self._cap = cap
 
     def read(self) -> tuple[np.ndarray, np.ndarray | None]:
         if self._cap is None:
-            raise CameraError(f"camera {self.config.spec!r} is not open")
+            raise CameraError(f"camera {self.config.camera!r} is not open")
         ok, image = self._cap.read()
         if not ok or image is None:
-            raise CameraError(f"camera {self.config.spec!r} returned no frame (unplugged?)")
+            raise CameraError(f"camera {self.config.camera!r} returned no frame (unplugged?)")
         return self._views(_bgr_to_rgb(image))
 
     def close(self) -> None:
@@ -112,7 +112,7 @@ class V4l2Camera(_SplitMixin, CameraSource):
 class VideoFileCamera(_SplitMixin, CameraSource):
     """A video file decoded with OpenCV, paced in real time to ``config.fps`` (files are not paced by OpenCV).
 
-    With ``config.loop`` it starts over at the end; otherwise the end raises :class:`EndOfStream`.
+    With ``config.loop_video`` it starts over at the end; otherwise the end raises :class:`EndOfStream`.
     """
 
     def __init__(self, path: str, config: CameraConfig) -> None:
@@ -140,7 +140,7 @@ class VideoFileCamera(_SplitMixin, CameraSource):
         if self._cap is None:
             raise CameraError(f"camera file {self.path!r} is not open")
         ok, image = self._cap.read()
-        if not ok and self.config.loop:
+        if not ok and self.config.loop_video:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, image = self._cap.read()
         if not ok:
@@ -186,7 +186,7 @@ class ReplayCamera(CameraSource):
 
     def read(self) -> tuple[np.ndarray, np.ndarray | None]:
         if self._i >= self._n:
-            if not self.config.loop or self._n == 0:
+            if not self.config.loop_video or self._n == 0:
                 raise EndOfStream(self.name)
             self._i = 0
         i = self._i

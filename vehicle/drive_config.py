@@ -25,10 +25,11 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
-class DriveConfig(SafetyConfig, LimitsConfig):
-    """One drive session. ``port`` empty is allowed only with ``camera="sim"`` (an in-process MCU). The host
-    limits' and the failsafe checks' fields are :class:`LimitsConfig`'s and :class:`SafetyConfig`'s own,
-    inherited (one flat set of options, each declared once) and checked by those classes.
+class DriveConfig(SafetyConfig, LimitsConfig, CameraConfig):
+    """One drive session. ``port`` empty is allowed only with ``camera="sim"`` (an in-process MCU). The camera's,
+    the host limits' and the failsafe checks' fields are :class:`CameraConfig`'s, :class:`LimitsConfig`'s and
+    :class:`SafetyConfig`'s own, inherited (one flat set of options, each declared once) and checked by those
+    classes.
 
     ``shadow``: never set AUTO_REQUEST, so the model can never drive (flipping the switch to AUTO then
     puts the MCU in FAILSAFE, which ends the session); for a first run of a new model. ``record_dir`` empty:
@@ -39,13 +40,6 @@ class DriveConfig(SafetyConfig, LimitsConfig):
 
     port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0 (empty: only with --camera sim, an in-process MCU)
     model: str = ""  # checkpoint (best.pt / run dir), exported .onnx / .ts or compressed .dcz
-    camera: str = "0"  # 0 or /dev/videoN (V4L2), file:VIDEO, replay:STORE:RUN, sim or sim:SEED
-    fps: float = 30.0  # camera frame rate asked for (and the pace of file/replay/sim cameras)
-    width: int = 0  # camera width asked for (0: the device's own)
-    height: int = 0  # camera height asked for (0: the device's own)
-    fourcc: str = "MJPG"  # V4L2 pixel format asked for
-    side_by_side: bool = False  # the camera delivers left|right in one image (ZED-style stereo)
-    loop_video: bool = False  # file camera: start over at the end instead of stopping
     mode: str = "direct"  # behavioural mode given to models that take one
     shadow: bool = False  # never ask to drive (AUTO_REQUEST clear): the model only runs and is recorded
     record_dir: str = "runs/drive"  # where each session is recorded as a run (empty: no recording)
@@ -85,11 +79,11 @@ class DriveConfig(SafetyConfig, LimitsConfig):
             raise ValueError(f"gc={self.gc!r} must be one of {', '.join(GC_MODES)}")
         parse_cpus(self.cpus)
         # the parts validate their own fields, with their own messages
-        _ = (self.camera_config(stereo=False), self.limits, self.safety)
+        _ = (self.camera_config, self.limits, self.safety)
 
-    def camera_config(self, stereo: bool) -> CameraConfig:
-        return CameraConfig(self.camera, self.width, self.height, self.fps, self.fourcc, self.side_by_side,
-                            stereo, self.loop_video)
+    @property
+    def camera_config(self) -> CameraConfig:
+        return _part(CameraConfig, self)
 
     @property
     def limits(self) -> LimitsConfig:

@@ -359,7 +359,7 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
             raise SpeedRequired(f"{config.model}: the model takes the car's speed (trained with speed input), "
                                 "but carlink v1.1 carries no wheel speed; drive a model trained with "
                                 "--speed-input off (see docs/carlink.md)")
-        cam_cfg = config.camera_config(stereo=policy.stereo)
+        cam_cfg = config.camera_config
         if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
             raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "
                              "side_by_side=True (--side-by-side) for a left|right camera")
@@ -370,7 +370,7 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
                             estop_on_close=False) if config.port else SimLink())
             link.open()
             try:
-                source = open_camera(cam_cfg, actuator=actuator_from_link(link))
+                source = open_camera(cam_cfg, actuator=actuator_from_link(link), stereo=policy.stereo)
                 source.open()
                 try:
                     report = _run_session(config, policy, link, source, view)

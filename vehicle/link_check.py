@@ -28,7 +28,7 @@ SLOW_RTT_MS = 20.0  # a p99 above this usually means the USB adapter's latency t
 class LinkCheckConfig:
     """``driver link``: each field's trailing comment is its flag's help."""
 
-    port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0 (required)
+    port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0
     seconds: float = 3.0  # how long to send CMDs and measure round trips
     baud: int = DEFAULT_BAUD  # serial baud rate
 

@@ -78,8 +78,9 @@ class SimCamera(CameraSource):
     """A simulated car on track ``seed`` (split "eval"): each read steps the car by one frame period with the
     actuator's values, then renders its camera. Paced in real time to ``config.fps``."""
 
-    def __init__(self, config: CameraConfig, seed: int = 0, actuator: Actuator | None = None) -> None:
-        self.config, self.seed = config, seed
+    def __init__(self, config: CameraConfig, seed: int = 0, actuator: Actuator | None = None,
+                 stereo: bool = False) -> None:
+        self.config, self.seed, self.stereo = config, seed, stereo
         self.actuator: Actuator = actuator or (lambda: (0.0, 0.0))
         self.name = f"sim:{seed}"
         self._pacer = Pacer(1.0 / config.fps)
@@ -92,7 +93,7 @@ class SimCamera(CameraSource):
 
         self.track = make_track(self.seed, "eval")
         h, w = self.config.height or 94, self.config.width or 168
-        self.renderer = Renderer(self.track, h, w, self.config.stereo, seed=self.seed)
+        self.renderer = Renderer(self.track, h, w, self.stereo, seed=self.seed)
         self.car = Car()
         self.car.reset(*self.track.point_at(0.0))
         self._started = False
