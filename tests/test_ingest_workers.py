@@ -18,7 +18,7 @@ from driver.datasets.synthetic import write_synthetic_runs
 from tests.limits import SAFETY_S
 
 from .conftest import read_run_frames
-from .test_ingest import _dies_on_run_001
+from .ingest_workers import dies_on_run_001
 
 # an ingest whose process dies (os._exit: what a crash inside the HDF5 library does) while writing run_001
 CRASHER = """
@@ -69,7 +69,7 @@ def test_an_isolated_run_that_kills_its_process_fails_alone(tmp_path, caplog):
     results = {}
     with caplog.at_level(logging.WARNING, logger="driver.datasets.ingest_workers"):
         run_jobs(jobs, 2, lambda job, result: results.update({job.run: result}), "threads", isolate={"run_001"},
-                 work=_dies_on_run_001)
+                 work=dies_on_run_001)
     assert {r: v["status"] for r, v in results.items()} == {
         "run_000": "ingested", "run_001": "failed", "run_002": "ingested"}
     assert "run_001.h5: the worker process ingesting it died" in results["run_001"]["error"]
