@@ -12,6 +12,7 @@ import torch
 
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
+from tests.cpu_report import pytest_addoption, pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401
 
 
 def read_run_frames(path, camera="left") -> np.ndarray:

@@ -54,9 +54,9 @@ class Frame:
 class CameraConfig:
     """Which camera and how: ``camera`` as in the module docstring; 0 for width/height = the source's own.
 
-    Every field's trailing comment is its ``driver drive --flag`` help: :class:`~driver.vehicle.drive_config.
-    DriveConfig` inherits these fields (one declaration each). Whether the simulator renders two views is the
-    model's business, not the camera's settings: ``open_camera(config, stereo=...)``.
+    Every field's trailing comment is its ``driver drive --flag`` help: ``DriveConfig`` inherits these fields
+    (one declaration each). Whether the simulator renders two views is the model's business, not the camera's
+    settings: ``open_camera(config, stereo=...)``.
     """
 
     camera: str = "0"  # 0 or /dev/videoN (V4L2), file:VIDEO, replay:STORE:RUN, sim or sim:SEED
