@@ -8,7 +8,8 @@ eval variants 20-49 by default: ~620 s, so one intervention costs about 1 point 
 ``--lever NAME JSON``: a name and ``driver train`` config overrides (TrainConfig fields) on top of the base
 recipe (48×64 mono, 24 DART 0.15 runs of 15 s, 1,600 steps, 16 lanes × 4-frame clips, lr 1e-3, seed 0).
 A lever may also change the data with the keys ``data_runs``, ``data_seconds``, ``data_noise``,
-``data_motor_noise`` (``driver sim record --motor-noise``; -1 = the default 0.25 × noise) (a store per
+``data_motor_noise`` (``driver sim record --motor-noise``; -1 = the default 0.25 × noise), ``data_height``,
+``data_width`` (frame size, default 48×64); ``{"checkpoint": PATH}`` scores a model trained before (a store per
 distinct data recipe is recorded once and reused). Results (autonomy, pace, interventions with causes and
 their details, corner/straight speeds, training seconds) go to ``WORKDIR/levers.json``; levers already there
 are reused, so a stopped run continues. Prints a markdown table.
@@ -37,7 +38,7 @@ from driver.training import TrainConfig, train
 
 log = logging.getLogger("pace_levers")
 HEIGHT, WIDTH = 48, 64
-DATA_KEYS = ("data_runs", "data_seconds", "data_noise", "data_motor_noise")
+DATA_KEYS = ("data_runs", "data_seconds", "data_noise", "data_motor_noise", "data_height", "data_width")
 
 
 def base_recipe(store: Path, out: Path, name: str, steps: int) -> dict:
@@ -48,13 +49,15 @@ def base_recipe(store: Path, out: Path, name: str, steps: int) -> dict:
             "arch": "squeezenet_gru", "arch_kwargs": {"hidden_size": 32}, "clip_length": 4, "batch_size": 16}
 
 
-def make_store(work: Path, runs: int, seconds: float, noise: float, motor_noise: float, seed: int) -> Path:
+def make_store(work: Path, runs: int, seconds: float, noise: float, motor_noise: float, seed: int,
+               size: tuple[int, int] = (HEIGHT, WIDTH)) -> Path:
     tag = f"dart_r{runs}_s{seconds:g}_n{noise:g}" + ("" if motor_noise == -1 else f"_m{motor_noise:g}")
+    tag += "" if size == (HEIGHT, WIDTH) else f"_{size[0]}x{size[1]}"
     store = work / f"{tag}.zarr"
     if store.exists():
         return store
-    paths = record_runs(SimRecordConfig(out=work / f"runs_{tag}", runs=runs, seconds=seconds, height=HEIGHT,
-                                        width=WIDTH, noise=noise, motor_noise=motor_noise, seed=seed))
+    paths = record_runs(SimRecordConfig(out=work / f"runs_{tag}", runs=runs, seconds=seconds, height=size[0],
+                                        width=size[1], noise=noise, motor_noise=motor_noise, seed=seed))
     tmp = work / f"{tag}.partial.zarr"
     shutil.rmtree(tmp, ignore_errors=True)
     report = ingest(IngestConfig(sources=[str(p) for p in paths], out=str(tmp), jobs=1,
@@ -67,7 +70,8 @@ def make_store(work: Path, runs: int, seconds: float, noise: float, motor_noise:
 
 def evaluate(checkpoint: Path, args) -> dict:
     policy = load_policy(checkpoint, threads=1)
-    loop = ClosedLoopConfig(tracks=args.eval_tracks, split="eval", variants=args.eval_variants,
+    tracks = list(range(args.first_track, args.first_track + args.eval_tracks))
+    loop = ClosedLoopConfig(tracks=tracks, split="eval", variants=args.eval_variants,
                             variant_split="eval", height=policy.height, width=policy.width,
                             max_seconds=args.max_seconds, video_frames=0, seed=0)
     res = drive_closed_loop(PolicyController(policy), loop)
@@ -88,6 +92,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--eval-tracks", type=int, default=30)
     p.add_argument("--eval-variants", type=int, nargs="+", default=list(range(20, 50)))
+    p.add_argument("--first-track", type=int, default=0, help="eval tracks are seeds FIRST..FIRST+N-1")
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--store", default="", help="use this store for the base data recipe instead of recording it")
     args = p.parse_args()
@@ -101,13 +106,21 @@ def main() -> None:
         if name in done:
             continue
         overrides = json.loads(text)
+        if "checkpoint" in overrides:  # score a model trained before (e.g. on other held-out worlds)
+            done[name] = {"lever": name, "overrides": overrides, "checkpoint": overrides["checkpoint"], "train_s": 0.0,
+                          **evaluate(Path(overrides["checkpoint"]), args)}
+            out_json.write_text(json.dumps({"args": vars(args), "levers": list(done.values())}, indent=1),
+                                encoding="utf-8")
+            continue
         data = {k: overrides.pop(k) for k in DATA_KEYS if k in overrides}
         runs, seconds = data.get("data_runs", args.runs), data.get("data_seconds", args.seconds)
         noise, motor_noise = data.get("data_noise", args.data_noise), data.get("data_motor_noise", -1.0)
-        if args.store and (runs, seconds, noise, motor_noise) == (args.runs, args.seconds, args.data_noise, -1.0):
+        size = (data.get("data_height", HEIGHT), data.get("data_width", WIDTH))
+        if args.store and (runs, seconds, noise, motor_noise, size) == (args.runs, args.seconds, args.data_noise, -1.0,
+                                                                        (HEIGHT, WIDTH)):
             store = Path(args.store)
         else:
-            store = make_store(work, runs, seconds, noise, motor_noise, seed=0)
+            store = make_store(work, runs, seconds, noise, motor_noise, seed=0, size=size)
         cfg = {**base_recipe(store, work / "train", name, overrides.pop("steps", args.steps)), **overrides}
         run_dir = work / "train" / name
         t0 = time.perf_counter()
