@@ -42,8 +42,8 @@ def demand_over_grip(steer: np.ndarray, speed: np.ndarray, spec: DynamicSpec) ->
     return np.abs(speed ** 2 * np.tan(steer * spec.max_steer_rad) / spec.wheelbase_m) / spec.grip_mps2
 
 
-def pooled(ep, spec: DynamicSpec) -> dict:
-    es = expert_commands(ep, spec)[:, 0]
+def pooled(ep, es: np.ndarray) -> dict:
+    """Step counts and sums of one episode (``es``: the expert's steering at its states)."""
     return {"steps": len(ep.speed), "sliding": int(ep.sliding.sum()),
             "over_plan": int(np.count_nonzero(ep.speed - ep.planned_speed > 0.2)),
             "steer_err_sum": float(np.abs(ep.steer - es).sum()),
@@ -67,13 +67,13 @@ def main() -> None:
     spec = DynamicSpec()
     rows, totals = [], {"model": {}, "expert": {}}
     for ep in res.episodes:
-        for who, e in (("model", ep), ("expert", ep.reference)):
-            for k, v in pooled(e, spec).items():
+        ec = expert_commands(ep, spec)
+        es, em = ec[:, 0], ec[:, 1]
+        for who, e, steer in (("model", ep, es), ("expert", ep.reference, expert_commands(ep.reference, spec)[:, 0])):
+            for k, v in pooled(e, steer).items():
                 totals[who][k] = totals[who].get(k, 0) + v
         if not ep.interventions:
             continue
-        ec = expert_commands(ep, spec)
-        es, em = ec[:, 0], ec[:, 1]
         for step, d in zip(ep.intervention_steps, ep.intervention_details(), strict=True):
             onset = step - int(round(d["onset_s_before"] / ep.dt))
             lo = max(0, step - int(round(2.0 / ep.dt)))
