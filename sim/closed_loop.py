@@ -170,7 +170,8 @@ def drive_world(controller: Controller, world: World, config: ClosedLoopConfig, 
     pixels = getattr(controller, "uses_pixels", True) or frames_wanted > 0
     renderer = world.renderer(config.height, config.width, config.stereo, seed=render_seed) if pixels else None
     car = make_car(config.car)
-    plan = Expert(track, car.spec).plan  # reset speeds
+    plan = Expert(track, car.spec).plan  # reset speeds; the plan per step, for the intervention details
+    max_steer, wheelbase = car.spec.max_steer_rad, car.spec.wheelbase_m
     x, y, yaw = track.point_at(0.0)
     car.reset(x, y, yaw)
     if hasattr(controller, "bind"):
@@ -182,7 +183,7 @@ def drive_world(controller: Controller, world: World, config: ClosedLoopConfig, 
     n_max = int(round(config.max_seconds * config.fps))
     goal = config.laps * track.length
     rows: list[tuple] = []
-    events, causes, frames, lap_times = [], [], [], []
+    events, causes, frames, lap_times, event_steps = [], [], [], [], []
     position, driven, odometer, last_p = 0.0, 0.0, 0.0, track.locate(x, y).progress
     stall_n, moved_window = max(1, int(config.stall_s * config.fps)), []
     slide_n, since_slide = max(1, int(round(config.slide_window_s * config.fps))), 10**9
@@ -210,7 +211,8 @@ def drive_world(controller: Controller, world: World, config: ClosedLoopConfig, 
         last_p = loc.progress
         since_slide = 0 if st.sliding else since_slide + 1
         rows.append((st.x, st.y, st.yaw, loc.lateral, st.speed, float(steer), float(motor), loc.progress,
-                     loc.curvature, st.sliding))
+                     loc.curvature, st.sliding, st.speed * st.speed * math.tan(-st.steer * max_steer) / wheelbase,
+                     plan.at(loc.progress)))
         moved_window.append(step_len)
         heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
         cause = None
@@ -223,6 +225,7 @@ def drive_world(controller: Controller, world: World, config: ClosedLoopConfig, 
         if cause is not None:
             events.append((st.x, st.y))
             causes.append(cause)
+            event_steps.append(steps - 1)
             ahead = loc.progress + config.reset_ahead_m
             nx, ny, nyaw = track.point_at(ahead)
             car.reset(nx, ny, nyaw, speed=min(max(st.speed, 0.0), plan.at(ahead)))
@@ -234,14 +237,15 @@ def drive_world(controller: Controller, world: World, config: ClosedLoopConfig, 
         while position >= (len(lap_times) + 1) * track.length:
             lap_times.append(steps * dt - last_lap_t)
             last_lap_t = steps * dt
-    a = np.array(rows, dtype=np.float64).reshape(-1, 10)
+    a = np.array(rows, dtype=np.float64).reshape(-1, 12)
     return EpisodeResult(
         track=track, world=world.name, threshold=thr, elapsed_s=steps * dt, distance_m=odometer,
         progress_m=driven, laps=position / track.length, lap_times=lap_times, path=a[:, 0:2], yaw=a[:, 2],
         cte=a[:, 3], speed=a[:, 4], steer=a[:, 5], motor=a[:, 6], position=a[:, 7], curvature=a[:, 8],
-        sliding=a[:, 9].astype(bool), intervention_xy=np.array(events, dtype=np.float64).reshape(-1, 2),
-        intervention_causes=causes, frames=frames, penalty_s=config.intervention_s,
-        corner_curvature=config.corner_curvature)
+        sliding=a[:, 9].astype(bool), lateral_demand=a[:, 10], planned_speed=a[:, 11],
+        intervention_xy=np.array(events, dtype=np.float64).reshape(-1, 2), intervention_causes=causes,
+        intervention_steps=event_steps, grip_mps2=car.spec.grip_mps2, dt=dt, frames=frames,
+        penalty_s=config.intervention_s, corner_curvature=config.corner_curvature)
 
 
 def drive_closed_loop(controller: Controller, config: ClosedLoopConfig | None = None) -> ClosedLoopResult:

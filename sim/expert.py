@@ -145,6 +145,7 @@ class NoiseSpec:
     pulse_s: tuple[float, float] = (0.3, 0.8)  # pulse duration range
     motor_fraction: float = 0.25  # motor noise std relative to steering noise
     reference_speed: float = 1.5  # m/s
+    motor_scale: float | None = None  # stationary std of the motor noise; None = scale * motor_fraction
 
     def __post_init__(self):
         if not 0.0 <= self.scale <= 1.0:
@@ -153,10 +154,17 @@ class NoiseSpec:
             raise ValueError(f"tau_s={self.tau_s} must be > 0 s")
         if not 0.1 <= self.reference_speed <= 50:
             raise ValueError(f"reference_speed={self.reference_speed} must be in 0.1..50 m/s")
+        if self.motor_scale is not None and not 0.0 <= self.motor_scale <= 1.0:
+            raise ValueError(f"motor_scale={self.motor_scale} must be in 0..1 (normalised motor units)")
+
+    @property
+    def motor_std(self) -> float:
+        return self.scale * self.motor_fraction if self.motor_scale is None else self.motor_scale
 
 
 class DartNoise:
-    """Temporally correlated command noise, deterministic per seed. ``scale == 0`` gives exact zeros."""
+    """Temporally correlated command noise, deterministic per seed. ``scale == 0`` (and no motor noise) gives
+    exact zeros."""
 
     def __init__(self, spec: NoiseSpec, fps: float, seed: int):
         self.spec, self.dt = spec, 1.0 / fps
@@ -171,13 +179,13 @@ class DartNoise:
     def sample(self, speed: float = 0.0) -> tuple[float, float]:
         """Next (steer, motor) noise for a car at ``speed`` (m/s; see :class:`NoiseSpec`)."""
         sp = self.spec
-        if sp.scale == 0.0:
+        if sp.scale == 0.0 and sp.motor_std == 0.0:
             return 0.0, 0.0
         rho = math.exp(-self.dt / sp.tau_s)
         k = math.sqrt(1 - rho * rho)
         e = self.rng.standard_normal(2)
         self.steer = rho * self.steer + sp.scale * k * float(e[0])
-        self.motor = rho * self.motor + sp.scale * sp.motor_fraction * k * float(e[1])
+        self.motor = rho * self.motor + sp.motor_std * k * float(e[1])
         if self.pulse_left <= 0 and self.rng.random() < sp.pulse_rate_hz * self.dt:
             self.pulse_left = float(self.rng.uniform(*sp.pulse_s))
             self.pulse_value = float(self.rng.choice([-1, 1]) * self.rng.uniform(0.5, 1.0) * sp.pulse_gain * sp.scale)

@@ -58,6 +58,7 @@ class SimRecordConfig:
     stereo: bool = False  # record a right camera too
     seed: int = 0  # run i drives track seed+i of the split
     noise: float = 0.15  # DART steering noise std, normalised units (0 = clean expert)
+    motor_noise: float = -1.0  # DART throttle/brake noise std, normalised units (-1 = 0.25 x noise)
     split: str = "train"  # track split the runs drive
     variants: int | list[int] | None = None  # world variant seeds, paired with the tracks in turn (None: each track's
                                              # own)
@@ -89,6 +90,9 @@ class SimRecordConfig:
             raise ValueError(f"seed={self.seed} must be >= 0")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"noise={self.noise} must be in 0..1 (normalised steer units)")
+        if self.motor_noise != -1.0 and not 0.0 <= self.motor_noise <= 1.0:
+            raise ValueError(f"motor_noise={self.motor_noise} must be in 0..1 (normalised motor units), or -1 for "
+                             "0.25 x noise")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} must be one of {', '.join(SPLITS)}")
         if self.variant_split is not None and self.variant_split not in SPLITS:
@@ -148,7 +152,8 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     renderer = world.renderer(config.height, config.width, config.stereo, seed=track_seed)
     car = make_car(config.car)
     expert = Expert(track, car.spec)
-    dart = DartNoise(NoiseSpec(scale=config.noise), config.fps, seed=track_seed)
+    motor = None if config.motor_noise == -1.0 else config.motor_noise
+    dart = DartNoise(NoiseSpec(scale=config.noise, motor_scale=motor), config.fps, seed=track_seed)
     rng = split_rng(track_seed, config.split, stream=3)
     start = float(rng.uniform(0, track.length))
     x, y, yaw = track.point_at(start)
@@ -191,8 +196,8 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     v = world.variant
     meta = {"track_seed": track_seed, "split": config.split, "world": world.name, "variant_seed": v.seed,
             "variant_split": v.split, "lane_width_m": track.lane_width, "track_length_m": track.length,
-            "fps": config.fps, "noise": config.noise, "car_model": config.car, "camera": asdict(v.camera),
-            "car": asdict(car.spec), "expert": asdict(expert.spec)}
+            "fps": config.fps, "noise": config.noise, "motor_noise": dart.spec.motor_std, "car_model": config.car,
+            "camera": asdict(v.camera), "car": asdict(car.spec), "expert": asdict(expert.spec)}
     own = (v.seed, v.split) == (track_seed, config.split)
     name = f"sim_{config.split}_{track_seed:05d}" + ("" if own else f"_v{v.split}{v.seed:05d}")
     out = Path(config.out) / f"{name}.h5"

@@ -67,6 +67,11 @@ class EpisodeResult:
     sliding: np.ndarray  # (N,) bool
     intervention_xy: np.ndarray  # (K, 2)
     intervention_causes: list[str]
+    lateral_demand: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) v² × wheel curvature, m/s², + left
+    planned_speed: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) the expert's plan at the car, m/s
+    intervention_steps: list[int] = field(default_factory=list)  # (K,) step index of each intervention
+    grip_mps2: float = float("inf")  # the car's mu * g
+    dt: float = 1.0 / 30.0  # seconds per step
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # first video_frames camera images
     penalty_s: float = 6.0
     corner_curvature: float = 0.25
@@ -116,6 +121,36 @@ class EpisodeResult:
     def straight_speed(self) -> float | None:
         return _mean(self.speed[~self.in_corner])
 
+    def intervention_details(self, before_s: float = 2.0) -> list[dict]:
+        """Per intervention, what led to it (see docs/sim.md, "Intervention details"): the time; at the onset of
+        the last slide before it (or at the intervention if it did not slide) the speed against the expert's
+        plan there, the centre line's curvature and the cross-track error; the largest lateral acceleration the
+        steering asked for (``v² tan δ / L``) from then to the intervention, as a share of the grip; over the
+        ``before_s`` seconds before it the largest speed over the plan and the largest steering change per step."""
+        out = []
+        n_before = max(1, int(round(before_s / self.dt)))
+        for step, cause in zip(self.intervention_steps, self.intervention_causes, strict=True):
+            lo = max(0, step - n_before)
+            onset = step
+            if self.sliding[step] or cause == "slid":
+                onset = next((i for i in range(step, lo - 1, -1) if self.sliding[i]), step)
+                while onset > lo and self.sliding[onset - 1]:
+                    onset -= 1
+            w = slice(lo, step + 1)
+            over = self.speed[w] - self.planned_speed[w]
+            dsteer = np.abs(np.diff(self.steer[w])) if step > lo else np.zeros(1)
+            out.append({"t_s": round(step * self.dt, 2), "cause": cause,
+                        "onset_s_before": round((step - onset) * self.dt, 2),
+                        "speed_mps": round(float(self.speed[onset]), 3),
+                        "planned_mps": round(float(self.planned_speed[onset]), 3),
+                        "curvature": round(float(self.curvature[onset]), 3),
+                        "demand_over_grip": round(float(np.abs(self.lateral_demand[onset:step + 1]).max())
+                                                  / self.grip_mps2, 3),
+                        "cte_m": round(float(self.cte[onset]), 3),
+                        "max_over_plan_mps": round(float(over.max()), 3),
+                        "max_steer_step": round(float(dsteer.max()), 3)})
+        return out
+
     def summary(self) -> dict:
         ref = self.reference
         return {"world": self.world, "autonomy_pct": round(self.autonomy, 2),
@@ -125,6 +160,7 @@ class EpisodeResult:
                 "straight_speed_mps": _round(self.straight_speed, 3), "mean_abs_cte_m": round(self.mean_abs_cte, 4),
                 "slide_pct": round(100.0 * float(self.sliding.mean()) if len(self.sliding) else 0.0, 1),
                 "distance_m": round(self.distance_m, 1), "elapsed_s": round(self.elapsed_s, 2),
+                "intervention_details": self.intervention_details(),
                 "expert": None if ref is None else {
                     "lap_times_s": [round(t, 2) for t in ref.lap_times], "mean_speed_mps": round(ref.mean_speed, 3),
                     "corner_speed_mps": _round(ref.corner_speed, 3),

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from driver.sim.car import DynamicSpec
 from driver.sim.closed_loop import (
     ClosedLoopConfig,
     ClosedLoopResult,
@@ -16,6 +17,7 @@ from driver.sim.closed_loop import (
     drive_closed_loop,
     write_closed_loop_media,
 )
+from driver.sim.expert import ExpertSpec
 
 SMALL = {"height": 24, "width": 32, "video_frames": 0}
 
@@ -110,6 +112,26 @@ def test_interventions_by_cause_and_resets():
     parked = drive_closed_loop(Straight(motor=0.0), ClosedLoopConfig(tracks=[0], max_seconds=12, stall_s=5, **SMALL))
     assert parked.causes == {"off_road": 0, "slid": 0, "wrong_way": 0, "stopped": 2}
     assert parked.episodes[0].pace == 0.0
+
+
+def test_intervention_details_name_why_the_car_slid():
+    """An expert that plans corners at 1.6 times the grip enters them too fast: each slide's details show the
+    speed over the (real) expert's plan and the steering asking for more than the grip; the straight-driving
+    car leaves the road without sliding and at no lateral demand."""
+    greedy = ExpertController(spec=ExpertSpec(lateral_accel=1.6 * DynamicSpec().grip_mps2))
+    res = drive_closed_loop(greedy, ClosedLoopConfig(tracks=[0, 1, 2], max_seconds=30, reference=False, **SMALL))
+    slid = [d for e in res.episodes for d in e.intervention_details() if d["cause"] == "slid"]
+    assert slid, res.causes
+    for d in slid:
+        assert d["speed_mps"] > d["planned_mps"] and d["max_over_plan_mps"] > 0.2
+        assert d["demand_over_grip"] >= 1.0 and 0.0 < d["onset_s_before"] <= 2.0
+    ep = res.episodes[0]
+    assert len(ep.intervention_steps) == ep.interventions and len(ep.planned_speed) == len(ep.speed)
+    assert ep.summary()["intervention_details"] == ep.intervention_details()
+    off = drive_closed_loop(Straight(), ClosedLoopConfig(tracks=[0], max_seconds=10, reference=False, **SMALL))
+    d = off.episodes[0].intervention_details()[0]
+    assert d["cause"] == "off_road" and d["onset_s_before"] == 0.0 and d["demand_over_grip"] == 0.0
+    assert abs(d["cte_m"]) > off.episodes[0].threshold
 
 
 def test_controllers_with_a_speed_parameter_get_the_wheel_speed():

@@ -101,6 +101,19 @@ def test_dart_steering_noise_keeps_its_lateral_acceleration_at_speed():
     assert np.array_equal(a[:, 1], b[:, 1])  # motor noise unchanged
 
 
+def test_dart_motor_noise_has_its_own_scale():
+    """``motor_scale`` sets the throttle/brake noise alone (``driver sim record --motor-noise``); by default it
+    is a quarter of the steering noise, and with no steering noise only the motor is perturbed."""
+    a, b = DartNoise(NoiseSpec(scale=0.2), 30, seed=5), DartNoise(NoiseSpec(scale=0.2, motor_scale=0.05), 30, seed=5)
+    default, same = np.array([a.sample() for _ in range(300)]), np.array([b.sample() for _ in range(300)])
+    assert np.allclose(default, same, atol=1e-12)  # 0.25 x 0.2: the same noise as before the option
+    motor_only = DartNoise(NoiseSpec(scale=0.0, motor_scale=0.2), 30, seed=5)
+    m = np.array([motor_only.sample(speed=2.0) for _ in range(3000)])
+    assert (m[:, 0] == 0.0).all() and 0.12 < m[:, 1].std() < 0.3
+    with pytest.raises(ValueError, match=r"motor_scale=1.5 must be in 0..1"):
+        NoiseSpec(motor_scale=1.5)
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="scale=2"):
         NoiseSpec(scale=2)

@@ -57,6 +57,7 @@ class TrainConfig:
     loss: str = "mse"                   # mse | huber
     steer_weight: float = 1.0           # loss weight of steering
     motor_weight: float = 0.5           # loss weight of throttle and brake
+    throttle_excess_weight: float = 1.0  # motor loss x this where the model asks more throttle/less brake (1 = off)
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     grad_clip: float = 1.0              # max gradient norm (0 = off)
     zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
@@ -109,7 +110,8 @@ class TrainConfig:
                              ("num_workers", 0, 64), ("threads", 0, 256), ("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0),
                              ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
-                             ("motor_weight", 0.0, 1e3), ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),
+                             ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
+                             ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
                              ("patience", 0, 10**6), ("every", 0, 10**9), ("eval_seconds", 1.0, 3600.0),
                              ("health_every", 0, 10**9), ("learning_check_step", 0, 10**9), ("seed", 0, 2**31 - 1)]:

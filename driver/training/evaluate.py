@@ -73,9 +73,15 @@ def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
                   stats: LabelStats | None = None) -> torch.Tensor:
     """(B,) loss of each clip over (T, horizon, 2): MSE or Huber, targets weighted per :func:`target_weights`,
     divided by the sum of steer_weight and motor_weight. With ``target_norm`` the constant predictor scores
-    1.0 on the training distribution."""
+    1.0 on the training distribution. With ``throttle_excess_weight`` k > 1 the motor error counts k times
+    where the prediction is above the label (more throttle or less brake than the expert: the error that
+    enters corners too fast), so the model errs towards braking."""
     weights = target_weights(config, stats, out.device, out.dtype)
     per = F.huber_loss(out, target, reduction="none", delta=0.1) if config.loss == "huber" else (out - target) ** 2
+    k = getattr(config, "throttle_excess_weight", 1.0)  # configs of older checkpoints lack it
+    if k != 1.0:  # risk-averse motor: too much throttle (too little brake) costs k times as much as too little
+        over = out[..., 1] > target[..., 1]
+        per = torch.cat([per[..., :1], torch.where(over, k * per[..., 1], per[..., 1]).unsqueeze(-1)], -1)
     return (per * weights).sum(-1).flatten(1).mean(1) / (config.steer_weight + config.motor_weight)
 
 
