@@ -12,6 +12,7 @@ import torch
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
+from driver.datasets.store import Store
 from driver.datasets.synthetic import synthetic_segments
 from driver.models import InputSpec, create_model
 from driver.progress import Progress
@@ -20,7 +21,7 @@ from driver.training.config import parse_budget
 from driver.training.evaluate import val_chains
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
-from driver.training.recipe import auto_lr
+from driver.training.recipe import auto_lr, clip_config, resolve_data
 
 ENV_THREADS = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,9 +55,22 @@ def test_seconds_become_frames_at_the_store_rate_and_cameras_default_to_the_stor
     cfg = json.loads((r.run_dir / "config.json").read_text())
     assert (cfg["cameras"], cfg["clip_length"], cfg["target_stride"], cfg["horizon"]) == ("left", 5, 5, 5)
     assert cfg["lr"] == pytest.approx(auto_lr(4 * 5, 48, 64)) and cfg["warmup_steps"] == 0
+    assert cfg["flip_scope"] == "run"  # a recurrent model's lanes see one world per run
     ck = load_checkpoint(r.last_checkpoint)
     assert ck["spec"]["horizon"] == 5 and ck["preprocess"]["cameras"] == ["left"]
     assert ck["label_stats"]["mean"][1] > 0  # the synthetic throttle is above neutral
+
+
+def test_flip_scope_auto_is_per_run_for_recurrent_models_and_per_clip_for_frame_models(mono50):
+    store = Store(mono50)
+    for arch, given, resolved in [("squeezenet_gru", "auto", "run"), ("z2color_lstm", "auto", "run"),
+                                  ("pilotnet", "auto", "clip"), ("squeezenet", "auto", "clip"),
+                                  ("squeezenet_gru", "clip", "clip"), ("pilotnet", "run", "run")]:
+        cfg = resolve_data(TrainConfig(data=str(mono50), arch=arch, flip_scope=given), store, store.runs)
+        assert cfg.flip_scope == resolved, (arch, given)
+        assert clip_config(cfg).flip_scope == resolved
+    with pytest.raises(ValueError, match="flip_scope='lanes' must be one of auto, clip, run"):
+        TrainConfig(flip_scope="lanes")
 
 
 def test_a_stereo_flag_on_mono_runs_names_the_flag_and_leaves_no_run_folder(mono50, tmp_path):
