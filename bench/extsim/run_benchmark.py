@@ -9,6 +9,8 @@
    held-out run, not even for choosing ``best.pt``);
 3. train: ``driver train`` with the default recipe and with the PilotNet baseline, the same CPU budget
    each (see TRAINING INVOCATIONS below);
+   (one after the other, or with ``--parallel`` all at once, one torch thread each, so that every recipe
+   trains under the same machine load);
 4. open loop: ``driver replay`` of each checkpoint on the held-out runs → R² per target (run units);
    the constant predictor (the mean of the training labels) is scored from the labels directly;
 5. closed loop: every controller drives the same held-out starts (``closed_loop.py``): score vs the
@@ -31,7 +33,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +73,8 @@ log = logging.getLogger("extsim.bench")
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
+    # the default before recurrent lanes drew one flip per run (each chunk of a lane was mirrored at random)
+    "default_flip_clip": ["--flip-scope", "clip"],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
               "--horizon", "1", "--target-stride", "1", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20"],
 }
@@ -132,6 +138,7 @@ class BenchConfig:
     eval_episodes: int = 6
     eval_seconds: float = 45.0
     seed: int = 0
+    parallel: bool = False  # train every model at once, one torch thread each (the same load for all)
     sim: SimConfig = SimConfig()
 
     def __post_init__(self):
@@ -214,7 +221,8 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     done = run_dir / "benchmark_done.json"
     if done.is_file():
         return TrainOutcome(**json.loads(done.read_text(encoding="utf-8")))
-    base = ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed)]
+    base = ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
+            *(["--threads", "1"] if cfg.parallel else [])]
     try:
         if (run_dir / "last.pt").is_file():  # an interrupted run: continue it
             cmd = driver_cmd("train", "--resume", str(run_dir))
@@ -235,6 +243,47 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     out.steps = max((int(r["step"]) for r in rows), default=0)
     done.write_text(json.dumps(asdict(out), indent=2), encoding="utf-8")
     return out
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every ``every_s`` seconds while training runs (in a thread)."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        s = np.array(self.samples or [float("nan")])
+        return {"min": round(float(s.min()), 1), "median": round(float(np.median(s)), 1),
+                "max": round(float(s.max()), 1), "samples": len(self.samples)}
+
+
+def train_all(cfg: BenchConfig, use_budget: bool) -> tuple[dict[str, TrainOutcome], dict]:
+    """Every model's training, one after the other or (``cfg.parallel``) all at once; and the machine's
+    load average meanwhile."""
+    with LoadSampler() as load:
+        if cfg.parallel:
+            with ThreadPoolExecutor(max_workers=len(cfg.models)) as pool:
+                futures = {m: pool.submit(stage_train, cfg, m, use_budget) for m in cfg.models}
+                trained = {m: f.result() for m, f in futures.items()}
+        else:
+            trained = {m: stage_train(cfg, m, use_budget) for m in cfg.models}
+    return trained, load.summary()
 
 
 def valid_labels(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -323,7 +372,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     timed("ingest", stage_ingest, cfg)
     train_labels, test_labels = valid_labels(cfg.root / "train.zarr"), valid_labels(cfg.root / "test.zarr")
     use_budget = train_has_budget_flag()
-    trained = {m: timed(f"train {m}", stage_train, cfg, m, use_budget) for m in cfg.models}
+    trained, train_load = timed("train", train_all, cfg, use_budget)
     open_loop = {m: timed(f"replay {m}", stage_replay, cfg, m, t.checkpoint, test_labels)
                  for m, t in trained.items() if t.checkpoint}
     const = constant_scores(train_labels, test_labels)
@@ -353,9 +402,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     header = (f"highway-env {sim_version()} {cfg.sim.track}, {cfg.sim.height}x{cfg.sim.width} heading-up camera at "
               f"{cfg.sim.fps:g} Hz; {cfg.train_runs} training runs ({n_train:,} valid frames), {cfg.test_runs} "
               f"held-out runs ({n_test:,} frames); budget {cfg.budget_minutes:g} min per model; closed loop "
-              f"{cfg.eval_episodes} held-out starts x {cfg.eval_seconds:g} s")
+              f"{cfg.eval_episodes} held-out starts x {cfg.eval_seconds:g} s; trained "
+              f"{'at the same time, one thread each' if cfg.parallel else 'one after the other'}, load average "
+              f"{train_load['min']:g}-{train_load['max']:g} (median {train_load['median']:g}) on {os.cpu_count()} CPUs")
     results = {
         "config": {**asdict(cfg)}, "simulator": f"highway-env {sim_version()}", "timings_s": timings,
+        "train_load": train_load,
         "constant": const, "open_loop": open_loop, "train": {m: asdict(t) for m, t in trained.items()},
         "closed_loop": {k: v.to_dict() for k, v in closed.items()}, "table": text, "header": header}
     (cfg.root / "results.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
@@ -375,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-episodes", type=int, default=6)
     ap.add_argument("--eval-seconds", type=float, default=45.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true",
+                    help="train the models at the same time, one torch thread each (the same load for all)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         cfg = BenchConfig(work=a.work, train_runs=a.train_runs, test_runs=a.test_runs, seconds=a.seconds,
                           budget_minutes=a.budget_minutes, models=a.models, eval_episodes=a.eval_episodes,
-                          eval_seconds=a.eval_seconds, seed=a.seed)
+                          eval_seconds=a.eval_seconds, seed=a.seed, parallel=a.parallel)
         run_benchmark(cfg)
     except (DriverError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
