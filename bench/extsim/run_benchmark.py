@@ -199,6 +199,12 @@ def size_training(cfg: BenchConfig, model: str, base: list[str]) -> dict:
             "steps_per_epoch": max(1, steps // BUDGET_EPOCHS)}
 
 
+def train_base_args(cfg: BenchConfig, model: str) -> list[str]:
+    """`driver train` flags of ``model``'s recipe on the benchmark's training store (budget flags aside)."""
+    return ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
+            *(["--threads", "1"] if cfg.parallel else [])]
+
+
 @dataclass
 class TrainOutcome:
     model: str
@@ -221,8 +227,7 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     done = run_dir / "benchmark_done.json"
     if done.is_file():
         return TrainOutcome(**json.loads(done.read_text(encoding="utf-8")))
-    base = ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
-            *(["--threads", "1"] if cfg.parallel else [])]
+    base = train_base_args(cfg, model)
     try:
         if (run_dir / "last.pt").is_file():  # an interrupted run: continue it
             cmd = driver_cmd("train", "--resume", str(run_dir))
