@@ -258,8 +258,7 @@ def test_table_and_budget_flags():
     assert text.splitlines()[0].startswith("| model | steer R² | throttle R² | closed-loop score")
     assert "| expert (labels) | 1.000 | 1.000 | 1.000 | 100.0% |" in text
     assert text.splitlines()[-1].endswith("not in this build")
-    assert train_budget_args(600, None) == ["--budget", "10m"]
-    assert train_budget_args(600, {"steps_per_epoch": 25}) == ["--epochs", "2", "--steps-per-epoch", "25"]
+    assert train_budget_args(600) == ["--budget", "10m"]
     assert {"default", "pilotnet"} <= set(RECIPES) and RECIPES["default"] == []
 
 
@@ -271,7 +270,7 @@ def test_every_recipe_is_a_valid_train_command_and_parallel_runs_take_one_thread
     for parallel in (False, True):
         cfg = BenchConfig(work=str(tmp_path), models=sorted(RECIPES), parallel=parallel)
         for model in RECIPES:
-            args = build_parser().parse_args(["train", *train_base_args(cfg, model), *train_budget_args(1800, None)])
+            args = build_parser().parse_args(["train", *train_base_args(cfg, model), *train_budget_args(1800)])
             config = resolve_config(None, given_values(args, TrainConfig))
             assert config.threads == (1 if parallel else 0) and config.budget == "30m"
             assert config.cameras == "left" and config.data == str(tmp_path / "train.zarr")

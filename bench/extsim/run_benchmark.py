@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +65,10 @@ log = logging.getLogger("extsim.bench")
 # ==================================================================================================
 # TRAINING INVOCATIONS: the one place to edit when `driver train`'s recipe flags change.
 # `default` is `driver train`'s own recipe: only what these runs require is set (one camera). `pilotnet`
-# is issue 18's plain single-frame CNN baseline (one frame in). Both get the same CPU budget: through
-# `driver train --budget` when the command has it, else `--epochs/--steps-per-epoch` sized from a short
-# calibration run of the same recipe (`size_training`). `small` (not run unless asked, `--models ... small`)
-# is docs/car-to-model.md's small-input recipe, a check that these runs are learnable at all.
+# is issue 18's plain single-frame CNN baseline (one frame in). Every recipe gets the same wall-clock
+# budget through `driver train --budget` (steps, warmup and validation sized to this machine's speed).
+# `small` (not run unless asked, `--models ... small`) is docs/car-to-model.md's small-input recipe, a check
+# that these runs are learnable at all.
 # ==================================================================================================
 RECIPES: dict[str, list[str]] = {
     "default": [],
@@ -80,8 +80,6 @@ RECIPES: dict[str, list[str]] = {
 }
 REQUIRED = ["--cameras", "left", "--no-progress"]  # the runs have one camera; no progress bar in logs
 INGEST_FLAGS = ["--min-motor", "0"]  # motor is an acceleration command here: coasting (49) and braking are data
-BUDGET_EPOCHS = 2  # validations (and best.pt candidates) per budgeted training run: each costs minutes on a CPU
-CALIBRATION_STEPS = 20
 
 
 def recipe_arch(model: str) -> str:
@@ -89,11 +87,10 @@ def recipe_arch(model: str) -> str:
     return args[args.index("--arch") + 1] if "--arch" in args else "default"
 
 
-def train_budget_args(budget_s: float, calibration: dict | None) -> list[str]:
-    """Flags that hold training to ``budget_s``: `--budget` if `driver train` has it, else sized steps."""
-    if calibration is None:
-        return ["--budget", f"{budget_s / 60:g}m"]
-    return ["--epochs", str(BUDGET_EPOCHS), "--steps-per-epoch", str(calibration["steps_per_epoch"])]
+def train_budget_args(budget_s: float) -> list[str]:
+    """Flags that hold training to ``budget_s`` of wall-clock time on this machine (`driver train --budget`
+    sizes steps, warmup and validation to it)."""
+    return ["--budget", f"{budget_s / 60:g}m"]
 
 
 # ==================================================================================================
@@ -114,11 +111,6 @@ def run_logged(cmd: list[str], log_path: Path) -> float:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         raise DriverError(f"{shlex.join(cmd[:4])} ... exited {rc} (log {log_path}): {' | '.join(tail)}")
     return time.perf_counter() - t
-
-
-def train_has_budget_flag() -> bool:
-    out = subprocess.run(driver_cmd("train", "--help"), capture_output=True, text=True, check=False).stdout
-    return "--budget" in out
 
 
 def registered_archs() -> set[str]:
@@ -172,33 +164,6 @@ def stage_ingest(cfg: BenchConfig) -> None:
                               *INGEST_FLAGS), cfg.root / "logs" / f"ingest_{split}.log")
 
 
-def _last_train_rate(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
-    if not rows:
-        raise DriverError(f"{run_dir}/metrics.csv has no training rows to size the budget from")
-    return float(rows[-1]["samples_per_s"])
-
-
-def size_training(cfg: BenchConfig, model: str, base: list[str]) -> dict:
-    """Run the recipe for CALIBRATION_STEPS steps; size steps so that training (with its start-up and one
-    validation per epoch) fits the budget on this machine now."""
-    calib_dir = cfg.root / "train" / f"_calibrate_{model}"
-    shutil.rmtree(calib_dir, ignore_errors=True)
-    wall = run_logged(driver_cmd("train", *base, "--epochs", "1", "--steps-per-epoch", str(CALIBRATION_STEPS),
-                                 "--out", str(calib_dir.parent), "--name", calib_dir.name),
-                      cfg.root / "logs" / f"calibrate_{model}.log")
-    resolved = json.loads((calib_dir / "config.json").read_text(encoding="utf-8"))
-    frames_per_step = int(resolved["batch_size"]) * int(resolved["clip_length"])
-    step_s = frames_per_step / _last_train_rate(calib_dir)
-    overhead_s = max(0.0, wall - CALIBRATION_STEPS * step_s)  # start-up + one validation + checkpoints
-    budget_s = cfg.budget_minutes * 60
-    steps = max(BUDGET_EPOCHS, int((budget_s - BUDGET_EPOCHS * overhead_s) / step_s))
-    shutil.rmtree(calib_dir, ignore_errors=True)
-    return {"step_s": round(step_s, 4), "overhead_s": round(overhead_s, 1), "calibration_wall_s": round(wall, 1),
-            "steps_per_epoch": max(1, steps // BUDGET_EPOCHS)}
-
-
 def train_base_args(cfg: BenchConfig, model: str) -> list[str]:
     """`driver train` flags of ``model``'s recipe on the benchmark's training store (budget flags aside)."""
     return ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
@@ -213,11 +178,10 @@ class TrainOutcome:
     seconds: float = 0.0
     steps: int = 0
     command: str = ""
-    calibration: dict | None = None
     error: str | None = None
 
 
-def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOutcome:
+def stage_train(cfg: BenchConfig, model: str) -> TrainOutcome:
     arch = recipe_arch(model)
     out = TrainOutcome(model, arch)
     if arch != "default" and arch not in registered_archs():
@@ -226,15 +190,15 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     run_dir = cfg.root / "train" / model
     done = run_dir / "benchmark_done.json"
     if done.is_file():
-        return TrainOutcome(**json.loads(done.read_text(encoding="utf-8")))
+        known = {f.name for f in fields(TrainOutcome)}
+        return TrainOutcome(**{k: v for k, v in json.loads(done.read_text(encoding="utf-8")).items() if k in known})
     base = train_base_args(cfg, model)
     try:
         if (run_dir / "last.pt").is_file():  # an interrupted run: continue it
             cmd = driver_cmd("train", "--resume", str(run_dir))
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-            out.calibration = None if use_budget_flag else size_training(cfg, model, base)
-            cmd = driver_cmd("train", *base, *train_budget_args(cfg.budget_minutes * 60, out.calibration),
+            cmd = driver_cmd("train", *base, *train_budget_args(cfg.budget_minutes * 60),
                              "--out", str(run_dir.parent), "--name", model)
         out.command = shlex.join(["driver", *cmd[3:]])
         out.seconds = run_logged(cmd, cfg.root / "logs" / f"train_{model}.log")
@@ -278,16 +242,16 @@ class LoadSampler:
                 "max": round(float(s.max()), 1), "samples": len(self.samples)}
 
 
-def train_all(cfg: BenchConfig, use_budget: bool) -> tuple[dict[str, TrainOutcome], dict]:
+def train_all(cfg: BenchConfig) -> tuple[dict[str, TrainOutcome], dict]:
     """Every model's training, one after the other or (``cfg.parallel``) all at once; and the machine's
     load average meanwhile."""
     with LoadSampler() as load:
         if cfg.parallel:
             with ThreadPoolExecutor(max_workers=len(cfg.models)) as pool:
-                futures = {m: pool.submit(stage_train, cfg, m, use_budget) for m in cfg.models}
+                futures = {m: pool.submit(stage_train, cfg, m) for m in cfg.models}
                 trained = {m: f.result() for m, f in futures.items()}
         else:
-            trained = {m: stage_train(cfg, m, use_budget) for m in cfg.models}
+            trained = {m: stage_train(cfg, m) for m in cfg.models}
     return trained, load.summary()
 
 
@@ -376,8 +340,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     timed("record", stage_record, cfg)
     timed("ingest", stage_ingest, cfg)
     train_labels, test_labels = valid_labels(cfg.root / "train.zarr"), valid_labels(cfg.root / "test.zarr")
-    use_budget = train_has_budget_flag()
-    trained, train_load = timed("train", train_all, cfg, use_budget)
+    trained, train_load = timed("train", train_all, cfg)
     open_loop = {m: timed(f"replay {m}", stage_replay, cfg, m, t.checkpoint, test_labels)
                  for m, t in trained.items() if t.checkpoint}
     const = constant_scores(train_labels, test_labels)
