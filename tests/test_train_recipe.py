@@ -17,6 +17,7 @@ from driver.datasets.synthetic import synthetic_segments
 from driver.models import InputSpec, create_model
 from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
+from driver.training.budget import paced_epochs
 from driver.training.config import parse_budget
 from driver.training.evaluate import val_chains
 from driver.training.health import HealthMonitor, blown_up
@@ -136,6 +137,16 @@ def test_health_statistics_are_logged_and_blowups_named(mono50, tmp_path):
 
 
 @pytest.mark.slow
+def test_pacing_fits_the_epochs_to_the_time_left():
+    # 8 epochs of 100 steps planned; at step 200 the speed so far decides how many fit the time left
+    assert paced_epochs(8, 100, 200, 1.0, 600 / 0.95) == 8  # on plan
+    assert paced_epochs(8, 100, 200, 1.0, 620 / 0.95) == 8  # within 5%: no change
+    assert paced_epochs(8, 100, 200, 0.5, 600 / 0.95) == 14  # the machine got faster: 1,200 more steps fit
+    assert paced_epochs(8, 100, 200, 2.0, 600 / 0.95) == 5  # slower: 300 more steps, whole epochs
+    assert paced_epochs(8, 100, 200, 5.0, 10.0) == 2  # the time is up: never fewer than the epochs done
+    assert paced_epochs(8, 100, 200, 1.0, -5.0) == 2
+
+
 def test_budget_sizes_the_run(mono50, tmp_path):
     assert parse_budget("20m") == 1200 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
     with pytest.raises(ValueError, match="budget='soon' must be a duration"):
@@ -146,6 +157,7 @@ def test_budget_sizes_the_run(mono50, tmp_path):
     assert planned > 1 and cfg["val_every"] > 0
     assert r.steps == planned if r.stopped == "completed" else 0 < r.steps < planned  # a busier machine: "budget"
     assert 0 <= cfg["warmup_steps"] <= 100 and r.stopped in ("completed", "budget")
+    assert cfg["epochs"] >= 2  # split into epochs so that pacing can re-plan at their ends
 
 
 @pytest.mark.slow
