@@ -21,7 +21,7 @@ class TrainConfig:
     data: str = ""                      # store path or URL (s3://..., driver ingest output)
     cameras: str = "auto"               # auto (both when every run is stereo, else left) | both | left | right
     stack: int = 2                      # 1, or 2 for the lab's previous+current frame stacking
-    clip_seconds: float = 0.1           # clip (TBPTT chunk) length in seconds, at the store's frame rate
+    clip_seconds: float = 0.3           # clip (TBPTT chunk) length in seconds, at the store's frame rate
     horizon_seconds: float = 0.0        # seconds ahead of the last predicted step (0 = the current command only)
     target_stride_seconds: float = 0.1  # seconds between predicted steps
     clip_length: int = 0                # frames per clip; overrides clip_seconds when > 0
@@ -51,7 +51,7 @@ class TrainConfig:
     momentum: float = 0.9               # sgd only
     schedule: str = "cosine"            # cosine | constant | step
     warmup_steps: int = -1              # linear warmup steps; -1 = auto (5% of the steps, at most 100)
-    batch_size: int = 48                # clips per step (recurrent: lanes)
+    batch_size: int = 16                # clips per step (recurrent: lanes)
     epochs: int = 10                    # passes over the training clips
     steps_per_epoch: int = 0            # 0 = one pass over the training clips
     budget: str = ""                    # wall-clock time on this machine, e.g. 20m or 1h30m: sizes steps and validation
