@@ -8,9 +8,8 @@
 2. ingest: ``driver ingest`` into ``train.zarr`` and ``test.zarr`` (two stores: training never sees a
    held-out run, not even for choosing ``best.pt``);
 3. train: ``driver train`` with the default recipe and with the PilotNet baseline, the same CPU budget
-   each (see TRAINING INVOCATIONS below);
-   (one after the other, or with ``--parallel`` all at once, one torch thread each, so that every recipe
-   trains under the same machine load);
+   each (see TRAINING INVOCATIONS below): one after the other, or with ``--parallel`` all at once, one
+   torch thread each, so that every recipe trains under the same machine load;
 4. open loop: ``driver replay`` of each checkpoint on the held-out runs → R² per target (run units);
    the constant predictor (the mean of the training labels) is scored from the labels directly;
 5. closed loop: every controller drives the same held-out starts (``closed_loop.py``): score vs the
@@ -362,7 +361,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
              "throttle_r2": const["overall"]["motor"], "closed_loop": closed["constant"]}]
     for m, t in trained.items():
         ol = open_loop.get(m, {}).get("overall", {})
-        name = "default recipe" if m == "default" else m if m == t.arch else f"{m} ({t.arch})"
+        name = "default recipe" if m == "default" else m if t.arch in (m, "default") else f"{m} ({t.arch})"
         rows.append({"model": name,
                      "steer_r2": ol.get("steer"), "throttle_r2": ol.get("motor"), "closed_loop": closed.get(m),
                      "steps": t.steps, "train_s": t.seconds, "error": t.error})
