@@ -42,7 +42,7 @@ VAL_SHARE = 0.10
 OVERHEAD = 0.10
 MAX_VALIDATIONS = 10
 MIN_VAL_CLIPS = 32
-PACE_EPOCHS = 8  # at least this many epochs in a budgeted run: the pacing's step
+PACE_EPOCHS = 20  # at least this many epochs in a budgeted run: the pacing's step (5% of the plan)
 PACE_MARGIN = 0.05  # of the time left, kept free when pacing
 PACE_CHANGE = 0.05  # re-plan only when the steps that fit differ by more than this share
 
