@@ -23,7 +23,7 @@ Datasets (the input sizes in docs/car-to-model.md, and an external simulator's r
 Recipes: ``default`` (driver train's defaults), ``pilotnet`` (``--arch pilotnet --stack 1``, the plain
 single-frame baseline), ``legacy`` (the training recipe of docs/car-to-model.md's small-input example
 before issue 18, on today's encoder: LayerNorm before the GRU, lr 2e-3, no target normalisation, hidden
-32, 16 clips of 4 frames, one predicted step, flagged windows kept).
+32, 16 clips of 4 frames, one predicted step, flagged windows kept, one flip draw per clip).
 
 Writes ``WORK/results.json`` and prints a markdown table (docs/benchmarks.md, "Training recipes").
 """
@@ -60,7 +60,7 @@ RECIPES = {
     "pilotnet": {"arch": "pilotnet", "stack": 1},
     "legacy": {"arch": "squeezenet_gru", "arch_kwargs": {"hidden_size": 32, "feature_norm": "layer"}, "stack": 1,
                "clip_length": 4, "horizon": 1, "target_stride": 1, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20,
-               "target_norm": False, "exclude_flagged": False},
+               "target_norm": False, "exclude_flagged": False, "flip_scope": "clip"},
 }
 
 

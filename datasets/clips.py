@@ -9,7 +9,8 @@ One item (torch tensors, ready for the default collate)::
                                      from the run's speed series (``encoder`` preferred, ``datasets.series``)
     run     int64                    index into ``dataset.runs``
     start   int64                    frame index of the clip's first step in its run
-    flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged)
+    flipped bool                     horizontal-flip augmentation applied (``color_jitter`` is not flagged);
+                                     drawn per clip, or per run and epoch (``flip_scope="run"``)
 
 A clip may start at frame s only if every frame of its window, from the stacked previous frame to its
 last target (frames the strides skip included), is valid and lies in one segment of the run.
@@ -51,6 +52,7 @@ class ClipConfig:
     horizon: int = 10
     target_stride: int = 1
     flip: float = 0.0
+    flip_scope: str = "clip"  # one flip draw per clip, or per run and epoch ("run": recurrent lanes)
     color_jitter: float = 0.0
     modes: tuple[str, ...] = MODES
     include_labels: tuple[str, ...] = ()
@@ -73,6 +75,8 @@ class ClipConfig:
                 raise ValueError(f"{name}={value!r} must be an integer in {lo}..{hi}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip={self.flip} must be a probability in 0..1")
+        if self.flip_scope not in ("clip", "run"):
+            raise ValueError(f"flip_scope={self.flip_scope!r} must be 'clip' or 'run'")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ValueError(f"color_jitter={self.color_jitter} must be in 0..1")
         if self.cameras not in (("left",), ("right",), ("left", "right")):
@@ -315,7 +319,10 @@ class ClipDataset(Dataset):
         r, s = int(self._run_index[index]), int(self._starts[index])
         run = self._runs[r]
         u = item_uniforms(cfg.seed, self.epoch, index)
-        flipped = cfg.flip > 0 and u[0] < cfg.flip
+        # "run": every clip of run r shares one draw per epoch (keyed apart from the clips' own draws), so a
+        # recurrent lane, which walks one run's consecutive clips with its state carried, sees one world
+        u_flip = item_uniforms(cfg.seed, self.epoch, -1 - r)[0] if cfg.flip_scope == "run" else u[0]
+        flipped = cfg.flip > 0 and u_flip < cfg.flip
         jitter = Jitter.draw(cfg.color_jitter, u[1:6]) if cfg.color_jitter > 0 else None
         frames = self.read_frames(r, s, flipped=flipped, jitter=jitter)
         steps = s + self._target_offsets  # (T, N)

@@ -62,6 +62,12 @@ class Progress:
         elapsed = time.monotonic() - self._t0
         return (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
 
+    def set_total(self, total: int) -> None:
+        """A new amount of work (a budgeted training that re-planned its steps)."""
+        self.total = max(int(total), 1)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
     def update(self, done: int, **fields) -> None:
         """``done`` units finished so far; ``fields`` (already formatted) are shown beside the count."""
         self.done = int(done)

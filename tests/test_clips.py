@@ -65,6 +65,28 @@ def test_flip_mirrors_swaps_cameras_and_negates_steer(small_store):
     assert flags != [bool(half[i]["flipped"]) for i in range(200)]
 
 
+def test_flip_per_run_mirrors_every_clip_of_a_run_alike(small_store):
+    """flip_scope="run" (recurrent lanes carry their state from clip to clip of one run): one draw per run
+    and epoch, different across epochs; per clip otherwise."""
+    ds = ClipDataset(small_store, ClipConfig(clip_length=2, horizon=1, flip=0.5, flip_scope="run", seed=3))
+    runs, _ = ds.clip_index()
+    idx = np.linspace(0, len(ds) - 1, 60).astype(int)
+    seen = []
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        by_run: dict[int, set] = {}
+        for i in idx:
+            by_run.setdefault(int(runs[i]), set()).add(bool(ds[int(i)]["flipped"]))
+        assert all(len(v) == 1 for v in by_run.values()), by_run  # one world per run in an epoch
+        seen += [v.pop() for v in by_run.values()]
+    assert any(seen) and not all(seen)
+    per_clip = ClipDataset(small_store, ClipConfig(clip_length=2, horizon=1, flip=0.5, seed=3))
+    flags = {bool(per_clip[int(i)]["flipped"]) for i in idx if runs[i] == runs[0]}
+    assert flags == {True, False}  # the default draws each clip on its own
+    with pytest.raises(ValueError, match="flip_scope='lane' must be 'clip' or 'run'"):
+        ClipConfig(flip_scope="lane")
+
+
 def test_mono_and_label_filters(small_store):
     mono = ClipDataset(small_store, ClipConfig(cameras=("left",), stack=1, horizon=1))
     assert mono[0]["frames"].shape == (1, 1, 24, 32, 3)

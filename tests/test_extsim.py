@@ -5,6 +5,7 @@ What needs highway-env is in test_extsim_sim.py (skipped when the bench-only ext
 from __future__ import annotations
 
 import math
+import time
 
 import cv2
 import numpy as np
@@ -21,7 +22,17 @@ from bench.extsim.record import (
     frame_times,
     segment_arrays,
 )
-from bench.extsim.run_benchmark import INGEST_FLAGS, RECIPES, constant_scores, table, train_budget_args, valid_labels
+from bench.extsim.run_benchmark import (
+    INGEST_FLAGS,
+    RECIPES,
+    BenchConfig,
+    LoadSampler,
+    constant_scores,
+    table,
+    train_base_args,
+    train_budget_args,
+    valid_labels,
+)
 from bench.extsim.scores import constant_r_squared, r_squared, r_squared_from_mse
 from driver.cli import main as driver_main
 from driver.datasets.run_format import inspect_run
@@ -247,9 +258,34 @@ def test_table_and_budget_flags():
     assert text.splitlines()[0].startswith("| model | steer R² | throttle R² | closed-loop score")
     assert "| expert (labels) | 1.000 | 1.000 | 1.000 | 100.0% |" in text
     assert text.splitlines()[-1].endswith("not in this build")
-    assert train_budget_args(600, None) == ["--budget", "10m"]
-    assert train_budget_args(600, {"steps_per_epoch": 25}) == ["--epochs", "2", "--steps-per-epoch", "25"]
+    assert train_budget_args(600) == ["--budget", "10m"]
     assert {"default", "pilotnet"} <= set(RECIPES) and RECIPES["default"] == []
+
+
+def test_every_recipe_is_a_valid_train_command_and_parallel_runs_take_one_thread(tmp_path):
+    from driver.cli import build_parser
+    from driver.config_flags import given_values
+    from driver.training.config import TrainConfig, resolve_config
+
+    for parallel in (False, True):
+        cfg = BenchConfig(work=str(tmp_path), models=sorted(RECIPES), parallel=parallel)
+        for model in RECIPES:
+            args = build_parser().parse_args(["train", *train_base_args(cfg, model), *train_budget_args(1800)])
+            config = resolve_config(None, given_values(args, TrainConfig))
+            assert config.threads == (1 if parallel else 0) and config.budget == "30m"
+            assert config.cameras == "left" and config.data == str(tmp_path / "train.zarr")
+    flags = {m: resolve_config(None, given_values(build_parser().parse_args(["train", *RECIPES[m]]), TrainConfig))
+             for m in RECIPES}
+    assert flags["default"] == TrainConfig()  # the default recipe is driver train's own
+    assert flags["default_flip_clip"].flip_scope == "clip" and flags["pilotnet"].arch == "pilotnet"
+
+
+def test_load_sampler_summarises_the_load_average():
+    with LoadSampler(every_s=0.01) as load:
+        while len(load.samples) < 3:
+            time.sleep(0.01)
+    s = load.summary()
+    assert s["samples"] >= 3 and 0 <= s["min"] <= s["median"] <= s["max"]
 
 
 def test_missing_simulator_names_the_extra(monkeypatch):

@@ -10,15 +10,17 @@ import torch
 from driver.datasets.clips import ClipConfig, ClipDataset
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.run_writer import write_run
+from driver.datasets.store import Store
 from driver.datasets.synthetic import synthetic_segments
 from driver.models import InputSpec, create_model
 from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
+from driver.training.budget import paced_epochs
 from driver.training.config import parse_budget
 from driver.training.evaluate import val_chains
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
-from driver.training.recipe import auto_lr
+from driver.training.recipe import auto_lr, clip_config, resolve_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,9 +53,22 @@ def test_seconds_become_frames_at_the_store_rate_and_cameras_default_to_the_stor
     cfg = json.loads((r.run_dir / "config.json").read_text())
     assert (cfg["cameras"], cfg["clip_length"], cfg["target_stride"], cfg["horizon"]) == ("left", 5, 5, 5)
     assert cfg["lr"] == pytest.approx(auto_lr(4 * 5, 48, 64)) and cfg["warmup_steps"] == 0
+    assert cfg["flip_scope"] == "run"  # a recurrent model's lanes see one world per run
     ck = load_checkpoint(r.last_checkpoint)
     assert ck["spec"]["horizon"] == 5 and ck["preprocess"]["cameras"] == ["left"]
     assert ck["label_stats"]["mean"][1] > 0  # the synthetic throttle is above neutral
+
+
+def test_flip_scope_auto_is_per_run_for_recurrent_models_and_per_clip_for_frame_models(mono50):
+    store = Store(mono50)
+    for arch, given, resolved in [("squeezenet_gru", "auto", "run"), ("z2color_lstm", "auto", "run"),
+                                  ("pilotnet", "auto", "clip"), ("squeezenet", "auto", "clip"),
+                                  ("squeezenet_gru", "clip", "clip"), ("pilotnet", "run", "run")]:
+        cfg = resolve_data(TrainConfig(data=str(mono50), arch=arch, flip_scope=given), store, store.runs)
+        assert cfg.flip_scope == resolved, (arch, given)
+        assert clip_config(cfg).flip_scope == resolved
+    with pytest.raises(ValueError, match="flip_scope='lanes' must be one of auto, clip, run"):
+        TrainConfig(flip_scope="lanes")
 
 
 def test_a_stereo_flag_on_mono_runs_names_the_flag_and_leaves_no_run_folder(mono50, tmp_path):
@@ -119,6 +134,16 @@ def test_health_statistics_are_logged_and_blowups_named(mono50, tmp_path):
 
 
 @pytest.mark.slow
+def test_pacing_fits_the_epochs_to_the_time_left():
+    # 8 epochs of 100 steps planned; at step 200 the speed so far decides how many fit the time left
+    assert paced_epochs(8, 100, 200, 1.0, 600 / 0.95) == 8  # on plan
+    assert paced_epochs(8, 100, 200, 1.0, 620 / 0.95) == 8  # within 5%: no change
+    assert paced_epochs(8, 100, 200, 0.5, 600 / 0.95) == 14  # the machine got faster: 1,200 more steps fit
+    assert paced_epochs(8, 100, 200, 2.0, 600 / 0.95) == 5  # slower: 300 more steps, whole epochs
+    assert paced_epochs(8, 100, 200, 5.0, 10.0) == 2  # the time is up: never fewer than the epochs done
+    assert paced_epochs(8, 100, 200, 1.0, -5.0) == 2
+
+
 def test_budget_sizes_the_run(mono50, tmp_path):
     assert parse_budget("20m") == 1200 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
     with pytest.raises(ValueError, match="budget='soon' must be a duration"):
@@ -129,6 +154,7 @@ def test_budget_sizes_the_run(mono50, tmp_path):
     assert planned > 1 and cfg["val_every"] > 0
     assert r.steps == planned if r.stopped == "completed" else 0 < r.steps < planned  # a busier machine: "budget"
     assert 0 <= cfg["warmup_steps"] <= 100 and r.stopped in ("completed", "budget")
+    assert cfg["epochs"] >= 2  # split into epochs so that pacing can re-plan at their ends
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@
 2. ingest: ``driver ingest`` into ``train.zarr`` and ``test.zarr`` (two stores: training never sees a
    held-out run, not even for choosing ``best.pt``);
 3. train: ``driver train`` with the default recipe and with the PilotNet baseline, the same CPU budget
-   each (see TRAINING INVOCATIONS below);
+   each (see TRAINING INVOCATIONS below): one after the other, or with ``--parallel`` all at once, one
+   torch thread each, so that every recipe trains under the same machine load;
 4. open loop: ``driver replay`` of each checkpoint on the held-out runs → R² per target (run units);
    the constant predictor (the mean of the training labels) is scored from the labels directly;
 5. closed loop: every controller drives the same held-out starts (``closed_loop.py``): score vs the
@@ -31,8 +32,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +64,23 @@ log = logging.getLogger("extsim.bench")
 # ==================================================================================================
 # TRAINING INVOCATIONS: the one place to edit when `driver train`'s recipe flags change.
 # `default` is `driver train`'s own recipe: only what these runs require is set (one camera). `pilotnet`
-# is issue 18's plain single-frame CNN baseline (one frame in). Both get the same CPU budget: through
-# `driver train --budget` when the command has it, else `--epochs/--steps-per-epoch` sized from a short
-# calibration run of the same recipe (`size_training`). `small` (not run unless asked, `--models ... small`)
-# is docs/car-to-model.md's small-input recipe, a check that these runs are learnable at all.
+# is issue 18's plain single-frame CNN baseline (one frame in). Every recipe gets the same wall-clock
+# budget through `driver train --budget` (steps, warmup and validation sized to this machine's speed).
+# `small` (not run unless asked, `--models ... small`) is docs/car-to-model.md's small-input recipe, a check
+# that these runs are learnable at all.
 # ==================================================================================================
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
+    # the default before recurrent lanes drew one flip per run (each chunk of a lane was mirrored at random)
+    "default_flip_clip": ["--flip-scope", "clip"],
+    # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
+    "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
               "--horizon", "1", "--target-stride", "1", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20"],
 }
 REQUIRED = ["--cameras", "left", "--no-progress"]  # the runs have one camera; no progress bar in logs
 INGEST_FLAGS = ["--min-motor", "0"]  # motor is an acceleration command here: coasting (49) and braking are data
-BUDGET_EPOCHS = 2  # validations (and best.pt candidates) per budgeted training run: each costs minutes on a CPU
-CALIBRATION_STEPS = 20
 
 
 def recipe_arch(model: str) -> str:
@@ -83,11 +88,10 @@ def recipe_arch(model: str) -> str:
     return args[args.index("--arch") + 1] if "--arch" in args else "default"
 
 
-def train_budget_args(budget_s: float, calibration: dict | None) -> list[str]:
-    """Flags that hold training to ``budget_s``: `--budget` if `driver train` has it, else sized steps."""
-    if calibration is None:
-        return ["--budget", f"{budget_s / 60:g}m"]
-    return ["--epochs", str(BUDGET_EPOCHS), "--steps-per-epoch", str(calibration["steps_per_epoch"])]
+def train_budget_args(budget_s: float) -> list[str]:
+    """Flags that hold training to ``budget_s`` of wall-clock time on this machine (`driver train --budget`
+    sizes steps, warmup and validation to it)."""
+    return ["--budget", f"{budget_s / 60:g}m"]
 
 
 # ==================================================================================================
@@ -110,11 +114,6 @@ def run_logged(cmd: list[str], log_path: Path) -> float:
     return time.perf_counter() - t
 
 
-def train_has_budget_flag() -> bool:
-    out = subprocess.run(driver_cmd("train", "--help"), capture_output=True, text=True, check=False).stdout
-    return "--budget" in out
-
-
 def registered_archs() -> set[str]:
     from driver.models import list_models
 
@@ -132,6 +131,7 @@ class BenchConfig:
     eval_episodes: int = 6
     eval_seconds: float = 45.0
     seed: int = 0
+    parallel: bool = False  # train every model at once, one torch thread each (the same load for all)
     sim: SimConfig = SimConfig()
 
     def __post_init__(self):
@@ -165,31 +165,10 @@ def stage_ingest(cfg: BenchConfig) -> None:
                               *INGEST_FLAGS), cfg.root / "logs" / f"ingest_{split}.log")
 
 
-def _last_train_rate(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
-    if not rows:
-        raise DriverError(f"{run_dir}/metrics.csv has no training rows to size the budget from")
-    return float(rows[-1]["samples_per_s"])
-
-
-def size_training(cfg: BenchConfig, model: str, base: list[str]) -> dict:
-    """Run the recipe for CALIBRATION_STEPS steps; size steps so that training (with its start-up and one
-    validation per epoch) fits the budget on this machine now."""
-    calib_dir = cfg.root / "train" / f"_calibrate_{model}"
-    shutil.rmtree(calib_dir, ignore_errors=True)
-    wall = run_logged(driver_cmd("train", *base, "--epochs", "1", "--steps-per-epoch", str(CALIBRATION_STEPS),
-                                 "--out", str(calib_dir.parent), "--name", calib_dir.name),
-                      cfg.root / "logs" / f"calibrate_{model}.log")
-    resolved = json.loads((calib_dir / "config.json").read_text(encoding="utf-8"))
-    frames_per_step = int(resolved["batch_size"]) * int(resolved["clip_length"])
-    step_s = frames_per_step / _last_train_rate(calib_dir)
-    overhead_s = max(0.0, wall - CALIBRATION_STEPS * step_s)  # start-up + one validation + checkpoints
-    budget_s = cfg.budget_minutes * 60
-    steps = max(BUDGET_EPOCHS, int((budget_s - BUDGET_EPOCHS * overhead_s) / step_s))
-    shutil.rmtree(calib_dir, ignore_errors=True)
-    return {"step_s": round(step_s, 4), "overhead_s": round(overhead_s, 1), "calibration_wall_s": round(wall, 1),
-            "steps_per_epoch": max(1, steps // BUDGET_EPOCHS)}
+def train_base_args(cfg: BenchConfig, model: str) -> list[str]:
+    """`driver train` flags of ``model``'s recipe on the benchmark's training store (budget flags aside)."""
+    return ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
+            *(["--threads", "1"] if cfg.parallel else [])]
 
 
 @dataclass
@@ -200,11 +179,10 @@ class TrainOutcome:
     seconds: float = 0.0
     steps: int = 0
     command: str = ""
-    calibration: dict | None = None
     error: str | None = None
 
 
-def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOutcome:
+def stage_train(cfg: BenchConfig, model: str) -> TrainOutcome:
     arch = recipe_arch(model)
     out = TrainOutcome(model, arch)
     if arch != "default" and arch not in registered_archs():
@@ -213,15 +191,15 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     run_dir = cfg.root / "train" / model
     done = run_dir / "benchmark_done.json"
     if done.is_file():
-        return TrainOutcome(**json.loads(done.read_text(encoding="utf-8")))
-    base = ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed)]
+        known = {f.name for f in fields(TrainOutcome)}
+        return TrainOutcome(**{k: v for k, v in json.loads(done.read_text(encoding="utf-8")).items() if k in known})
+    base = train_base_args(cfg, model)
     try:
         if (run_dir / "last.pt").is_file():  # an interrupted run: continue it
             cmd = driver_cmd("train", "--resume", str(run_dir))
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-            out.calibration = None if use_budget_flag else size_training(cfg, model, base)
-            cmd = driver_cmd("train", *base, *train_budget_args(cfg.budget_minutes * 60, out.calibration),
+            cmd = driver_cmd("train", *base, *train_budget_args(cfg.budget_minutes * 60),
                              "--out", str(run_dir.parent), "--name", model)
         out.command = shlex.join(["driver", *cmd[3:]])
         out.seconds = run_logged(cmd, cfg.root / "logs" / f"train_{model}.log")
@@ -235,6 +213,47 @@ def stage_train(cfg: BenchConfig, model: str, use_budget_flag: bool) -> TrainOut
     out.steps = max((int(r["step"]) for r in rows), default=0)
     done.write_text(json.dumps(asdict(out), indent=2), encoding="utf-8")
     return out
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every ``every_s`` seconds while training runs (in a thread)."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        s = np.array(self.samples or [float("nan")])
+        return {"min": round(float(s.min()), 1), "median": round(float(np.median(s)), 1),
+                "max": round(float(s.max()), 1), "samples": len(self.samples)}
+
+
+def train_all(cfg: BenchConfig) -> tuple[dict[str, TrainOutcome], dict]:
+    """Every model's training, one after the other or (``cfg.parallel``) all at once; and the machine's
+    load average meanwhile."""
+    with LoadSampler() as load:
+        if cfg.parallel:
+            with ThreadPoolExecutor(max_workers=len(cfg.models)) as pool:
+                futures = {m: pool.submit(stage_train, cfg, m) for m in cfg.models}
+                trained = {m: f.result() for m, f in futures.items()}
+        else:
+            trained = {m: stage_train(cfg, m) for m in cfg.models}
+    return trained, load.summary()
 
 
 def valid_labels(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -322,8 +341,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     timed("record", stage_record, cfg)
     timed("ingest", stage_ingest, cfg)
     train_labels, test_labels = valid_labels(cfg.root / "train.zarr"), valid_labels(cfg.root / "test.zarr")
-    use_budget = train_has_budget_flag()
-    trained = {m: timed(f"train {m}", stage_train, cfg, m, use_budget) for m in cfg.models}
+    trained, train_load = timed("train", train_all, cfg)
     open_loop = {m: timed(f"replay {m}", stage_replay, cfg, m, t.checkpoint, test_labels)
                  for m, t in trained.items() if t.checkpoint}
     const = constant_scores(train_labels, test_labels)
@@ -343,7 +361,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
              "throttle_r2": const["overall"]["motor"], "closed_loop": closed["constant"]}]
     for m, t in trained.items():
         ol = open_loop.get(m, {}).get("overall", {})
-        name = "default recipe" if m == "default" else m if m == t.arch else f"{m} ({t.arch})"
+        name = "default recipe" if m == "default" else m if t.arch in (m, "default") else f"{m} ({t.arch})"
         rows.append({"model": name,
                      "steer_r2": ol.get("steer"), "throttle_r2": ol.get("motor"), "closed_loop": closed.get(m),
                      "steps": t.steps, "train_s": t.seconds, "error": t.error})
@@ -353,9 +371,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     header = (f"highway-env {sim_version()} {cfg.sim.track}, {cfg.sim.height}x{cfg.sim.width} heading-up camera at "
               f"{cfg.sim.fps:g} Hz; {cfg.train_runs} training runs ({n_train:,} valid frames), {cfg.test_runs} "
               f"held-out runs ({n_test:,} frames); budget {cfg.budget_minutes:g} min per model; closed loop "
-              f"{cfg.eval_episodes} held-out starts x {cfg.eval_seconds:g} s")
+              f"{cfg.eval_episodes} held-out starts x {cfg.eval_seconds:g} s; trained "
+              f"{'at the same time, one thread each' if cfg.parallel else 'one after the other'}, load average "
+              f"{train_load['min']:g}-{train_load['max']:g} (median {train_load['median']:g}) on {os.cpu_count()} CPUs")
     results = {
         "config": {**asdict(cfg)}, "simulator": f"highway-env {sim_version()}", "timings_s": timings,
+        "train_load": train_load,
         "constant": const, "open_loop": open_loop, "train": {m: asdict(t) for m, t in trained.items()},
         "closed_loop": {k: v.to_dict() for k, v in closed.items()}, "table": text, "header": header}
     (cfg.root / "results.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
@@ -375,13 +396,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-episodes", type=int, default=6)
     ap.add_argument("--eval-seconds", type=float, default=45.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true",
+                    help="train the models at the same time, one torch thread each (the same load for all)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         cfg = BenchConfig(work=a.work, train_runs=a.train_runs, test_runs=a.test_runs, seconds=a.seconds,
                           budget_minutes=a.budget_minutes, models=a.models, eval_episodes=a.eval_episodes,
-                          eval_seconds=a.eval_seconds, seed=a.seed)
+                          eval_seconds=a.eval_seconds, seed=a.seed, parallel=a.parallel)
         run_benchmark(cfg)
     except (DriverError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

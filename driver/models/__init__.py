@@ -15,6 +15,7 @@ from driver.models.recurrent import (
     build_squeezenet_lstm,
     build_z2color_gru,
     build_z2color_lstm,
+    is_recurrent_arch,
     legacy_kwargs,
     takes_speed_input,
 )
@@ -25,6 +26,7 @@ from driver.models.summary import count_parameters, flops_per_frame, format_mode
 from driver.models.z2color import Z2Color, build_z2color
 
 __all__ = [
+    "is_recurrent_arch",
     "takes_speed_input",
     "LAB_MODES",
     "AlexNet",

@@ -176,7 +176,13 @@ class RecurrentDriver(nn.Module):
         return out[:, 0], new_state
 
 
-SPEED_INPUT_ARCHS = ("squeezenet_lstm", "squeezenet_gru", "z2color_lstm", "z2color_gru")
+RECURRENT_ARCHS = ("squeezenet_lstm", "squeezenet_gru", "z2color_lstm", "z2color_gru")
+SPEED_INPUT_ARCHS = RECURRENT_ARCHS  # every recurrent model can take the car's speed
+
+
+def is_recurrent_arch(arch: str) -> bool:
+    """Whether the registered arch carries state from frame to frame (trained on lanes of clips)."""
+    return arch in RECURRENT_ARCHS
 
 
 def takes_speed_input(arch: str) -> bool:

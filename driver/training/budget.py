@@ -9,8 +9,12 @@ of the budget) and a small validation are timed; then, of the budget left after 
 - training gets the remainder: ``steps = remainder / seconds per step``, with warmup 5% of the steps (at
   most 100) unless set, spread over epochs of at most one pass over the training clips.
 
-The sizing is logged and written into ``config.json`` (a resume continues the same plan). Training also
-stops at the budget's end if the machine got slower (``stopped = "budget"``).
+The sizing is logged and written into ``config.json`` (a resume continues the same plan). On a shared
+machine the speed measured at the start is a snapshot: the load can halve or double it minutes later.
+So the steps are split into at least ``PACE_EPOCHS`` epochs and, at the end of each epoch, :func:`paced_epochs`
+sets how many epochs still fit from the speed measured so far (validations and checkpoints included),
+stretching or shortening the lr schedule (as ``--resume --epochs`` does); ``config.json`` is rewritten.
+Training also stops at the budget's end if the machine got slower (``stopped = "budget"``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ VAL_SHARE = 0.10
 OVERHEAD = 0.10
 MAX_VALIDATIONS = 10
 MIN_VAL_CLIPS = 32
+PACE_EPOCHS = 20  # at least this many epochs in a budgeted run: the pacing's step (5% of the plan)
+PACE_MARGIN = 0.05  # of the time left, kept free when pacing
+PACE_CHANGE = 0.05  # re-plan only when the steps that fit differ by more than this share
 
 
 def _batch(dataset, rows: np.ndarray) -> dict:
@@ -98,7 +105,7 @@ def size_to_budget(setup, started: float) -> TrainConfig:
     train_s = left * (1 - OVERHEAD) - validations * val_clips * clip_s
     steps = max(1, int(train_s / step_s))
     one_pass = max(1, len(setup.train_ds) // (cfg.batch_size * (cfg.clip_length if setup.model.is_recurrent else 1)))
-    epochs = max(1, math.ceil(steps / one_pass))
+    epochs = max(1, math.ceil(steps / one_pass), min(PACE_EPOCHS, steps))
     steps_per_epoch = max(1, steps // epochs)
     warmup = auto_warmup(steps) if cfg.warmup_steps < 0 else min(cfg.warmup_steps, steps // 2)
     val_every = max(1, steps_per_epoch * epochs // validations) if validations else 0
@@ -107,3 +114,15 @@ def size_to_budget(setup, started: float) -> TrainConfig:
              validations, val_clips, val_clips * clip_s, val_every)
     return dataclasses.replace(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_steps=warmup,
                                val_every=val_every, val_clips=max(1, val_clips or cfg.val_clips))
+
+
+def paced_epochs(epochs: int, steps_per_epoch: int, step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """Epochs that fit the budget at a run's epoch boundary (``step`` steps done, ``seconds_left`` to the
+    deadline, ``seconds_per_step`` measured so far with validations and checkpoints): ``epochs`` when the
+    steps that fit differ by at most ``PACE_CHANGE``, else the whole epochs of the steps that fit in
+    ``1 - PACE_MARGIN`` of the time left (at least the epochs done)."""
+    done = step // steps_per_epoch
+    fit = step + max(0.0, seconds_left * (1 - PACE_MARGIN)) / max(seconds_per_step, 1e-9)
+    if abs(fit - epochs * steps_per_epoch) <= PACE_CHANGE * epochs * steps_per_epoch:
+        return epochs
+    return max(done, int(fit // steps_per_epoch))

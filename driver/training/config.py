@@ -29,6 +29,7 @@ class TrainConfig:
     horizon: int = 0                    # predicted (steer, motor) steps; overrides horizon_seconds when > 0
     target_stride: int = 0              # frames between predicted steps; overrides target_stride_seconds when > 0
     flip: float = 0.5                   # horizontal-flip augmentation probability
+    flip_scope: str = "auto"            # one flip draw per clip | run (per epoch) | auto (run if recurrent)
     color_jitter: float = 0.0           # lighting augmentation strength 0..1 (brightness, contrast, colour)
     include_labels: list[str] = field(default_factory=list)  # keep only runs with one of these labels
     exclude_labels: list[str] = field(default_factory=lambda: ["reject_run"])  # drop runs with these labels
@@ -103,6 +104,7 @@ class TrainConfig:
         choice("precision", ("auto", "fp32", "bf16", "fp16"))
         choice("not_learning", ("warn", "fail", "off"))
         choice("speed_input", ("auto", "on", "off"))
+        choice("flip_scope", ("auto", "clip", "run"))
         for name, lo, hi in [("stack", 1, 2), ("clip_seconds", 0.0, 60.0), ("horizon_seconds", 0.0, 60.0),
                              ("target_stride_seconds", 0.001, 60.0), ("clip_length", 0, 64), ("frame_stride", 1, 100),
                              ("horizon", 0, 100), ("target_stride", 0, 100), ("flip", 0.0, 1.0),

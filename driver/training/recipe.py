@@ -7,6 +7,9 @@ read plain frame counts):
 - ``cameras="auto"``: ``both`` when every run has a right camera, else ``left``;
 - clip length, prediction horizon and target stride given in seconds become frames with the store's frame
   rate (the median frame interval over its runs); a frame count given explicitly wins;
+- ``flip_scope="auto"``: ``run`` for recurrent models (a lane walks a run's consecutive clips carrying its
+  state, so every chunk of it must be mirrored alike; a per-clip draw mirrored the world under a carried
+  state half the time), ``clip`` for frame models;
 - ``lr=0``: :func:`auto_lr`, scaled with the frames per step and the input size;
 - ``warmup_steps=-1``: 5% of the steps, at most 100.
 
@@ -25,7 +28,7 @@ from driver.datasets.clips import ClipConfig
 from driver.datasets.lint import LintRules
 from driver.datasets.series import frame_rate, stored_speed_name
 from driver.datasets.store import Store
-from driver.models import takes_speed_input
+from driver.models import is_recurrent_arch, takes_speed_input
 
 from .config import TrainConfig
 
@@ -77,9 +80,12 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
                          f"horizon={horizon} (max 100), target_stride={target_stride} (max 100) frames; "
                          "shorten --clip-seconds / --horizon-seconds")
     speed_input = resolve_speed_input(config, metas)
+    flip_scope = config.flip_scope if config.flip_scope != "auto" else \
+        "run" if is_recurrent_arch(config.arch) else "clip"
     arch_kwargs = {**config.arch_kwargs, "speed_input": True} if speed_input == "on" else config.arch_kwargs
     resolved = dataclasses.replace(config, cameras=cameras, clip_length=clip_length, horizon=horizon,
-                                   target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs)
+                                   target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs,
+                                   flip_scope=flip_scope)
     ahead = ("the current command predicted" if horizon == 1 else f"{horizon} predicted steps every "
              f"{target_stride} frames ({(horizon - 1) * target_stride / fps:.2f} s ahead)")
     log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %s", fps, cameras, clip_length,
@@ -130,6 +136,7 @@ def clip_config(config: TrainConfig, train: bool = True, seed: int | None = None
     return ClipConfig(clip_length=config.clip_length, frame_stride=config.frame_stride,
                       cameras=config.camera_names, stack=config.stack, horizon=config.horizon,
                       target_stride=config.target_stride, flip=config.flip if train else 0.0,
+                      flip_scope="clip" if config.flip_scope == "auto" else config.flip_scope,
                       color_jitter=config.color_jitter if train else 0.0,
                       include_labels=tuple(config.include_labels), exclude_labels=tuple(config.exclude_labels),
                       exclude_flagged=LintRules() if config.exclude_flagged else None,

@@ -24,7 +24,7 @@ from driver.progress import Progress
 from driver.threads import apply_threads, loader_worker_init
 
 from . import distributed as ddp
-from .budget import size_to_budget
+from .budget import paced_epochs, size_to_budget
 from .checkpoint import (
     UNITS,
     CheckpointError,
@@ -39,6 +39,7 @@ from .config import TrainConfig, parse_budget, write_config
 from .evaluate import batch_speed, evaluate, not_beating, weighted_loss
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
+from .optim import lr_factor
 from .recipe import store_frame_rate
 from .setup import Setup, device_for, prepare
 from .state import TrainingState
@@ -97,7 +98,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         if dist.is_main and not run_dir.exists():
             run_dir.mkdir(parents=True)
             created = True
-        return Trainer(setup, run_dir, ckpt, started).run()
+        return Trainer(setup, run_dir, ckpt, started, pace=sizer is not None).run()
     except BaseException:
         if created and not (run_dir / "last.pt").exists():  # a failed start leaves no empty run folder
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -154,8 +155,9 @@ def _mask_state(state, keep: torch.Tensor):
 class Trainer:
     """One training run: the setup, the state, and the steps between them."""
 
-    def __init__(self, setup: Setup, run_dir: Path, ckpt: dict | None, started: float):
+    def __init__(self, setup: Setup, run_dir: Path, ckpt: dict | None, started: float, pace: bool = False):
         self.s, self.cfg, self.run_dir = setup, setup.config, run_dir
+        self.pace = pace  # a fresh budgeted run: re-plan the epochs that fit at each epoch's end
         self.main = setup.dist.is_main
         self.state = TrainingState() if ckpt is None else self._restore(ckpt)
         self.metrics = MetricsLog(run_dir, enabled=self.main)
@@ -221,9 +223,12 @@ class Trainer:
             log.warning("%s is already complete (step %d, %d epochs); pass --epochs N (> %d) with --resume to "
                         "train longer", self.run_dir, st.step, cfg.epochs, cfg.epochs)
         stopped = "completed"
+        self.loop_started, self.loop_start_step = time.perf_counter(), st.step
         with Progress("train", self.s.total_steps, st.step, enabled=cfg.progress and self.main) as progress:
-            while st.epoch < cfg.epochs and stopped == "completed":
+            while st.epoch < self.cfg.epochs and stopped == "completed":
                 stopped = self._epoch(progress)
+                if stopped == "completed" and self.pace:
+                    self._pace(progress)
             self._checkpoint()
         self.metrics.close()
         if self.health is not None:
@@ -262,6 +267,29 @@ class Trainer:
                 return stopped
             t_ready = time.perf_counter()  # validation and checkpoints are not data wait
         return "completed"
+
+    def _pace(self, progress: Progress) -> None:
+        """At an epoch's end of a budgeted run: as many epochs as fit the time left at the speed so far
+        (``budget.paced_epochs``); the lr schedule stretches or shrinks to the new length."""
+        s, st = self.s, self.state
+        ran = st.step - self.loop_start_step
+        if not ran or st.epoch >= self.cfg.epochs:
+            return
+        now = time.perf_counter()
+        epochs = paced_epochs(self.cfg.epochs, s.steps_per_epoch, st.step, (now - self.loop_started) / ran,
+                              self.deadline - now)
+        epochs = int(ddp.all_reduce_min(epochs, s.dist, s.device))  # every rank follows the slowest
+        if epochs == self.cfg.epochs:
+            return
+        log.info("budget %s: %d steps fit at %.2f s a step so far (was %d); lr schedule %s", self.cfg.budget,
+                 epochs * s.steps_per_epoch, (now - self.loop_started) / ran, s.total_steps,
+                 "stretched" if epochs > self.cfg.epochs else "shortened")
+        self.cfg = s.config = replace(self.cfg, epochs=epochs)
+        s.scheduler.lr_lambdas = [lr_factor(self.cfg, s.total_steps)] * len(s.scheduler.lr_lambdas)
+        self.static = self._static_payload()
+        progress.set_total(s.total_steps)
+        if self.main:
+            write_config(self.cfg, self.run_dir)
 
     def _step(self, batch: dict, reset: np.ndarray) -> tuple[float, int]:
         """One optimiser step on a batch; returns (loss, frames)."""
