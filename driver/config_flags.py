@@ -38,13 +38,14 @@ def field_comments(cls) -> dict[str, str]:
     for base in reversed(cls.__mro__[1:]):  # inherited fields keep their own class's comments
         if dataclasses.is_dataclass(base):
             comments.update(field_comments(base))
-    last = None  # a comment-only line right after a commented field continues its comment
+    last = None  # a comment-only line right after a commented field, indented past it, continues its comment
+    indent = 0  # (one at the field's own indentation is a section heading)
     for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^#]+?#\s*(.+)$", line)
+        m = re.match(r"(\s+)(\w+): [^#]+?#\s*(.+)$", line)
         if m:
-            last = m.group(1)
-            comments[last] = m.group(2).strip()
-        elif last and line.strip().startswith("#"):
+            indent, last = len(m.group(1)), m.group(2)
+            comments[last] = m.group(3).strip()
+        elif last and line.strip().startswith("#") and len(line) - len(line.lstrip()) > indent:
             comments[last] += " " + line.strip().lstrip("#").strip()
         else:
             last = None

@@ -8,7 +8,8 @@ and 20 s with one thread. So ``driver`` chooses the count itself:
 - ``--threads N`` (N >= 1) uses exactly N;
 - ``--threads 0`` (the default) uses the physical cores this process may run on, minus one per DataLoader
   worker (they read and augment clips on cores of their own), and **1 when the machine is already busy**
-  (the 1-minute load average when the command starts is at least half the usable CPUs).
+  (the 1-minute load average when the command starts is at least half the usable CPUs); a positive
+  ``OMP_NUM_THREADS`` in the environment caps that automatic count (the usual way to say "at most N").
 
 The chosen count is applied to torch (intra-op) and OpenCV, and handed to ONNX Runtime sessions by the
 callers; it is logged once so a slow run can be explained. DataLoader worker processes get one thread each
@@ -76,14 +77,21 @@ def check_threads(threads: int, name: str = "threads") -> int:
     return threads
 
 
+def environment_cap() -> int | None:
+    """A positive integer ``OMP_NUM_THREADS``, the cap on the automatic count; None when unset or not one."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def apply_threads(threads: int = 0, workers: int = 0) -> int:
     """Resolve ``threads`` (0 = automatic, see the module docstring), apply it to torch and OpenCV, return it."""
     check_threads(threads)
-    n = threads or default_threads(workers)
+    cap = environment_cap()
+    n = threads or min(default_threads(workers), cap or MAX_THREADS)
     _set_threads(n)
     log.info("compute threads: %d (%s)", n, "as asked" if threads else
              f"automatic: {physical_cores()} physical cores, {workers} loader workers, "
-             f"load {os.getloadavg()[0]:.1f}")
+             f"load {os.getloadavg()[0]:.1f}" + (f", OMP_NUM_THREADS={cap}" if cap else ""))
     return n
 
 

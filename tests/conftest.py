@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
+
+# One compute thread in this process and every process a test starts (before torch is imported; driver's
+# automatic thread count honours it as a cap): the suite's models and batches are tiny, two threads only
+# add OpenMP spin-waits, and a shared CI machine makes those stall.
+os.environ["OMP_NUM_THREADS"] = "1"
+# Compiled modules are kept (in __pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set: the
+# suite starts ~100 Python processes, and each would otherwise compile driver's modules from source again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 import h5py
 import numpy as np
@@ -13,6 +24,8 @@ import torch
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
 from tests.cpu_report import pytest_addoption, pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401
+
+torch.set_num_threads(1)  # in case torch was imported before this file set OMP_NUM_THREADS
 
 
 def read_run_frames(path, camera="left") -> np.ndarray:
@@ -51,13 +64,12 @@ def small_store(tmp_path_factory, small_runs):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Tiny models at batch 1..16 run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Back to one torch thread after every test (a test may apply another count, as a command does)."""
     yield
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
@@ -69,10 +81,15 @@ def s3_endpoint(tmp_path_factory):
     """An S3-compatible server on 127.0.0.1 for the session: moto's ThreadedMotoServer (in this process;
     range GETs, If-None-Match / If-Match writes, multipart, listings). The AWS_* variables point obstore,
     boto3 and s3fs (and the processes the tests start) at it; frames cache under a session folder."""
+    from moto import backends
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # it logs every request otherwise
     mp = pytest.MonkeyPatch()
+    # moto lists its own package folder (~150 stat calls) on every request to find the service; the list
+    # cannot change while the server runs, so list it once
+    modules = tuple(backends.list_of_moto_modules())
+    mp.setattr(backends, "list_of_moto_modules", lambda: modules)
     for k, v in {**S3_ENV, "DRIVER_CACHE_DIR": str(tmp_path_factory.mktemp("shard_cache"))}.items():
         mp.setenv(k, v)  # explicit keys also keep clients from probing instance metadata
     mp.delenv("AWS_PROFILE", raising=False)

@@ -20,8 +20,6 @@ from tests.limits import SAFETY_S
 from tests.test_export import store48 as store48  # noqa: F401 - a fixture, used by name
 from tests.test_export import tiny_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.mark.parametrize("alphabet,n", [(2, 1), (4, 5), (32, 5000), (256, 3000)])
 def test_huffman_round_trip(alphabet, n):
@@ -125,19 +123,17 @@ def test_bad_compressed_file_names_the_file(damage, tmp_path):
         read_compressed(path)
 
 
-def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48, caplog):
+def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48, caplog, capsys):
     from driver.cli import main
     from driver.training.checkpoint import save_checkpoint
-    from tests.test_cli import _driver
 
     ckpt_path = tmp_path / "sq" / "best.pt"
     ckpt_path.parent.mkdir()
     save_checkpoint(ckpt_path, tiny_checkpoint("squeezenet", cameras=("left", "right"), store=store48))
-    r = _driver("compress", str(ckpt_path), "--density", "0.3", "--bits", "4", "--layer-bits", "classifier.*=6",
-                "--prune-rounds", "1", "--prune-steps", "2", "--centroid-steps", "2", "--layers",
-                "--report", str(tmp_path / "report.json"))
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
+    assert main(["compress", str(ckpt_path), "--density", "0.3", "--bits", "4", "--layer-bits", "classifier.*=6",
+                 "--prune-rounds", "1", "--prune-steps", "2", "--centroid-steps", "2", "--layers",
+                 "--report", str(tmp_path / "report.json")]) == 0, caplog.text[-3000:]
+    out = capsys.readouterr().out
     assert f"{ckpt_path.with_suffix('.dcz')}: " in out and "MB fp32 ->" in out and "weights kept" in out
     assert "codebooks 4-bit x" in out and "6-bit x1" in out and "index +" in out and "position bits" in out
     for stage in ("original", "pruned", "shared", "final"):
@@ -146,7 +142,7 @@ def test_compress_command_reports_size_sparsity_bits_and_mae(tmp_path, store48, 
     report = __import__("json").loads((tmp_path / "report.json").read_text())
     assert report["file_bytes"] == ckpt_path.with_suffix(".dcz").stat().st_size
     assert set(report["stages"]) == {"original", "pruned", "shared", "final"}
-    assert main(["compress", str(ckpt_path), "--density", "2"]) == 2  # the exit code; in this process
+    assert main(["compress", str(ckpt_path), "--density", "2"]) == 2  # the exit code
     assert "density=2.0 must be in 0.01..1.0" in caplog.text
 
 

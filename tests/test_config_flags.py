@@ -135,7 +135,9 @@ class Inner:
 class Knobs:
     path: str  # where
     mode: Literal["fast", "exact"] = "fast"  # which way
+    # a section heading, not part of mode's help
     flip: bool = True  # mirror
+                       # (left for right)
     sizes: tuple[int, ...] = (1, 2)  # several
     inner: Inner = dataclasses.field(default_factory=Inner)
 
@@ -151,6 +153,7 @@ def test_a_new_config_field_becomes_a_flag_without_touching_the_cli():
     helps = {a.dest: a.help for a in p._actions}
     assert helps["mode"] == "which way (default: 'fast')" and helps["inner.gain"] == "how much (default: 0.5)"
     assert helps["path"] == "where (required)"
+    assert helps["flip"] == "mirror (left for right) (default: True)"  # a continued comment
 
 
 @dataclasses.dataclass

@@ -27,9 +27,6 @@ from driver.policy import Policy
 from driver.training.checkpoint import UNITS, model_payload, preprocess_info
 from driver.training.config import TrainConfig
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 MODES = ("direct", "follow", "furtive", "play", "racing", "caffe")
 TINY_SQUEEZE = {"stem_channels": 8, "base_width": 16, "width_increment": 16}
 TINY_Z2 = {"conv1_channels": 8, "conv2_channels": 16, "fc_width": 32}

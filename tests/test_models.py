@@ -59,16 +59,6 @@ LAB_PARAM_COUNTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny nets gain nothing from two, and a busy machine makes OpenMP
-    barriers stall, which multiplied the file's run time by 3-5x when other jobs shared the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_inputs(spec: InputSpec, batch: int = BATCH, steps: int = STEPS, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     clip = torch.rand(batch, steps, spec.channels, spec.height, spec.width, generator=generator) - 0.5

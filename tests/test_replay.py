@@ -32,9 +32,6 @@ from driver.training.checkpoint import UNITS, model_payload, preprocess_info, sa
 H, W = 48, 64
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def make_checkpoint(path, arch: str, seed: int = 0) -> str:
     """A checkpoint exactly as ``driver train`` lays it out, minus the training state (untrained weights)."""
     torch.manual_seed(seed)

@@ -163,7 +163,7 @@ LIMITED_READER = textwrap.dedent("""
     assert soft == 256, soft
     ds = ClipDataset(sys.argv[1], ClipConfig(clip_length=2, horizon=1))
     shards = sum(len(f) for r, _, f in os.walk(sys.argv[1]) if "/c/" in r + "/")
-    assert shards > 2000, shards
+    assert shards > 3 * 256, shards
 
     def fds(batch):
         return len(os.listdir("/proc/self/fd"))
@@ -179,11 +179,11 @@ LIMITED_READER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_a_store_of_thousands_of_shards_reads_under_ulimit_256(tmp_path):
+def test_a_store_of_more_shards_than_open_files_allowed_reads_under_ulimit_256(tmp_path):
     from driver.datasets.ingest import IngestConfig, ingest
     from driver.datasets.synthetic import write_synthetic_runs
 
-    write_synthetic_runs(tmp_path / "runs", 2, n_frames=1040, height=8, width=8, seed=2)
+    write_synthetic_runs(tmp_path / "runs", 2, n_frames=480, height=8, width=8, seed=2)  # ~960 shard files
     out = tmp_path / "s.zarr"
     assert ingest(IngestConfig(sources=[str(tmp_path / "runs")], out=str(out), shard_frames=2)).ok
     proc = subprocess.run([sys.executable, "-c", LIMITED_READER, str(out)], capture_output=True, text=True,
@@ -191,7 +191,7 @@ def test_a_store_of_thousands_of_shards_reads_under_ulimit_256(tmp_path):
                               __import__("resource").RLIMIT_NOFILE, (256, 256)), timeout=SAFETY_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     clips, shards, worst, worst_worker = map(int, proc.stdout.split())
-    assert clips > 1000 and shards > 2000
+    assert clips > 900 and shards > 3 * 256
     assert worst < 64 + 60 and worst_worker < 64 + 60  # the LRU's 64 plus the interpreter's own files
 
 

@@ -25,7 +25,6 @@ from driver.units import norm_to_run
 from driver.vehicle.recorder import STATE_HUMAN, STATE_OVERRIDE, SessionRecorder
 from driver.vehicle.recorder import STATE_NETWORK as CAR_NETWORK
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 H, W = 48, 64
 
 

@@ -33,6 +33,20 @@ def test_a_busy_machine_gets_one_thread(monkeypatch):
     assert threads.machine_busy(cpus=8) is False
 
 
+def test_omp_num_threads_caps_the_automatic_count(monkeypatch):
+    monkeypatch.setattr(threads, "physical_cores", lambda cpus=None: 8)
+    monkeypatch.setattr(threads, "machine_busy", lambda cpus=None: False)
+    before = torch.get_num_threads()
+    try:
+        for env, expected in (("3", 3), ("64", 8), ("0", 8), ("many", 8), ("", 8)):
+            monkeypatch.setenv("OMP_NUM_THREADS", env)
+            assert threads.apply_threads(0) == expected == torch.get_num_threads(), env
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert threads.apply_threads(4) == 4  # an explicit --threads wins over the environment
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_physical_cores_counts_each_core_once():
     cpus = threads.usable_cpus()
     assert 1 <= threads.physical_cores(cpus) <= len(cpus)

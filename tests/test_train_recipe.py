@@ -22,8 +22,6 @@ from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def mono50(tmp_path_factory):
@@ -94,7 +92,8 @@ def test_validation_reports_baselines_per_run_and_picks_best_by_the_median(mono5
 
 def test_the_untrained_model_starts_at_the_constant_predictor(mono50, tmp_path):
     r = train(_tiny(mono50, tmp_path, name="mean", lr=1e-8, flip=0.0, steps_per_epoch=1, health_every=0,
-                    speed_input="off"))
+                    speed_input="off", precise_bn=0))  # BatchNorm near its initial statistics: a black frame
+    # then gives the GRU almost zero input, and the output is the head's bias
     ck = load_checkpoint(r.last_checkpoint)
     model = model_from_checkpoint(ck)
     out, _ = model(torch.zeros(1, 1, 3, 48, 64), torch.zeros(1, 6))
@@ -148,7 +147,7 @@ def test_budget_sizes_the_run(mono50, tmp_path):
     assert parse_budget("20m") == 1200 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
     with pytest.raises(ValueError, match="budget='soon' must be a duration"):
         TrainConfig(data="x", budget="soon")
-    r = train(_tiny(mono50, tmp_path, name="budget", budget="15s", steps_per_epoch=0, epochs=1))
+    r = train(_tiny(mono50, tmp_path, name="budget", budget="10s", steps_per_epoch=0, epochs=1))
     cfg = json.loads((r.run_dir / "config.json").read_text())
     planned = cfg["steps_per_epoch"] * cfg["epochs"]
     assert planned > 1 and cfg["val_every"] > 0
@@ -209,3 +208,33 @@ def test_recurrent_validation_walks_each_stretch_clip_after_clip(mono50):
     assert sum(map(len, whole)) >= len(ds) // 5 - len(whole)  # every stretch walked to its end
     halves = val_chains(ds, 10**6, 2, 0), val_chains(ds, 10**6, 2, 1)
     assert sorted(map(tuple, halves[0] + halves[1])) == sorted(map(tuple, whole))  # split across ranks
+
+
+def test_checkpoints_carry_batchnorm_statistics_of_random_training_clips(mono50, tmp_path):
+    from driver.training.distributed import DistInfo
+    from driver.training.precise_bn import batchnorm_layers, recompute_batchnorm
+    from driver.training.recipe import clip_config
+    from driver.training.setup import autocast_for
+
+    def stats(model):
+        return [b.clone() for m in batchnorm_layers(model) for b in (m.running_mean, m.running_var)]
+
+    def recomputed(run):  # the statistics the trainer's last recomputation must have left in last.pt
+        ck = load_checkpoint(run.last_checkpoint)
+        cfg = TrainConfig.from_dict({**ck["config"], "precise_bn": 48})
+        model = model_from_checkpoint(ck)
+        weights = {k: v.clone() for k, v in model.named_parameters()}
+        ds = ClipDataset(ck["dataset"]["store"], clip_config(cfg, train=True), runs=list(ck["dataset"]["train_runs"]))
+        autocast = autocast_for(cfg, torch.device("cpu"))[0]
+        assert recompute_batchnorm(model, ds, cfg, "cpu", autocast, DistInfo(), ck["training"]["step"]) == 48
+        assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())  # only the buffers change
+        assert not model.training and all(m.momentum == 0.1 for m in batchnorm_layers(model))
+        return stats(model_from_checkpoint(ck)), stats(model)
+
+    kw = {"flip": 0.0, "steps_per_epoch": 6, "val_every": 4, "health_every": 0}
+    saved, again = recomputed(train(_tiny(mono50, tmp_path, name="precise", precise_bn=48, **kw)))
+    assert len(saved) == 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(saved, again, strict=True))
+    saved, again = recomputed(train(_tiny(mono50, tmp_path, name="ema", precise_bn=0, **kw)))
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(saved, again, strict=True))  # the moving average
+    frame_model = create_model("squeezenet", InputSpec(48, 64, 1, 1, 6, 1))
+    assert not batchnorm_layers(frame_model)  # nothing to recompute: frame models carry no BatchNorm

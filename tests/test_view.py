@@ -24,8 +24,6 @@ from tests.limits import SAFETY_S  # noqa: E402
 from tests.test_drive_fixtures import H, W, drive_assets  # noqa: E402,F401 - fixture
 from tests.test_replay import checkpoint, sim_store  # noqa: E402,F401 - fixtures
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def read_rrd(path) -> tuple[Counter, dict]:
     """Rows per entity, and each scalar entity's values in 'frame'/'tick'/'step' order."""

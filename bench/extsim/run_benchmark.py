@@ -74,6 +74,11 @@ RECIPES: dict[str, list[str]] = {
     "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
     # the default before recurrent lanes drew one flip per run (each chunk of a lane was mirrored at random)
     "default_flip_clip": ["--flip-scope", "clip"],
+    # the default before BatchNorm statistics were recomputed on random training clips at each validation
+    "default_moving_bn": ["--precise-bn", "0"],
+    # recurrent lanes that jump to a new random clip (zero state) with this chance each step
+    "lane_jump25": ["--lane-jump", "0.25"],
+    "lane_jump100": ["--lane-jump", "1.0"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",

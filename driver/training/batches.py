@@ -7,7 +7,8 @@ A plan is ``(indices (steps, B), reset (steps, B))`` made deterministically from
   the state carried from chunk k (detached) meets chunk k+1 where it left off. A lane jumps to a new
   random clip, with zero state, when its run's valid stretch ends; and with probability
   ``zero_state_prob`` a lane restarts from zero state in place, so the model also learns to drive from
-  a fresh reset.
+  a fresh reset; with probability ``lane_jump`` it jumps to a new random clip (zero state), so that
+  consecutive steps see more of the data than 16 slowly walking lanes do.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class PlanMaker:
     """Makes the plan of every epoch for one rank's training dataset."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, steps_per_epoch: int, recurrent: bool,
-                 balance: bool, zero_state_prob: float, seed: int, rank: int = 0):
-        self.ds, self.batch, self.recurrent = dataset, batch_size, recurrent
+                 balance: bool, zero_state_prob: float, seed: int, rank: int = 0, lane_jump: float = 0.0):
+        self.ds, self.batch, self.recurrent, self.lane_jump = dataset, batch_size, recurrent, lane_jump
         self.zero_state_prob, self.seed, self.rank = zero_state_prob, seed, rank
         n = len(dataset)
         self.steps = steps_per_epoch or max(1, n // (batch_size * (dataset.config.clip_length if recurrent else 1)))
@@ -72,6 +73,8 @@ class PlanMaker:
             pos_ok = np.minimum(pos, len(self._keys) - 1)
             found = (pos < len(self._keys)) & (self._keys[pos_ok] == nxt)
             jump = ~found
+            if self.lane_jump > 0:  # drawn only when asked, so plans without it stay as they were
+                jump |= rng.random(self.batch) < self.lane_jump
             lanes = np.where(found, pos_ok, lanes)
             if jump.any():
                 lanes[jump] = self._random(rng, int(jump.sum()))

@@ -31,6 +31,7 @@ from driver.preprocess import frames_to_input
 
 from .config import TrainConfig, parse_budget
 from .evaluate import batch_speed, evaluate, weighted_loss
+from .precise_bn import batchnorm_layers
 from .recipe import auto_warmup
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ def size_to_budget(setup, started: float) -> TrainConfig:
     if val_clips:
         val_clips = int(min(val_clips, max(MIN_VAL_CLIPS, VAL_SHARE * left / clip_s)))
         validations = int(max(1, min(MAX_VALIDATIONS, VAL_SHARE * left / (val_clips * clip_s))))
-    train_s = left * (1 - OVERHEAD) - validations * val_clips * clip_s
+    bn_clips = min(cfg.precise_bn, len(setup.train_ds)) if batchnorm_layers(setup.model) else 0  # each validation
+    train_s = left * (1 - OVERHEAD) - validations * (val_clips + bn_clips) * clip_s
     steps = max(1, int(train_s / step_s))
     one_pass = max(1, len(setup.train_ds) // (cfg.batch_size * (cfg.clip_length if setup.model.is_recurrent else 1)))
     epochs = max(1, math.ceil(steps / one_pass), min(PACE_EPOCHS, steps))

@@ -62,9 +62,12 @@ class TrainConfig:
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     grad_clip: float = 1.0              # max gradient norm (0 = off)
     zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
+    lane_jump: float = 0.0              # recurrent: chance a lane jumps to a new random clip (zero state) each step
     # evaluation and bookkeeping
     val_every: int = 0                  # steps between validations (0 = every epoch)
     val_clips: int = 1024               # at most this many held-out clips per validation
+    precise_bn: int = 512               # training clips that recompute BatchNorm statistics before each validation
+                                        # and the last checkpoint (0 = off; models without BatchNorm: nothing to do)
     checkpoint_every: int = 200         # steps between checkpoints (and at every validation)
     patience: int = 0                   # early stopping after this many validations without improvement
     eval_closed_loop: str = ""          # drive held-out sim tracks (count or seeds 1,4,7); best.pt by pace x autonomy
@@ -113,8 +116,9 @@ class TrainConfig:
                              ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
-                             ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0),
+                             ("grad_clip", 0.0, 1e6), ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
+                             ("precise_bn", 0, 10**6),
                              ("patience", 0, 10**6), ("every", 0, 10**9), ("eval_seconds", 1.0, 3600.0),
                              ("health_every", 0, 10**9), ("learning_check_step", 0, 10**9), ("seed", 0, 2**31 - 1)]:
             rng(name, lo, hi)

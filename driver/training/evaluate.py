@@ -113,7 +113,8 @@ def val_chains(dataset: ClipDataset, max_clips: int, world: int, rank: int) -> l
     return [c[:k] for c in chains][rank::world]
 
 
-def _collate(dataset, indices: list[int]) -> dict:
+def collate_clips(dataset, indices: list[int]) -> dict:
+    """The items at ``indices`` as one batch."""
     return default_collate([dataset[i] for i in indices])
 
 
@@ -125,8 +126,8 @@ def _val_batches(net, dataset: ClipDataset, config: TrainConfig, device, autocas
     if not getattr(getattr(net, "module", net), "is_recurrent", False):  # DDP wraps the model in .module
         idx = val_indices(len(dataset), config.val_clips, dist_info.world, dist_info.rank)
         for i in range(0, len(idx), lanes):
-            batch = _collate(dataset, idx[i:i + lanes])
-            yield batch, _forward(net, batch, None, config, device, autocast)[0]
+            batch = collate_clips(dataset, idx[i:i + lanes])
+            yield batch, forward_batch(net, batch, None, config, device, autocast)[0]
         return
     chains = sorted(val_chains(dataset, config.val_clips, dist_info.world, dist_info.rank), key=len, reverse=True)
     for g in range(0, len(chains), lanes):
@@ -134,8 +135,8 @@ def _val_batches(net, dataset: ClipDataset, config: TrainConfig, device, autocas
         for pos in range(len(group[0])):
             active = [c[pos] for c in group if len(c) > pos]  # longest first: the active lanes are a prefix
             state = None if state is None else _first_lanes(state, len(active))
-            batch = _collate(dataset, active)
-            out, state = _forward(net, batch, state, config, device, autocast)
+            batch = collate_clips(dataset, active)
+            out, state = forward_batch(net, batch, state, config, device, autocast)
             yield batch, out
 
 
@@ -145,7 +146,8 @@ def batch_speed(batch: dict, device) -> torch.Tensor | None:
     return None if speed is None else speed.to(device, non_blocking=True)
 
 
-def _forward(net, batch: dict, state, config: TrainConfig, device, autocast):
+def forward_batch(net, batch: dict, state, config: TrainConfig, device, autocast):
+    """The model's (float) output and state for a batch, as training feeds it."""
     x = frames_to_input(batch["frames"].to(device), channels_last=config.channels_last)
     with autocast():
         out, state = net(x, batch["modes"].to(device), state, speed=batch_speed(batch, device))

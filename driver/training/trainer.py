@@ -40,6 +40,7 @@ from .evaluate import batch_speed, evaluate, not_beating, weighted_loss
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
 from .optim import lr_factor
+from .precise_bn import recompute_batchnorm
 from .recipe import store_frame_rate
 from .setup import Setup, device_for, prepare
 from .state import TrainingState
@@ -171,6 +172,7 @@ class Trainer:
         self.warned: set[str] = set()
         self.static = self._static_payload()
         self.drive_eval = self._drive_eval_config() if self.cfg.eval_closed_loop else None
+        self.bn_step = -1  # the step at which BatchNorm statistics were last recomputed
 
     def _restore(self, ckpt: dict) -> TrainingState:
         s, training = self.s, ckpt["training"]
@@ -229,6 +231,8 @@ class Trainer:
                 stopped = self._epoch(progress)
                 if stopped == "completed" and self.pace:
                     self._pace(progress)
+            if self.bn_step != st.step:
+                self._precise_bn()
             self._checkpoint()
         self.metrics.close()
         if self.health is not None:
@@ -350,7 +354,8 @@ class Trainer:
             stopped = self._validate(drive)
         elif st.step % cfg.checkpoint_every == 0 or end_of_epoch:
             self._checkpoint()
-        if stopped == "completed" and self.deadline is not None and time.perf_counter() > self.deadline:
+        if (stopped == "completed" and self.deadline is not None and st.step < s.total_steps
+                and time.perf_counter() > self.deadline):  # (the last step done: completed, however late)
             log.warning("the budget %s is spent at step %d of %d: stopping", cfg.budget, st.step, s.total_steps)
             stopped = "budget"
         return stopped
@@ -360,6 +365,7 @@ class Trainer:
         median run loss, or with ``--eval-closed-loop`` by the drive score (pace × autonomy) at each drive;
         ``early_stop`` after ``patience`` judged evaluations without improvement."""
         s, st, cfg = self.s, self.state, self.cfg
+        self._precise_bn()
         if s.val_ds is None and not drive:
             self._checkpoint()
             return "completed"
@@ -392,6 +398,12 @@ class Trainer:
         if judged and cfg.patience and ddp.broadcast_flag(st.bad_validations >= cfg.patience, s.dist, s.device):
             return "early_stop"
         return "completed"
+
+    def _precise_bn(self) -> None:
+        """BatchNorm statistics from random training clips, not the last few batches (``precise_bn.py``)."""
+        s = self.s
+        recompute_batchnorm(s.model, s.train_ds, self.cfg, s.device, s.autocast, s.dist, self.state.step)
+        self.bn_step = self.state.step
 
     def _drive(self) -> None:
         """Drive a copy of the model through the held-out worlds (main process only; the others score 0)."""

@@ -1,0 +1,33 @@
+"""Epoch plans of recurrent lanes: lanes walk consecutive clips, and ``lane_jump`` moves them at random."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from driver.datasets.clips import ClipConfig, ClipDataset
+from driver.training.batches import PlanMaker
+
+
+def _walked(ds: ClipDataset, plan) -> np.ndarray:
+    """(steps-1, B) bool: the lane's clip at step k+1 starts right where its clip at step k ended (same run)."""
+    runs, starts = ds.clip_index()
+    step = ds.config.clip_length * ds.config.frame_stride
+    now, nxt = plan.indices[:-1], plan.indices[1:]
+    return (runs[nxt] == runs[now]) & (starts[nxt] == starts[now] + step)
+
+
+def test_lanes_walk_their_runs_and_jump_only_where_reset(small_store):
+    ds = ClipDataset(small_store, ClipConfig(clip_length=3))
+    still = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0).plan(0)
+    walked = _walked(ds, still)
+    assert walked.mean() > 0.7  # a run's end (every ~50 clips here) is the only reason to jump
+    assert np.array_equal(~walked, still.reset[1:])  # every jump starts from zero state, and nothing else does
+    same = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0, lane_jump=0.0).plan(0)
+    assert np.array_equal(same.indices, still.indices)  # lane_jump=0 draws nothing: old plans stay as they were
+
+    jumpy = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0, lane_jump=0.5).plan(0)
+    walked = _walked(ds, jumpy)
+    assert 0.4 < jumpy.reset[1:].mean() < 0.75  # about half of the lanes jump each step (more at runs' ends)
+    assert not (~walked & ~jumpy.reset[1:]).any() and jumpy.reset[0].all()  # every jump starts from zero state
+    always = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0, lane_jump=1.0).plan(0)
+    assert always.reset.all()  # every step a fresh random clip: frame-model sampling with carried state off
