@@ -7,9 +7,12 @@ and 20 s with one thread. So ``driver`` chooses the count itself:
 
 - ``--threads N`` (N >= 1) uses exactly N;
 - ``--threads 0`` (the default) uses the physical cores this process may run on, minus one per DataLoader
-  worker (they read and augment clips on cores of their own), and **1 when the machine is already busy**
-  (the 1-minute load average when the command starts is at least half the usable CPUs); a positive
-  ``OMP_NUM_THREADS`` in the environment caps that automatic count (the usual way to say "at most N").
+  worker (they read and augment clips on cores of their own), and **1 when the machine is already busy**:
+  other work uses at least half the usable CPUs, by the 1-minute load average or by the CPU time the usable
+  CPUs spent busy over the first 0.1 s of the command (``/proc/stat``; the load average lags: 20 s after two
+  busy processes started on a quiet 2-core machine it read 0.68, and a demo started then chose 2 threads and
+  took 5.8x the wall time of a quiet run); a positive ``OMP_NUM_THREADS`` in the environment caps that
+  automatic count (the usual way to say "at most N").
 
 The chosen count is applied to torch (intra-op) and OpenCV, and handed to ONNX Runtime sessions by the
 callers; it is logged once so a slow run can be explained. DataLoader worker processes get one thread each
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -51,14 +55,51 @@ def physical_cores(cpus: list[int] | None = None) -> int:
     return max(1, len(cores))
 
 
-def machine_busy(cpus: int | None = None) -> bool:
-    """Is other work already using at least half of the usable CPUs (1-minute load average)?"""
+def cpu_times(stat: str, cpus: list[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of ``cpus`` from the text of ``/proc/stat`` (idle and iowait count as not busy)."""
+    busy = total = 0
+    wanted = {f"cpu{c}" for c in cpus}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name in wanted:
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cpus_now(cpus: list[int] | None = None, interval: float = 0.1) -> float | None:
+    """How many of ``cpus`` (default: the usable ones) were busy, on average, over the next ``interval``
+    seconds, this process sleeping meanwhile; None where ``/proc/stat`` is missing (not Linux)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    try:
+        before = cpu_times(Path("/proc/stat").read_text(), cpus)
+        time.sleep(interval)
+        after = cpu_times(Path("/proc/stat").read_text(), cpus)
+    except (OSError, ValueError):
+        return None
+    spent = after[1] - before[1]
+    return len(cpus) * (after[0] - before[0]) / spent if spent > 0 else None
+
+
+def busy_reason(cpus: int | None = None) -> str | None:
+    """Why the machine counts as busy (other work uses at least half the usable CPUs, by the 1-minute load
+    average or by the CPUs busy right now), or None when it does not."""
     cpus = len(usable_cpus()) if cpus is None else cpus
+    threshold = max(1.0, cpus / 2)
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
-        return False
-    return load >= max(1.0, cpus / 2)
+        load = 0.0
+    if load >= threshold:
+        return f"busy: load average {load:.1f} of {cpus} CPUs"
+    now = busy_cpus_now()
+    return f"busy: {now:.1f} of {cpus} CPUs in use now" if now is not None and now >= threshold else None
+
+
+def machine_busy(cpus: int | None = None) -> bool:
+    """Is other work already using at least half of the usable CPUs (:func:`busy_reason`)?"""
+    return busy_reason(cpus) is not None
 
 
 def default_threads(workers: int = 0, busy: bool | None = None) -> int:
@@ -86,12 +127,20 @@ def environment_cap() -> int | None:
 def apply_threads(threads: int = 0, workers: int = 0) -> int:
     """Resolve ``threads`` (0 = automatic, see the module docstring), apply it to torch and OpenCV, return it."""
     check_threads(threads)
+    if threads:
+        _set_threads(threads)
+        log.info("compute threads: %d (as asked)", threads)
+        return threads
     cap = environment_cap()
-    n = threads or min(default_threads(workers), cap or MAX_THREADS)
+    reason = None if cap == 1 else busy_reason()  # (one thread either way: no need to sample the CPUs)
+    n = min(default_threads(workers, busy=reason is not None), cap or MAX_THREADS)
     _set_threads(n)
-    log.info("compute threads: %d (%s)", n, "as asked" if threads else
-             f"automatic: {physical_cores()} physical cores, {workers} loader workers, "
-             f"load {os.getloadavg()[0]:.1f}" + (f", OMP_NUM_THREADS={cap}" if cap else ""))
+    try:
+        load = f"load {os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        load = "no load average"
+    log.info("compute threads: %d (automatic: %d physical cores, %d loader workers, %s%s)", n, physical_cores(),
+             workers, reason or load, f", OMP_NUM_THREADS={cap}" if cap else "")
     return n
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,15 +31,49 @@ def test_automatic_threads_leave_cores_to_loader_workers(monkeypatch):
 def test_a_busy_machine_gets_one_thread(monkeypatch):
     monkeypatch.setattr(threads, "physical_cores", lambda cpus=None: 8)
     assert threads.default_threads(workers=0, busy=True) == 1
+    monkeypatch.setattr(threads, "busy_cpus_now", lambda cpus=None, interval=0.1: 0.3)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     assert threads.machine_busy(cpus=8) is True
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     assert threads.machine_busy(cpus=8) is False
+    monkeypatch.setattr(threads, "busy_cpus_now", lambda cpus=None, interval=0.1: 6.0)
+    assert threads.machine_busy(cpus=8) is True  # busy right now, before the load average has caught up
+
+
+def test_cpu_times_count_idle_and_iowait_as_not_busy():
+    stat = ("cpu  300 0 100 1000 50 0 0 0 0 0\n"
+            "cpu0 100 0 50 500 20 0 0 0 0 0\n"
+            "cpu1 200 5 50 500 30 3 2 1 0 0\n"
+            "intr 12345 0 0\nctxt 999\n")
+    assert threads.cpu_times(stat, [0]) == (150, 670)
+    assert threads.cpu_times(stat, [0, 1]) == (150 + 261, 670 + 791)
+    assert threads.cpu_times(stat, [7]) == (0, 0)  # a CPU the file does not list adds nothing
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists() or len(threads.usable_cpus()) > 8,
+                    reason="needs Linux's /proc/stat and at most 8 usable CPUs (one spinning process each)")
+def test_spinning_processes_make_the_machine_busy_at_once(monkeypatch):
+    cpus = threads.usable_cpus()
+    spin = "import sys; print('go', flush=True)\nwhile True: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True) for _ in cpus]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "go"
+        assert threads.busy_cpus_now(interval=0.3) >= len(cpus) / 2  # others on the machine only add to it
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # as a minute after an idle spell
+        monkeypatch.setattr(threads, "physical_cores", lambda cpus=None: 8)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert threads.machine_busy() is True
+        assert threads.apply_threads(0) == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def test_omp_num_threads_caps_the_automatic_count(monkeypatch):
     monkeypatch.setattr(threads, "physical_cores", lambda cpus=None: 8)
-    monkeypatch.setattr(threads, "machine_busy", lambda cpus=None: False)
+    monkeypatch.setattr(threads, "busy_reason", lambda cpus=None: None)
     before = torch.get_num_threads()
     try:
         for env, expected in (("3", 3), ("64", 8), ("0", 8), ("many", 8), ("", 8)):
