@@ -82,16 +82,21 @@ def busy_cpus_now(cpus: list[int] | None = None, interval: float = 0.1) -> float
     return len(cpus) * (after[0] - before[0]) / spent if spent > 0 else None
 
 
+def load_average() -> float | None:
+    """The 1-minute load average; None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def busy_reason(cpus: int | None = None) -> str | None:
     """Why the machine counts as busy (other work uses at least half the usable CPUs, by the 1-minute load
     average or by the CPUs busy right now), or None when it does not."""
     cpus = len(usable_cpus()) if cpus is None else cpus
     threshold = max(1.0, cpus / 2)
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    if load >= threshold:
+    load = load_average()
+    if load is not None and load >= threshold:
         return f"busy: load average {load:.1f} of {cpus} CPUs"
     now = busy_cpus_now()
     return f"busy: {now:.1f} of {cpus} CPUs in use now" if now is not None and now >= threshold else None
@@ -135,12 +140,10 @@ def apply_threads(threads: int = 0, workers: int = 0) -> int:
     reason = None if cap == 1 else busy_reason()  # (one thread either way: no need to sample the CPUs)
     n = min(default_threads(workers, busy=reason is not None), cap or MAX_THREADS)
     _set_threads(n)
-    try:
-        load = f"load {os.getloadavg()[0]:.1f}"
-    except (AttributeError, OSError):
-        load = "no load average"
+    load = load_average()
     log.info("compute threads: %d (automatic: %d physical cores, %d loader workers, %s%s)", n, physical_cores(),
-             workers, reason or load, f", OMP_NUM_THREADS={cap}" if cap else "")
+             workers, reason or ("no load average" if load is None else f"load {load:.1f}"),
+             f", OMP_NUM_THREADS={cap}" if cap else "")
     return n
 
 
