@@ -50,8 +50,9 @@ def check(out: Path) -> None:
                            sys.executable, "-m", "driver.cli", "link", "--port", "{port}", "--seconds", "0.5"])
     if code != 0 or link.returncode != 0:
         sys.exit(f"car install check failed: driver drive exit {code}, driver link exit {link.returncode}")
-    print(f"car install OK: {report.ticks} ticks at {report.rate_hz:.0f} Hz on ONNX Runtime, "  # noqa: T201
-          f"autonomy {report.sim['autonomy_pct']:.0f}%, no torch")
+    # the exported model is untrained (this checks the install, not driving): its sim autonomy means nothing
+    print(f"car install OK: {report.ticks} ticks at {report.rate_hz:.0f} Hz on ONNX Runtime, no torch; "  # noqa: T201
+          f"a clean stop after {report.reason}, session recorded at {report.run_path}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ class PolicyController:
 
     def act(self, frame: np.ndarray, sim: RacetrackSim) -> tuple[float, float]:
         try:
-            a = self.policy.act(frame, mode=self.mode)
+            # the car's speed, as its `encoder` series records it; a model without speed input ignores it
+            a = self.policy.act(frame, mode=self.mode, speed=float(sim.vehicle.speed))
         except NonFiniteOutput:
             self.faults += 1
             return 0.0, 0.0

@@ -79,6 +79,8 @@ RECIPES: dict[str, list[str]] = {
     # recurrent lanes that jump to a new random clip (zero state) with this chance each step
     "lane_jump25": ["--lane-jump", "0.25"],
     "lane_jump100": ["--lane-jump", "1.0"],
+    # the default reading the car's speed (the runs' `encoder` series; closed loop feeds the sim car's speed)
+    "default_speed": ["--speed-input", "on"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
