@@ -116,6 +116,8 @@ def main() -> None:
             continue
         data = {k: overrides.pop(k) for k in DATA_KEYS if k in overrides}
         pick = overrides.pop("pick", "last")
+        if pick not in ("last", "best"):
+            raise SystemExit(f"lever {name}: pick={pick!r} must be 'last' or 'best'")
         runs, seconds = data.get("data_runs", args.runs), data.get("data_seconds", args.seconds)
         noise, motor_noise = data.get("data_noise", args.data_noise), data.get("data_motor_noise", -1.0)
         size = (data.get("data_height", HEIGHT), data.get("data_width", WIDTH))
@@ -132,8 +134,6 @@ def main() -> None:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             result = train(TrainConfig(**cfg))
-        if pick not in ("last", "best"):
-            raise SystemExit(f"lever {name}: pick={pick!r} must be 'last' or 'best'")
         ckpt = result.best_checkpoint if pick == "best" and result.best_checkpoint else result.last_checkpoint
         train_s = round(time.perf_counter() - t0, 1)
         done[name] = {"lever": name, "overrides": json.loads(text), "checkpoint": str(ckpt), "train_s": train_s,
