@@ -11,9 +11,12 @@ A lever may also change the data with the keys ``data_runs``, ``data_seconds``, 
 ``data_motor_noise`` (``driver sim record --motor-noise``; -1 = the default 0.25 × noise), ``data_height``,
 ``data_width`` (frame size, default 48×64); ``"pick": "best"`` scores ``best.pt`` instead of ``last.pt``
 (with ``eval_closed_loop``: the checkpoint chosen by driving); ``{"checkpoint": PATH}`` scores a model trained
-before (a store per distinct data recipe is recorded once and reused). Results (autonomy, pace, interventions
-with causes and their details, corner/straight speeds, training seconds) go to ``WORKDIR/levers.json``; levers
-already there are reused, so a stopped run continues. Prints a markdown table.
+before (a store per distinct data recipe is recorded once and reused); ``{"ensemble": [LEVER or PATH, ...]}``
+scores the ensemble (``driver ensemble``, written to ``WORKDIR/ensembles/NAME.json``) of levers trained before in
+this workdir (their ``last.pt``) or of model files, with ``"motor_caution": K`` its ``--motor-caution``.
+Results (autonomy, pace, interventions with causes and their details, corner/straight speeds, training seconds)
+go to ``WORKDIR/levers.json``; levers already there are reused, so a stopped run continues. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.validity import ValidityRules
+from driver.ensemble import EnsembleConfig, write_ensemble
 from driver.policy import load_policy
 from driver.sim.closed_loop import ClosedLoopConfig, drive_closed_loop
 from driver.sim.policy_controller import PolicyController
@@ -108,6 +112,13 @@ def main() -> None:
         if name in done:
             continue
         overrides = json.loads(text)
+        if "ensemble" in overrides:  # members: levers trained before in this workdir, or model files
+            members = [m if m.endswith((".pt", ".onnx", ".ts", ".dcz")) else str(work / "train" / m / "last.pt")
+                       for m in overrides["ensemble"]]
+            manifest = work / "ensembles" / f"{name}.json"
+            write_ensemble(EnsembleConfig(members=members, out=str(manifest),
+                                          motor_caution=overrides.get("motor_caution", 0.0)))
+            overrides = {**overrides, "checkpoint": str(manifest)}
         if "checkpoint" in overrides:  # score a model trained before (e.g. on other held-out worlds)
             done[name] = {"lever": name, "overrides": overrides, "checkpoint": overrides["checkpoint"], "train_s": 0.0,
                           **evaluate(Path(overrides["checkpoint"]), args)}

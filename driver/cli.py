@@ -176,6 +176,15 @@ def _beside(path: str, suffix: str) -> str:
     return str(p.with_name(p.name.split(".")[0] + suffix))
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from driver.ensemble import EnsembleConfig, write_ensemble
+
+    r = write_ensemble(config_from_args(EnsembleConfig, args))
+    print(f"wrote {r.path}: an ensemble of {len(r.members)} models, one step {r.latency_ms:.1f} ms on this "  # noqa: T201
+          "machine; use it as --model")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from driver.export.onnx_export import OnnxExportConfig, export_onnx
@@ -292,6 +301,10 @@ COMMANDS: dict[str, Command] = {
         description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, with named "
         "failsafe checks (every fault ends in neutral throttle) and session recording. Every "
         "option can also come from --config FILE. See docs/drive.md."),
+    "ensemble": Command(cli_flags.ensemble_flags, _ensemble,
+        help="drive several models as one (their outputs averaged): writes a manifest to use as --model",
+        description="Checks that the model files load and take the same inputs, and writes a JSON manifest naming "
+        "them with a SHA-256 each; replay, sim drive and drive load it like a model file. See docs/training.md."),
     "export": Command(cli_flags.export_flags, _export,
         help="export a checkpoint to ONNX or TorchScript (parity-checked)", description="The step model with "
         "recurrent state in and out, metadata inside; the export fails unless it matches PyTorch on real frames "

@@ -203,6 +203,12 @@ def drive_flags(s: argparse.ArgumentParser) -> None:
     add_config_flags(s, DriveConfig, required=("model",), required_unless="in --config FILE")
 
 
+def ensemble_flags(s: argparse.ArgumentParser) -> None:
+    from driver.ensemble import EnsembleConfig
+
+    add_config_flags(s, EnsembleConfig, positional=("members",), metavar={"members": "MODEL"})
+
+
 def export_flags(s: argparse.ArgumentParser) -> None:
     from driver.export.onnx_export import OnnxExportConfig
     from driver.export.torchscript import TorchScriptConfig

@@ -53,6 +53,14 @@ class Action:
     raw: np.ndarray = field(default_factory=lambda: np.zeros((1, 2), np.float32))
 
 
+def action_from_raw(raw: np.ndarray, latency_s: float) -> Action:
+    """The Action for a model's raw (horizon, 2) output: the first step, clamped to [-1, 1], in every unit."""
+    pred = np.clip(raw, -1.0, 1.0)
+    steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
+    return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
+                  norm_to_permille(steer_n), norm_to_permille(motor_n), latency_s, pred, raw)
+
+
 class Policy:
     """A model plus everything needed to feed it exactly as in training (see module docstring)."""
 
@@ -150,10 +158,7 @@ class Policy:
             self.reset()  # never carry a poisoned state into the next frame
             raise NonFiniteOutput(f"{self.arch} output is not finite: {raw[0].tolist()} (first step)")
         self._state = state
-        pred = np.clip(raw, -1.0, 1.0)
-        steer_n, motor_n = float(pred[0, 0]), float(pred[0, 1])
-        return Action(float(norm_to_run(steer_n)), float(norm_to_run(motor_n)), steer_n, motor_n,
-                      norm_to_permille(steer_n), norm_to_permille(motor_n), time.perf_counter() - t0, pred, raw)
+        return action_from_raw(raw, time.perf_counter() - t0)
 
     def _step(self, views: np.ndarray, modes, speed: float | None) -> tuple[np.ndarray, Any]:
         """One model step on (views, H, W, 3) uint8: the raw (horizon, 2) float32 output (before any clamp) and
@@ -175,8 +180,14 @@ def load_policy(path: str | os.PathLike, runtime: str = "auto", device: str = "c
                 threads: int | None = None) -> Policy:
     """A Policy from a checkpoint or run directory, an exported ``.onnx`` / TorchScript ``.ts``, or a
     compressed ``.dcz`` file. ``runtime``: ``auto`` (ONNX Runtime for an ``.onnx``, PyTorch otherwise),
-    ``torch`` or ``onnx`` (a checkpoint is exported in memory and parity-checked first)."""
+    ``torch`` or ``onnx`` (a checkpoint is exported in memory and parity-checked first). An ensemble manifest
+    (``driver ensemble``, a ``.json`` file) gives an :class:`driver.ensemble.EnsemblePolicy` of its members,
+    each loaded the same way."""
+    from driver.ensemble import is_ensemble_manifest, load_ensemble
     from driver.export.loading import load_step_model
+
+    if is_ensemble_manifest(path):
+        return load_ensemble(path, runtime=runtime, device=device, threads=threads)
 
     model, ckpt = load_step_model(path, runtime=runtime, threads=threads)
     return Policy(model, ckpt, device=device, threads=threads)

@@ -27,7 +27,7 @@ class SimDriveConfig:
     eval seed ``i`` (of ``split``); ``variants`` empty = each track in its own variant, else variant seeds of
     ``variant_split`` paired with the tracks in turn."""
 
-    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz, or 'expert'
+    model: str  # checkpoint (best.pt / last.pt / run dir), .onnx / .ts, compressed .dcz, ensemble .json or "expert"
     out: str = "sim_drive_out"  # summary.json, top-down and speed-profile PNGs, MP4s
     tracks: int = 3  # held-out tracks driven (eval seeds 0..N-1)
     laps: float = 1.0  # laps per track

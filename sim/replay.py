@@ -39,7 +39,7 @@ READ_BLOCK = 256  # frames read from the store at once
 class ReplayConfig:
     """What to replay. ``runs`` empty = every run in the store; ``mode`` None = from each run's labels."""
 
-    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts or compressed .dcz
+    model: str  # checkpoint (best.pt / last.pt / run dir), exported .onnx / .ts, compressed .dcz or ensemble .json
     data: str  # store path or URL (driver ingest output)
     runs: list[str] = field(default_factory=list)  # runs to replay (empty: all)
     out: str = "replay_out"  # report.json, plots, video, worst.csv

@@ -39,7 +39,7 @@ class DriveConfig(SafetyConfig, LimitsConfig, CameraConfig):
     """
 
     port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0 (empty: only with --camera sim, an in-process MCU)
-    model: str = ""  # checkpoint (best.pt / run dir), exported .onnx / .ts or compressed .dcz
+    model: str = ""  # checkpoint (best.pt / run dir), exported .onnx / .ts, compressed .dcz or ensemble .json
     mode: str = "direct"  # behavioural mode given to models that take one
     shadow: bool = False  # never ask to drive (AUTO_REQUEST clear): the model only runs and is recorded
     record_dir: str = "runs/drive"  # where each session is recorded as a run (empty: no recording)
@@ -58,7 +58,7 @@ class DriveConfig(SafetyConfig, LimitsConfig, CameraConfig):
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must name a checkpoint (best.pt / last.pt or a training run directory), an "
-                             "exported .onnx / .ts or a compressed .dcz")
+                             "exported .onnx / .ts, a compressed .dcz or an ensemble .json (driver ensemble)")
         if not self.port and not self.camera.startswith("sim"):
             raise ValueError("port must name the MCU's serial device (e.g. /dev/ttyUSB0); only camera=sim runs "
                              "without one")
