@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from driver.errors import DriverError, SpeedRequired
 from driver.export.meta import check_preprocess
 from driver.preprocess import frames_to_input, frames_to_input_numpy, prepare_frame
 from driver.units import norm_to_permille, norm_to_run
+
+if TYPE_CHECKING:
+    from driver.ensemble import EnsemblePolicy
 
 
 class NonFiniteOutput(DriverError, ValueError):
@@ -177,7 +180,7 @@ class Policy:
 
 
 def load_policy(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
-                threads: int | None = None) -> Policy:
+                threads: int | None = None) -> Policy | EnsemblePolicy:
     """A Policy from a checkpoint or run directory, an exported ``.onnx`` / TorchScript ``.ts``, or a
     compressed ``.dcz`` file. ``runtime``: ``auto`` (ONNX Runtime for an ``.onnx``, PyTorch otherwise),
     ``torch`` or ``onnx`` (a checkpoint is exported in memory and parity-checked first). An ensemble manifest
