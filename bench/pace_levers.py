@@ -113,8 +113,7 @@ def main() -> None:
             continue
         overrides = json.loads(text)
         if "ensemble" in overrides:  # members: levers trained before in this workdir, or model files
-            members = [m if m.endswith((".pt", ".onnx", ".ts", ".dcz")) else str(work / "train" / m / "last.pt")
-                       for m in overrides["ensemble"]]
+            members = [m if Path(m).is_file() else str(work / "train" / m / "last.pt") for m in overrides["ensemble"]]
             manifest = work / "ensembles" / f"{name}.json"
             write_ensemble(EnsembleConfig(members=members, out=str(manifest),
                                           motor_caution=overrides.get("motor_caution", 0.0)))

@@ -32,7 +32,7 @@ import numpy as np
 from driver.atomic_write import write_atomic
 from driver.datasets.modes import Labels
 from driver.errors import DriverError
-from driver.policy import Action, NonFiniteOutput, Policy, action_from_raw
+from driver.policy import Action, NonFiniteOutput, Policy, action_from_raw, load_policy
 
 FORMAT = "driver-ensemble"
 VERSION = 1
@@ -215,8 +215,6 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[dict], float]:
 def load_ensemble(path: str | os.PathLike, runtime: str = "auto", device: str = "cpu",
                   threads: int | None = None) -> EnsemblePolicy:
     """An :class:`EnsemblePolicy` from a manifest; each member through :func:`driver.policy.load_policy`."""
-    from driver.policy import load_policy
-
     members, caution = read_manifest(path)
     policies = [load_policy(m["path"], runtime=runtime, device=device, threads=threads) for m in members]
     return EnsemblePolicy(policies, path=str(path), motor_caution=caution)
@@ -224,8 +222,6 @@ def load_ensemble(path: str | os.PathLike, runtime: str = "auto", device: str = 
 
 def write_ensemble(config: EnsembleConfig) -> EnsembleReport:
     """Check that the members load and can drive together, then write the manifest atomically."""
-    from driver.policy import load_policy
-
     policies = [load_policy(m, threads=1) for m in config.members]
     ensemble = EnsemblePolicy(policies, path=config.out, motor_caution=config.motor_caution)
     out = Path(config.out).resolve()
