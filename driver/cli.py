@@ -298,7 +298,7 @@ COMMANDS: dict[str, Command] = {
         "car along the recorded path (viewpoint warping)."),
     "drive": Command(cli_flags.drive_flags, _drive,
         help="drive the car (or the sim) with a model: camera -> policy -> carlink", epilog=cli_flags.DRIVE_EXAMPLES,
-        description="Runs the model frame by frame and sends steering/throttle over carlink v1.1, with named "
+        description="Runs the model frame by frame and sends steering/throttle over carlink v1.2, with named "
         "failsafe checks (every fault ends in neutral throttle) and session recording. Every "
         "option can also come from --config FILE. See docs/drive.md."),
     "ensemble": Command(cli_flags.ensemble_flags, _ensemble,
@@ -318,7 +318,7 @@ COMMANDS: dict[str, Command] = {
         "file that driver loads directly (replay, sim drive, drive). A killed run resumes after its last finished "
         "pruning round when run again."),
     "link": Command(cli_flags.link_flags, _link,
-        help="check the serial link to the car's microcontroller (carlink v1.1)", epilog=cli_flags.LINK_EXAMPLES,
+        help="check the serial link to the car's microcontroller (carlink v1.2)", epilog=cli_flags.LINK_EXAMPLES,
         description="Handshake, versions, the MCU's calibration, round-trip latency and live RC values; nothing "
         "moves."),
     "demo": Command(cli_flags.demo_flags, _demo,

@@ -54,6 +54,7 @@ DRIVE_EXAMPLES = """examples:
   driver drive --model best.pt --camera sim --seconds 60                        # no car: the simulator
   driver drive --port /dev/ttyUSB0 --model best.onnx --cpus 2,3 --realtime      # a car computer's own cores
   driver drive --port /dev/ttyUSB0 --model best.pt --camera replay:store.zarr:run_003
+  driver drive --port /dev/ttyUSB0 --model speed.onnx --wheel-m-per-tick 0.0071 # a speed-input model: wheel encoder
 Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a failsafe check fired
 (the MCU going FAILSAFE on its own included), 2 when it could not start (bad model, port, camera, flag).
 """
@@ -61,6 +62,7 @@ Exit code 0 on a clean stop (Ctrl-C, SIGTERM, --seconds, end of video), 1 when a
 LINK_EXAMPLES = """examples:
   driver link --port /dev/ttyUSB0
   python -m driver.vehicle.fake_mcu driver link --port {port}      # no hardware: the firmware's logic on a pty
+  driver link --port /dev/ttyUSB0 --seconds 20 --wheel-m-per-tick 0.0071   # push the car along a measured line
 """
 
 SIM_DRIVE_EXAMPLES = """examples:

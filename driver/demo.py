@@ -92,8 +92,8 @@ def run_demo(config: DemoConfig) -> str:
         "cameras": "left", "stack": 1, "clip_length": 4, "horizon": 1, "target_stride": 1, "batch_size": 16,
         "epochs": epochs, "steps_per_epoch": max(1, config.steps // epochs), "lr": 1e-3, "warmup_steps": 100,
         "color_jitter": 0.5,
-        # pixels only: the demo's model is exported for `driver drive`, and carlink v1.1 carries no wheel
-        # speed (docs/training.md, speed input)
+        # pixels only: the demo's model is exported for `driver drive` on any car, and a speed-input model
+        # needs a wheel encoder on the car (carlink v1.2; docs/training.md, speed input)
         "speed_input": "off",
         "val_fraction": 0.15, "out": str(work / "train"), "name": "demo", "seed": config.seed, "threads": threads})
     run = train(train_config)

@@ -92,7 +92,7 @@ def test_cal_message_round_trip_and_checks():
     cal = Calibration.from_cal(msg)
     assert (cal.steer, cal.throttle, cal.steer_deadband_us, cal.source) == (Endpoints(*STEER_CAL),
                                                                              Endpoints(*THR_CAL), 120, "stored")
-    assert FrameDecoder().feed(b"\x00" + encode(CalRequest())) == [CalRequest(1)]
+    assert FrameDecoder().feed(b"\x00" + encode(CalRequest())) == [CalRequest(2)]
     with pytest.raises(ValueError, match="min < neutral < max"):
         Calibration.from_cal(Cal(1, 1500, 1400, 1900, *THR_CAL, 100, CalFlags.STORED))
     json_form = cal.to_json()

@@ -181,7 +181,8 @@ def test_every_check_is_in_the_table_and_fires():
              "camera_frozen": Health(identical_frames=15), "output_invalid": Health(output_bad="nan"),
              "loop_overrun": Health(overruns=10), "frame_gap": Health(frames_skipped=4),
              "mode_to_auto": Health(mode_to_auto=True), "mcu_failsafe": Health(mcu_failsafe="HOST_TIMEOUT"),
-             "mcu_mode_unknown": Health(mcu_mode_unknown="mode 7")}
+             "mcu_mode_unknown": Health(mcu_mode_unknown="mode 7"), "wheel_stale": Health(wheel_age_ms=101.0),
+             "wheel_stuck": Health(wheel_stuck_ms=1500.0)}
     assert set(cases) == {c.name for c in CHECKS}
     for name, health in cases.items():
         assert [c.name for c in evaluate(health, cfg)] == [name]

@@ -24,7 +24,7 @@ from driver.vehicle.link_check import LinkCheckConfig, check_link, format_link_r
 from tests.limits import SAFETY_S
 
 WATCHDOG_MS = 150
-FW_VERSION = 2
+FW_VERSION = 3
 WAIT_S = SAFETY_S  # a safety net: waits end as soon as the awaited thing (~tens of ms) happens
 RC_NEUTRAL = (1500, 1500)
 MANUAL, AUTO = 1000, 2000

@@ -1,8 +1,11 @@
-"""carlink v1.1 codec: COBS framing, CRC-16/MCRF4XX, the messages and a streaming frame decoder.
+"""carlink v1.2 codec: COBS framing, CRC-16/MCRF4XX, the messages and a streaming frame decoder.
 
 The contract is ``docs/carlink.md``. A frame on the wire is ``COBS(type | payload | crc16_le) + 0x00``.
 v1.1 adds one exchange to v1.0 and changes no v1.0 frame: the host may send CAL_REQ after the handshake
 and a v1.1 MCU answers CAL (its calibrated endpoints); a v1.0 MCU drops CAL_REQ as an unknown frame.
+v1.2 adds one MCU → host frame and changes none: a host that sends CAL_REQ with minor 2 to firmware that
+counts a wheel encoder (CAL flag ``ENCODER``) gets ODOM (tick count, time of the last tick) at 50 Hz;
+older hosts never ask, so they never see it.
 This module is pure (no I/O); :mod:`driver.vehicle.link` runs it over a serial port and
 ``vehicle/firmware/carlink_proto.c`` is the same codec on the MCU.
 """
@@ -19,7 +22,7 @@ from driver.errors import DriverError
 from driver.units import norm_to_permille, permille_to_norm
 
 PROTO_VERSION = 1
-PROTO_MINOR = 1  # v1.1: CAL_REQ -> CAL
+PROTO_MINOR = 2  # v1.1: CAL_REQ -> CAL; v1.2: ODOM (wheel encoder) to a host whose CAL_REQ says minor >= 2
 MAX_FRAME = 64  # encoded bytes without the 0x00 delimiter; a longer frame is dropped
 PERMILLE_MAX = 1000
 
@@ -31,6 +34,7 @@ class MsgType(IntEnum):
     STATE = 0x81
     INFO = 0x82
     CAL = 0x83  # v1.1
+    ODOM = 0x84  # v1.2
 
 
 class Mode(IntEnum):
@@ -55,6 +59,7 @@ class StateFlags(IntFlag):
 class CalFlags(IntFlag):
     NONE = 0
     STORED = 0x01  # the endpoints come from a stored calibration, not the firmware's defaults
+    ENCODER = 0x02  # v1.2: the firmware counts a wheel encoder and sends ODOM to a v1.2 host
 
 
 # ---- CRC and COBS ----
@@ -285,8 +290,29 @@ class Cal:
         return cls(*f[:8], CalFlags(f[8]))
 
 
-Message = Cmd | Hello | CalRequest | State | Info | Cal
-MESSAGES: dict[int, type] = {m.TYPE: m for m in (Cmd, Hello, CalRequest, State, Info, Cal)}
+@dataclass(frozen=True)
+class Odom:
+    """MCU → host (v1.2), at 50 Hz once a v1.2 host asked: the wheel encoder's rising edges
+    since boot (``ticks``, wraps at 2³²) and the MCU clock at the newest edge (``tick_ms``) and now
+    (``t_ms``). One channel: the count never goes down, reversing included."""
+
+    t_ms: int
+    ticks: int
+    tick_ms: int
+
+    TYPE: ClassVar[MsgType] = MsgType.ODOM
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<III")
+
+    def pack_payload(self) -> bytes:
+        return self.FORMAT.pack(self.t_ms & 0xFFFFFFFF, self.ticks & 0xFFFFFFFF, self.tick_ms & 0xFFFFFFFF)
+
+    @classmethod
+    def unpack_payload(cls, payload: bytes) -> Odom:
+        return cls(*cls.FORMAT.unpack(payload))
+
+
+Message = Cmd | Hello | CalRequest | State | Info | Cal | Odom
+MESSAGES: dict[int, type] = {m.TYPE: m for m in (Cmd, Hello, CalRequest, State, Info, Cal, Odom)}
 
 
 def encode_body(msg_type: int, payload: bytes) -> bytes:

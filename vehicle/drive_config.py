@@ -53,6 +53,7 @@ class DriveConfig(SafetyConfig, LimitsConfig, CameraConfig):
     cpus: str = ""  # pin the drive to these CPUs, e.g. 3 or 2,3 or 2-3 (empty: any)
     realtime: bool = False  # run the drive's threads SCHED_FIFO where permitted (says how to permit it where not)
     gc: str = "python"  # python (Python's own collector) or between-ticks (collect after each tick's CMD is out)
+    wheel_m_per_tick: float = 0.0  # metres per encoder tick: read the wheel encoder (carlink v1.2) (0: off)
     view: str = ""  # Rerun live view (driver[view]): web[:PORT], spawn, FILE.rrd or rerun+http://HOST:PORT/proxy
 
     def __post_init__(self) -> None:
@@ -75,6 +76,9 @@ class DriveConfig(SafetyConfig, LimitsConfig, CameraConfig):
             raise ValueError(f"baud={self.baud} must be positive")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime={self.runtime!r} must be one of {', '.join(RUNTIMES)}")
+        if not (isinstance(self.wheel_m_per_tick, int | float) and 0.0 <= self.wheel_m_per_tick <= 10.0):
+            raise ValueError(f"wheel_m_per_tick={self.wheel_m_per_tick!r} must be in 0..10 metres per encoder tick "
+                             "(0 = do not read the encoder)")
         if self.gc not in GC_MODES:
             raise ValueError(f"gc={self.gc!r} must be one of {', '.join(GC_MODES)}")
         parse_cpus(self.cpus)

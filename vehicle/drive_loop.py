@@ -8,7 +8,9 @@
 A tick: wait for a newer frame (``camera_timeout_ms``; meanwhile a keepalive CMD — steering held, neutral
 throttle — every third of the MCU's watchdog, so a camera hiccup never trips it) → ``prepare_frame`` (the
 training preprocessing) → ``policy.act`` with carried state → the raw output checked → host limits → CMD
-(AUTO_REQUEST unless ``shadow``) → ack bookkeeping → record. The MCU's mode switch decides who drives: in
+(AUTO_REQUEST unless ``shadow``) → ack bookkeeping → record. With ``wheel_m_per_tick`` set and an MCU
+that counts a wheel encoder (carlink v1.2), each tick also reads the car's speed (m/s, recorded as the
+run's ``encoder`` series), which a speed-input model takes as its input. The MCU's mode switch decides who drives: in
 MANUAL the MCU passes the RC through and the model runs in shadow (its commands are sent and recorded, not
 followed). Every check in :data:`driver.vehicle.safety.CHECKS` is evaluated each tick; ending ones send
 ESTOP (neutral throttle). An MCU that went FAILSAFE on its own (``mcu_failsafe``) always ends the session
@@ -37,9 +39,10 @@ from .drive_config import DriveConfig, DriveReport
 from .limits import HostLimits
 from .realtime import gc_between_ticks, parse_cpus, pinned, realtime_loop
 from .recorder import STATE_ERROR, STATE_HUMAN, STATE_LOCK, STATE_NETWORK, STATE_OVERRIDE, SessionRecorder, session_path
-from .safety import Act, Check, Health, evaluate, first_ending, output_problem
+from .safety import STUCK_THROTTLE, Act, Check, Health, evaluate, first_ending, output_problem
 from .sim_car import SimLink, actuator_from_link
 from .timing import StageTimer, format_summary
+from .wheel_speed import WheelSpeed
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ class DriveLoop:
         self._t_start = time.monotonic()
         self._wall0 = time.time() - self._t_start
         self._next_status = self._t_start + config.status_every_s
+        self.wheel = wheel_reader(config, link)  # None: the encoder is not read this session
+        self._speed_model = bool(getattr(policy, "speed_input", False))
+        self._thr_high_since: float | None = None  # monotonic time the throttle output went ≥ STUCK_THROTTLE
 
     # ---- one tick ----
 
@@ -102,6 +108,7 @@ class DriveLoop:
         if frame is not None:
             self._observe_frame(frame, h)
             self._observe_mode(h)
+            self._observe_wheel(h)
         ending = self._conclude(h)
         if ending is not None or frame is None:
             return ending
@@ -167,6 +174,26 @@ class DriveLoop:
                                            if watch.failsafe and self.config.shadow else "")
         h.mcu_mode_unknown = watch.unknown_mode
 
+    def _observe_wheel(self, h: Health) -> None:
+        """The newest ODOM into the speed estimate; how stale it is; how long the throttle pushed a still wheel."""
+        if self.wheel is None:
+            return
+        now = time.monotonic()
+        h.wheel_age_ms = self.link.latest_odom_age_s * 1000.0
+        odom = self.link.latest_odom
+        if odom is None:
+            return
+        self.wheel.observe(odom)
+        state = self.link.latest_state
+        thr = self.cal.throttle.us_to_norm(state.out_thr_us) if state is not None else 0.0
+        if thr < STUCK_THROTTLE:
+            self._thr_high_since = None
+        elif self._thr_high_since is None:
+            self._thr_high_since = now
+        if self._thr_high_since is not None:
+            still_ms = (odom.t_ms - odom.tick_ms) & 0xFFFFFFFF  # MCU clock since the encoder's last tick
+            h.wheel_stuck_ms = min((now - self._thr_high_since) * 1000.0, float(still_ms))
+
     def _act_and_send(self, frame: Frame, h: Health) -> None:
         p, timer = self.policy, self.timer
         t_tick = time.monotonic()
@@ -176,7 +203,8 @@ class DriveLoop:
         t_pre = time.monotonic()
         timer.add("preprocess", t_pre - t_tick)
         try:
-            action = p.act(left, right if (p.stereo or p.cameras == ("right",)) else None, self._mode)
+            speed = {"speed": self.wheel.speed} if self._speed_model else {}  # require_wheel: self.wheel is set
+            action = p.act(left, right if (p.stereo or p.cameras == ("right",)) else None, self._mode, **speed)
         except NonFiniteOutput as exc:
             h.output_bad = f"non-finite model output ({exc})"
             return
@@ -248,7 +276,8 @@ class DriveLoop:
             mcu_mode=int(state.mode) if state else -1, mcu_flags=int(state.flags) if state else 0,
             mcu_t_ms=state.t_ms if state else 0, rc_mode_us=state.rc_mode_us if state else 0,
             out_steer_us=out_s, out_thr_us=out_t, rc_steer_us=rc_s, rc_thr_us=rc_t,
-            frame_seq=frame.seq, capture_to_send_ms=latency * 1000.0)
+            frame_seq=frame.seq, capture_to_send_ms=latency * 1000.0,
+            **({} if self.wheel is None else {"encoder": self.wheel.speed, "encoder_ticks": self.wheel.ticks_total}))
 
     def _status(self, state) -> None:
         elapsed = time.monotonic() - self._t_start
@@ -276,7 +305,10 @@ class DriveLoop:
                           "duration": f"{self.config.seconds:g} s elapsed",
                           "camera_stale": f"no new frame for {h.camera_wait_ms:.0f} ms",
                           "camera_frozen": f"{h.identical_frames} identical frames in a row",
-                          "loop_overrun": f"{h.overruns} ticks over {self.safety.deadline_ms:.1f} ms"}
+                          "loop_overrun": f"{h.overruns} ticks over {self.safety.deadline_ms:.1f} ms",
+                          "wheel_stale": f"no ODOM for {h.wheel_age_ms:.0f} ms",
+                          "wheel_stuck": f"throttle ≥ {STUCK_THROTTLE} for {h.wheel_stuck_ms:.0f} ms with no "
+                                         "encoder tick"}
                       .get(ending.name, ""))
             self.report.reason, self.report.message = ending.name, detail
             self.report.exit_code = 1 if ending.act is Act.ESTOP else 0
@@ -321,6 +353,30 @@ class DriveLoop:
             self._conclude(h)
 
 
+def wheel_reader(config: DriveConfig, link) -> WheelSpeed | None:
+    """The session's speed estimate: when the MCU counts a wheel encoder and the metres per tick are known
+    (``wheel_m_per_tick``, or the sim's own encoder); None otherwise."""
+    m_per_tick = config.wheel_m_per_tick or (getattr(link, "m_per_tick", 0.0) if isinstance(link, SimLink) else 0.0)
+    if not (getattr(link, "has_encoder", False) and m_per_tick > 0):
+        return None
+    return WheelSpeed(m_per_tick)
+
+
+def require_wheel(config: DriveConfig, link=None) -> None:
+    """A speed-input model needs the car's speed: refuse it, before anything moves, when it cannot be read.
+    ``link`` None: before the port opens (only ``wheel_m_per_tick`` can be checked)."""
+    if link is not None and wheel_reader(config, link) is not None:
+        return
+    if link is not None and not getattr(link, "has_encoder", False):
+        what = (f"the MCU on {link.port} reports no wheel encoder (it needs carlink v1.2 firmware built with "
+                "ENCODER=1 and an encoder on D5: docs/carlink.md#wheel-speed)")
+    else:
+        what = ("wheel_m_per_tick is not set (--wheel-m-per-tick, metres per encoder tick: "
+                "docs/training.md#speed-input)")
+    raise SpeedRequired(f"{config.model}: the model takes the car's speed (trained with speed input), but {what}; "
+                        "or drive a model trained with --speed-input off")
+
+
 def _mode_name(state) -> str:
     return state.mode.name if state is not None and state.mode_known else "-"
 
@@ -340,8 +396,9 @@ def _warm_up(policy, n: int, mode: str | None) -> None:
     if n <= 0:
         return
     blank = np.zeros((policy.height, policy.width, 3), np.uint8)
+    speed = {"speed": 0.0} if getattr(policy, "speed_input", False) else {}
     for _ in range(n):
-        policy.act(blank, blank if policy.stereo else None, mode)
+        policy.act(blank, blank if policy.stereo else None, mode, **speed)
     policy.reset()
 
 
@@ -355,10 +412,9 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
     # first: every thread started below (serial reader, camera grabber, recorder) inherits CPUs and policy
     with pinned(parse_cpus(config.cpus)) as cpus, realtime_loop(config.realtime) as rt:
         policy = policy or _load_policy(config)
-        if getattr(policy, "speed_input", False):
-            raise SpeedRequired(f"{config.model}: the model takes the car's speed (trained with speed input), "
-                                "but carlink v1.1 carries no wheel speed; drive a model trained with "
-                                "--speed-input off (see docs/carlink.md)")
+        speed_model = bool(getattr(policy, "speed_input", False))
+        if speed_model and config.port and not config.wheel_m_per_tick:
+            require_wheel(config)  # known before the port opens
         cam_cfg = config.camera_config
         if policy.stereo and cam_cfg.kind in ("file", "v4l2") and not config.side_by_side:
             raise ValueError(f"{config.model} is a stereo model: camera {config.camera!r} gives one image; pass "
@@ -372,7 +428,11 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
             try:
                 source = open_camera(cam_cfg, actuator=actuator_from_link(link), stereo=policy.stereo)
                 source.open()
+                if isinstance(link, SimLink) and hasattr(source, "wheel_m"):
+                    link.attach_wheel(lambda: source.wheel_m)  # the in-process MCU's encoder: the sim car's wheel
                 try:
+                    if speed_model:
+                        require_wheel(config, link)
                     report = _run_session(config, policy, link, source, view)
                     report.realtime = rt
                 finally:
@@ -403,10 +463,13 @@ def _load_policy(config: DriveConfig):
 
 def _recorder(config: DriveConfig, policy, link) -> SessionRecorder:
     labels = {m: int(m == config.mode) for m in LAB_MODE_LABELS if m in (config.mode,)}
+    wheel = wheel_reader(config, link)
+    attrs = {"model": str(config.model), "camera": config.camera, "port": config.port or "sim",
+             "calibration": link.calibration.to_json()}
+    if wheel is not None:
+        attrs["wheel_m_per_tick"] = wheel.m_per_tick
     return SessionRecorder(session_path(config.record_dir), policy.height, policy.width, policy.stereo,
-                           labels=labels, attrs={"model": str(config.model), "camera": config.camera,
-                                                 "port": config.port or "sim",
-                                                 "calibration": link.calibration.to_json()})
+                           labels=labels, attrs=attrs, wheel=wheel is not None)
 
 
 def _run_session(config: DriveConfig, policy, link, source, view=None) -> DriveReport:

@@ -57,12 +57,14 @@ class FakeMcu:
     """``host_mcu`` on the master side of a fresh pty; ``port`` is the slave path for CarLink.
 
     ``steer_cal`` / ``thr_cal``: (min, neutral, max) µs endpoints as if calibrated; ``minor=0`` acts as carlink
-    v1.0 firmware (no CAL); ``corrupt_rx``: percent of host frames that get one bit flipped (seeded).
+    v1.0 firmware (no CAL), ``minor=1`` as v1.1 (CAL, never ODOM); ``wheel``: the firmware has a wheel encoder
+    turning at this many ticks per second (:meth:`wheel` changes it; None: no encoder); ``corrupt_rx``:
+    percent of host frames that get one bit flipped (seeded).
     """
 
     def __init__(self, binary: str | os.PathLike, rc=(1500, 1500, MANUAL_US), watchdog_ms: int = 150,
-                 steer_cal=None, thr_cal=None, minor: int = 1, corrupt_rx: int = 0, seed: int = 1,
-                 log_timeout_s: float = 10.0) -> None:
+                 steer_cal=None, thr_cal=None, minor: int = 2, corrupt_rx: int = 0, seed: int = 1,
+                 log_timeout_s: float = 10.0, wheel: float | None = None) -> None:
         master, self._slave = os.openpty()
         tty.setraw(self._slave)  # the fake keeps the slave open so the MCU never sees a hangup
         self.port = os.ttyname(self._slave)
@@ -72,6 +74,8 @@ class FakeMcu:
             args += ["--steer-cal", _csv(steer_cal)]
         if thr_cal:
             args += ["--thr-cal", _csv(thr_cal)]
+        if wheel is not None:
+            args += ["--wheel", f"{float(wheel):g}"]
         self.proc = subprocess.Popen(args, pass_fds=[master], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         os.close(master)
@@ -97,6 +101,10 @@ class FakeMcu:
     def control(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def wheel(self, ticks_per_s: float) -> None:
+        """The encoder now turns at this rate (needs ``wheel=`` at start)."""
+        self.control(f"wheel {float(ticks_per_s):g}")
 
     def rc(self, steer: int, thr: int, mode: int) -> None:
         """The simulated receiver's pulse widths (µs), sent every 20 ms from now on."""
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="calibrated steering endpoints in µs (default: the firmware's 1000,1500,2000)")
     p.add_argument("--thr-cal", type=_triple, default=None, metavar="MIN,N,MAX",
                    help="calibrated throttle endpoints in µs (default: the firmware's 1000,1500,2000)")
+    p.add_argument("--wheel", type=float, default=None, metavar="TICKS_PER_S",
+                   help="the firmware has a wheel encoder (carlink v1.2) turning at this rate (default: no encoder)")
     p.add_argument("--build-dir", default=None, help=f"where host_mcu is built (default {default_build_dir()})")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run; {port} is replaced")
     args = p.parse_args(argv)
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fake_mcu: {e}", file=sys.stderr)  # noqa: T201 - a command-line tool's error
         return 2
     with FakeMcu(binary, rc=args.rc, watchdog_ms=args.watchdog_ms, steer_cal=args.steer_cal,
-                 thr_cal=args.thr_cal) as mcu:
+                 thr_cal=args.thr_cal, wheel=args.wheel) as mcu:
         print(f"fake MCU on {mcu.port}", file=sys.stderr)  # noqa: T201
         return subprocess.call([part.replace("{port}", mcu.port) for part in command])
 

@@ -1,7 +1,9 @@
-"""CarLink: carlink v1.1 over a serial port (pyserial), with handshake, ack tracking and a reader thread.
+"""CarLink: carlink v1.2 over a serial port (pyserial), with handshake, ack tracking and a reader thread.
 
     with CarLink("/dev/ttyUSB0") as link:          # opens, HELLO → INFO, CAL_REQ → CAL handshake
         link.calibration                            # the MCU's endpoints (defaults from a v1.0 MCU)
+        link.has_encoder                            # v1.2 firmware with a wheel encoder: ODOM at 50 Hz
+        link.latest_odom                            # its newest tick count (driver.vehicle.wheel_speed → m/s)
         seq = link.send(steer_norm=0.1, throttle_norm=0.2)
         state = link.latest_state                   # newest STATE from the MCU (50 Hz and each ack)
     # leaving the block (normally or by an exception) sends ESTOP: neutral throttle, FAILSAFE latched
@@ -27,6 +29,7 @@ from driver.vehicle.carlink import (
     PROTO_MINOR,
     PROTO_VERSION,
     Cal,
+    CalFlags,
     CalRequest,
     Cmd,
     CmdFlags,
@@ -35,6 +38,7 @@ from driver.vehicle.carlink import (
     Info,
     Mode,
     MsgType,
+    Odom,
     State,
     encode,
 )
@@ -101,6 +105,7 @@ class CarLink:
         self.estop_on_close = estop_on_close
         self.info: Info | None = None
         self.calibration = Calibration()
+        self.has_encoder = False  # v1.2 firmware that counts a wheel encoder (ODOM frames follow the STATEs)
         self._serial = None  # a pyserial port while open
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
@@ -109,8 +114,10 @@ class CarLink:
         self._reset_session()
 
     def _reset_session(self) -> None:
-        self._decoder = FrameDecoder(accept=(MsgType.STATE, MsgType.INFO, MsgType.CAL))
+        self._decoder = FrameDecoder(accept=(MsgType.STATE, MsgType.INFO, MsgType.CAL, MsgType.ODOM))
         self._cal: Cal | None = None
+        self._odom: Odom | None = None
+        self._odom_t = 0.0
         self.watch = McuWatch()
         self._error: LinkError | None = None
         self._seq = 0
@@ -145,11 +152,15 @@ class CarLink:
             self.info = self._handshake()
             self.watch.watchdog_ms = self.info.watchdog_ms
             self.calibration = self._request_calibration()
+            self.has_encoder = bool(PROTO_MINOR >= 2 and self._cal is not None and self._cal.minor >= 2
+                                    and self._cal.flags & CalFlags.ENCODER)  # then ODOM comes at 50 Hz
         except BaseException:
             self.close()
             raise
-        log.info("carlink up on %s: proto v%d, firmware %d, watchdog %d ms; %s", self.port, self.info.proto_version,
-                 self.info.fw_version, self.info.watchdog_ms, self.calibration.describe())
+        log.info("carlink up on %s: proto v%d.%d, firmware %d, watchdog %d ms, %s; %s", self.port,
+                 self.info.proto_version, self._cal.minor if self._cal else 0, self.info.fw_version,
+                 self.info.watchdog_ms, "wheel encoder" if self.has_encoder else "no wheel encoder",
+                 self.calibration.describe())
         return self.info
 
     def _handshake(self) -> Info:
@@ -317,6 +328,8 @@ class CarLink:
                     self.info = msg
                 elif isinstance(msg, Cal):
                     self._cal = msg
+                elif isinstance(msg, Odom):
+                    self._odom, self._odom_t = msg, now
                 elif isinstance(msg, State):
                     self.watch.observe(msg)
                     self._on_state(msg, now)
@@ -376,6 +389,16 @@ class CarLink:
     def latest_state_age_s(self) -> float:
         """Seconds since the newest STATE arrived (inf before the first). The MCU sends one at least at 50 Hz."""
         return time.monotonic() - self._latest_t if self._latest is not None else math.inf
+
+    @property
+    def latest_odom(self) -> Odom | None:
+        """The newest ODOM (v1.2 wheel encoder; None before the first, and always without an encoder)."""
+        return self._odom
+
+    @property
+    def latest_odom_age_s(self) -> float:
+        """Seconds since the newest ODOM arrived (inf before the first). A v1.2 MCU sends one at 50 Hz."""
+        return time.monotonic() - self._odom_t if self._odom is not None else math.inf
 
     @property
     def counters(self) -> LinkCounters:

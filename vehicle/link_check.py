@@ -1,9 +1,11 @@
 """``driver link --port P``: check the car link without moving the car.
 
 Handshakes, reports the MCU's protocol/firmware version and watchdog, measures CMD→ack round trips at the
-control rate, and records the RC receiver live. Every CMD has throttle 0, steering 0 and AUTO_REQUEST clear,
-so the MCU never follows them: in MANUAL the human keeps driving; with the mode switch in AUTO the MCU goes
-FAILSAFE (neutral throttle) and needs the switch cycled through MANUAL afterwards.
+control rate, and records the RC receiver live. With a wheel encoder (carlink v1.2) it counts its ticks over
+the check: push the car along a measured line meanwhile and ``metres / ticks`` is ``--wheel-m-per-tick``.
+Every CMD has throttle 0, steering 0 and AUTO_REQUEST clear, so the MCU never follows them: in MANUAL the
+human keeps driving; with the mode switch in AUTO the MCU goes FAILSAFE (neutral throttle) and needs the
+switch cycled through MANUAL afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from driver.vehicle.carlink import CmdFlags, Mode, StateFlags
 from driver.vehicle.link import DEFAULT_BAUD, CarLink
+from driver.vehicle.wheel_speed import WheelSpeed
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class LinkCheckConfig:
     port: str = ""  # the MCU's serial port, e.g. /dev/ttyUSB0
     seconds: float = 3.0  # how long to send CMDs and measure round trips
     baud: int = DEFAULT_BAUD  # serial baud rate
+    wheel_m_per_tick: float = 0.0  # metres per wheel-encoder tick: also show distance and speed (0: ticks only)
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -39,6 +43,8 @@ class LinkCheckConfig:
             raise ValueError(f"seconds={self.seconds} must be in (0, 600]")
         if self.baud <= 0:
             raise ValueError(f"baud={self.baud} must be a positive rate, e.g. 115200")
+        if not 0.0 <= self.wheel_m_per_tick <= 10.0:
+            raise ValueError(f"wheel_m_per_tick={self.wheel_m_per_tick} must be in 0..10 m (0 = ticks only)")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class LinkReport:
     samples: list[RcSample] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     calibration: str = ""  # the MCU's endpoints (Calibration.describe)
+    encoder: bool = False  # the MCU counts a wheel encoder (carlink v1.2)
+    wheel_ticks: int = 0  # encoder ticks counted during the check
+    wheel_seconds: float = 0.0  # MCU time between the first and last ODOM of the check
+    wheel_m_per_tick: float = 0.0
+    wheel_top_speed: float = 0.0  # m/s, with wheel_m_per_tick
 
     def rtt_percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.rtt_ms, q)) if self.rtt_ms else float("nan")
@@ -92,7 +103,10 @@ def check_link(config: LinkCheckConfig) -> LinkReport:
     with CarLink(config.port, config.baud, estop_on_close=False) as link:
         info = link.info
         report = LinkReport(config.port, config.baud, info.proto_version, info.fw_version, info.watchdog_ms,
-                            calibration=link.calibration.describe())
+                            calibration=link.calibration.describe(), encoder=link.has_encoder,
+                            wheel_m_per_tick=config.wheel_m_per_tick)
+        wheel = WheelSpeed(config.wheel_m_per_tick or 1.0) if link.has_encoder else None
+        first_odom = None
         mcu_bad_start = link.latest_state.rx_bad if link.latest_state else 0
         start = time.monotonic()
         link.drain_states()
@@ -105,6 +119,13 @@ def check_link(config: LinkCheckConfig) -> LinkReport:
                 report.rtt_ms.append(ack.rtt_s * 1000.0)
             for t, s in link.drain_states():
                 report.samples.append(RcSample(t - start, s.rc_steer_us, s.rc_thr_us, s.rc_mode_us, s.mode, s.flags))
+            odom = link.latest_odom
+            if wheel is not None and odom is not None:
+                first_odom = first_odom or odom
+                speed = wheel.observe(odom) * (1.0 if config.wheel_m_per_tick else 0.0)
+                report.wheel_top_speed = max(report.wheel_top_speed, speed)
+                report.wheel_ticks = wheel.ticks_total
+                report.wheel_seconds = ((odom.t_ms - first_odom.t_ms) & 0xFFFFFFFF) / 1000.0
             next_tick += period
             time.sleep(max(0.0, next_tick - time.monotonic()))
         time.sleep(ACK_WAIT_S)  # let the last acks arrive before counting
@@ -157,6 +178,15 @@ def format_link_report(report: LinkReport) -> str:
     else:
         lines.append("RC: no STATE received")
     lines.append(f"calibration: {report.calibration}")
+    if not report.encoder:
+        lines.append("wheel encoder: none reported (carlink v1.2 firmware built with ENCODER=1 counts one on D5)")
+    elif report.wheel_m_per_tick:
+        lines.append(f"wheel encoder: {report.wheel_ticks} ticks in {report.wheel_seconds:.1f} s = "
+                     f"{report.wheel_ticks * report.wheel_m_per_tick:.2f} m at {report.wheel_m_per_tick:g} m/tick, "
+                     f"top speed {report.wheel_top_speed:.2f} m/s")
+    else:
+        lines.append(f"wheel encoder: {report.wheel_ticks} ticks in {report.wheel_seconds:.1f} s (push the car along "
+                     "a measured line during the check: metres / ticks = --wheel-m-per-tick)")
     lines += [f"warning: {w}" for w in report.warnings]
     lines.append("link OK" if report.ok else "link FAILED")
     return "\n".join(lines)

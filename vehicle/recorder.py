@@ -12,7 +12,9 @@ ingested run trains with exactly the driven pixels. ``steer``/``motor`` are what
 ``out_*_us`` in run units: the human's sticks in MANUAL and OVERRIDE, the model's command in AUTO,
 neutral throttle in FAILSAFE), converted with the MCU's own calibration; the raw pulse widths are kept
 too, and the calibration is the file's ``calibration`` attribute (JSON), so a run can always be
-re-converted. The extras are listed in :data:`EXTRAS`.
+re-converted. The extras are listed in :data:`EXTRAS`; a session that reads the wheel encoder (carlink
+v1.2) adds :data:`WHEEL_EXTRAS` (``encoder`` in m/s, what training's speed input reads) and the file's
+``wheel_m_per_tick`` attribute.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "capture_to_send_ms": ("float32", "frame capture → CMD written, ms"),
 }
 
+# with a wheel encoder read (carlink v1.2, ``wheel_m_per_tick`` set)
+WHEEL_EXTRAS: dict[str, tuple[str, str]] = {
+    "encoder": ("float32", "the car's speed from the wheel encoder, m/s (driver.vehicle.wheel_speed)"),
+    "encoder_ticks": ("int64", "encoder ticks counted since the session's first ODOM"),
+}
+
 # lab state codes (docs/run-format.md) for the MCU's modes
 STATE_HUMAN, STATE_LOCK, STATE_OVERRIDE, STATE_NETWORK, STATE_ERROR = 1, 2, 5, 6, -1
 
@@ -59,7 +67,7 @@ class SessionRecorder:
 
     def __init__(self, path: str | os.PathLike, height: int, width: int, stereo: bool,
                  labels: dict[str, int] | None = None, attrs: dict[str, object] | None = None,
-                 flush_s: float = 1.0) -> None:
+                 flush_s: float = 1.0, wheel: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stereo, self.flush_s = stereo, flush_s
@@ -81,7 +89,7 @@ class SessionRecorder:
         for name in ("steer", "motor", "state"):
             g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(256,))
         g.create_dataset("left_timestamp", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(256,))
-        for name, (dtype, _) in EXTRAS.items():
+        for name, (dtype, _) in (EXTRAS | (WHEEL_EXTRAS if wheel else {})).items():
             g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
         self._group = g
         self._write_labels()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+STUCK_THROTTLE = 0.15  # normalised forward throttle output at which a turning wheel is expected
 
 class Act(Enum):
     RESET = "reset recurrent state, continue"
@@ -34,10 +35,13 @@ class SafetyConfig:
     max_overruns: int = 10  # this many ticks in a row over the deadline → loop_overrun
     gap_frames: int = 3  # more frames than this skipped between ticks → reset the recurrent state
     output_margin: float = 0.25  # raw model output beyond ±(1 + this), or NaN/inf → output_invalid
+    wheel_timeout_ms: float = 100.0  # reading the wheel encoder and no ODOM within this → wheel_stale
+    wheel_stuck_ms: float = 1500.0  # forward throttle output this long with no encoder tick → wheel_stuck
 
     def __post_init__(self) -> None:
         ranges = {"camera_timeout_ms": (10.0, 10000.0), "ack_timeout_ms": (5.0, 5000.0),
-                  "deadline_ms": (0.0, 10000.0)}
+                  "deadline_ms": (0.0, 10000.0), "wheel_timeout_ms": (20.0, 10000.0),
+                  "wheel_stuck_ms": (100.0, 60000.0)}
         for name, (lo, hi) in ranges.items():
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
@@ -72,6 +76,8 @@ class Health:
     mode_to_auto: bool = False  # the MCU entered AUTO (model drives) since the last tick
     mcu_failsafe: str = ""  # the MCU went FAILSAFE without a host ESTOP (watchdog, RC loss), described
     mcu_mode_unknown: str = ""  # the MCU reported a mode carlink does not define, described
+    wheel_age_ms: float = 0.0  # since the newest ODOM (0 when the session does not read the encoder)
+    wheel_stuck_ms: float = 0.0  # forward throttle ≥ STUCK_THROTTLE output with no encoder tick, this long
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,11 @@ CHECKS: tuple[Check, ...] = (
           lambda h, c: bool(h.mcu_mode_unknown)),
     Check("acks_lost", "consecutive CMDs without an ack within ack_timeout_ms", "max_lost_acks", Act.ESTOP,
           lambda h, c: h.lost_acks >= c.max_lost_acks),
+    Check("wheel_stale", "the session reads the wheel encoder and no ODOM arrived within wheel_timeout_ms",
+          "wheel_timeout_ms", Act.ESTOP, lambda h, c: h.wheel_age_ms > c.wheel_timeout_ms),
+    Check("wheel_stuck", f"the MCU output forward throttle ≥ {STUCK_THROTTLE} for wheel_stuck_ms while the "
+          "encoder counted no tick (encoder unplugged, or the car blocked)", "wheel_stuck_ms", Act.ESTOP,
+          lambda h, c: h.wheel_stuck_ms >= c.wheel_stuck_ms),
     Check("camera_error", "the camera failed (device error, unplugged)", "-", Act.ESTOP,
           lambda h, c: bool(h.camera_error)),
     Check("camera_stale", "no new frame within camera_timeout_ms", "camera_timeout_ms", Act.ESTOP,

@@ -7,7 +7,8 @@ driven by what the servo and ESC would actually receive:
   so the MCU's mode switch, override, watchdog and FAILSAFE act on the simulated car exactly as on a
   real one (the human's RC passes through in MANUAL);
 * without a port: :class:`SimLink`, an in-process stand-in for the MCU that acknowledges every CMD and
-  outputs it (mode AUTO, no human), and neutral throttle after ESTOP.
+  outputs it (mode AUTO, no human), and neutral throttle after ESTOP. Its wheel encoder counts the
+  simulated car's wheel travel (:data:`SIM_M_PER_TICK` metres a tick), in carlink v1.2 ODOM frames.
 
 Either way the actuator is read from the link's latest STATE, never from the loop's own intentions, and
 converted with the MCU's reported calibration. The camera also scores the drive as ``driver sim drive``
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from driver.vehicle.carlink import PROTO_VERSION, Info, Mode, State, StateFlags
+from driver.vehicle.carlink import PROTO_VERSION, Info, Mode, Odom, State, StateFlags
 from driver.vehicle.link import Ack, LinkCounters
 
 from .calibration import Calibration
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Actuator = Callable[[], tuple[float, float]]  # -> (steer_norm, motor_norm) the car receives now
 RESET_AHEAD_M = 0.5  # an intervention puts the car back on the centreline this far ahead (as sim drive does)
+SIM_M_PER_TICK = 0.005  # the simulated wheel encoder: 200 ticks a metre
 
 
 def actuator_from_link(link) -> Actuator:
@@ -85,6 +87,7 @@ class SimCamera(CameraSource):
         self.name = f"sim:{seed}"
         self._pacer = Pacer(1.0 / config.fps)
         self.pose_log: list[tuple[float, float, float, float]] = []  # x, y, yaw, speed per frame
+        self.wheel_m = 0.0  # wheel travel (what an encoder counts: |speed| integrated, reversing included)
 
     def open(self) -> None:
         from driver.sim.camera import Renderer
@@ -119,6 +122,7 @@ class SimCamera(CameraSource):
         self.car.step(steer, motor, 1.0 / self.config.fps)
         st = self.car.state
         self._distance += math.hypot(st.x - x0, st.y - y0)
+        self.wheel_m += abs(st.speed) / self.config.fps
         loc = self.track.locate(st.x, st.y)
         self._cte.append(loc.lateral)
         heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
@@ -153,8 +157,12 @@ class SimLink:
     AUTO_REQUEST is set; ESTOP latches FAILSAFE with neutral throttle and held steering.
     """
 
-    def __init__(self, calibration: Calibration | None = None, watchdog_ms: int = 150) -> None:
+    def __init__(self, calibration: Calibration | None = None, watchdog_ms: int = 150,
+                 m_per_tick: float = SIM_M_PER_TICK) -> None:
         self.port = "sim"
+        self.m_per_tick = m_per_tick
+        self._wheel_m: Callable[[], float] | None = None  # set by attach_wheel once the sim camera exists
+        self._ticks, self._tick_ms = 0, 0
         self.calibration = calibration or Calibration(source="sim")
         self.watch = McuWatch(watchdog_ms)
         self.info: Info | None = None
@@ -225,6 +233,31 @@ class SimLink:
     @property
     def latest_state(self) -> State | None:
         return self._latest
+
+    @property
+    def has_encoder(self) -> bool:
+        """An encoder once a sim camera's car is attached (:meth:`attach_wheel`)."""
+        return self._wheel_m is not None
+
+    def attach_wheel(self, wheel_m: Callable[[], float]) -> None:
+        """The encoder counts this wheel travel (m): the sim camera's car (:attr:`SimCamera.wheel_m`)."""
+        self._wheel_m = wheel_m
+
+    @property
+    def latest_odom(self) -> Odom | None:
+        """An ODOM read now: the wheel travel in ticks, stamped when the count last changed."""
+        if self._wheel_m is None:
+            return None
+        with self._lock:
+            now_ms = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
+            ticks = int(self._wheel_m() / self.m_per_tick) & 0xFFFFFFFF
+            if ticks != self._ticks:
+                self._ticks, self._tick_ms = ticks, now_ms
+            return Odom(now_ms, self._ticks, self._tick_ms)
+
+    @property
+    def latest_odom_age_s(self) -> float:
+        return 0.0  # read on demand: never stale
 
     @property
     def counters(self) -> LinkCounters:

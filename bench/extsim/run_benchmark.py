@@ -81,6 +81,12 @@ RECIPES: dict[str, list[str]] = {
     "lane_jump100": ["--lane-jump", "1.0"],
     # the default reading the car's speed (the runs' `encoder` series; closed loop feeds the sim car's speed)
     "default_speed": ["--speed-input", "on"],
+    # the default's SqueezeNet at half the widths (stem 32, Fire expand 64..256): 2.75x cheaper a step at 96x96
+    "half": ["--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "speed_half": ["--speed-input", "on", "--arch-kwargs",
+                   '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    # the default reading the car's speed, with AdamW's decoupled weight decay at a usual strength
+    "speed_wd": ["--speed-input", "on", "--weight-decay", "0.05"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",

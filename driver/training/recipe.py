@@ -113,8 +113,8 @@ def resolve_speed_input(config: TrainConfig, metas: list[dict]) -> str:
     if config.speed_input == "auto":
         on = takes_speed_input(config.arch) and not without
         log.info("speed input %s (auto: %s)", "on" if on else "off",
-                 "every run has a speed series; driver drive cannot feed it yet (carlink v1.1 has no wheel speed): "
-                 "train a model for the car with --speed-input off" if on else
+                 "every run has a speed series; on the car driver drive needs a wheel encoder for it (carlink v1.2, "
+                 "--wheel-m-per-tick)" if on else
                  f"{config.arch} does not take speed" if not takes_speed_input(config.arch) else
                  f"run {without[0]!r} has no speed series")
         return "on" if on else "off"

@@ -9,6 +9,7 @@
 #define INFO_PAYLOAD_LEN 5u
 #define CAL_REQ_PAYLOAD_LEN 1u
 #define CAL_PAYLOAD_LEN 16u
+#define ODOM_PAYLOAD_LEN 12u
 #define MAX_BODY (1u + STATE_PAYLOAD_LEN + 2u)
 
 /* ---- codec ---- */
@@ -168,12 +169,24 @@ static void send_cal(proto_t *p)
 {
     uint8_t b[MAX_BODY];
     b[0] = MSG_CAL;
-    b[1] = CARLINK_PROTO_MINOR;
+    b[1] = p->minor;
     put_endpoints(b + 2, &p->cal.steer);
     put_endpoints(b + 8, &p->cal.thr);
     put_u16(b + 14, p->cal.steer_deadband_us);
-    b[16] = p->cal_flags;
+    b[16] = (uint8_t)(p->cal_flags | (p->minor >= 2 && p->has_encoder ? CAL_ENCODER : 0));
     send_body(p, b, 1 + CAL_PAYLOAD_LEN);
+}
+
+/* v1.2: the wheel encoder's count and the time of its last tick; the host turns them into m/s. */
+static void send_odom(proto_t *p)
+{
+    uint8_t b[MAX_BODY];
+    b[0] = MSG_ODOM;
+    put_u32(b + 1, p->now_ms);
+    put_u32(b + 5, p->enc_ticks);
+    put_u32(b + 9, p->enc_tick_ms);
+    send_body(p, b, 1 + ODOM_PAYLOAD_LEN);
+    p->last_odom_ms = p->now_ms;
 }
 
 /* ---- state machine ---- */
@@ -261,9 +274,12 @@ static void handle_frame(proto_t *p)
         update(p);
         send_state(p);  /* the ack */
     } else if (body[0] == MSG_HELLO && payload_len == HELLO_PAYLOAD_LEN) {
+        p->odom_on = 0;  /* a new host session: ODOM only once it asks for v1.2 */
         send_info(p);
     } else if (p->minor >= 1 && body[0] == MSG_CAL_REQ && payload_len == CAL_REQ_PAYLOAD_LEN) {
-        send_cal(p);  /* any requested minor >= 1 gets this MCU's v1.1 answer */
+        /* Any requested minor >= 1 gets this MCU's CAL; a v1.2 host (minor >= 2) also gets ODOM from here on. */
+        p->odom_on = (uint8_t)(pl[0] >= 2 && p->minor >= 2 && p->has_encoder);
+        send_cal(p);
     } else {
         p->rx_bad++;  /* unknown type or wrong payload length */
     }
@@ -305,6 +321,21 @@ void proto_tick(proto_t *p, uint32_t now_ms)
     update(p);
     if (now_ms - p->last_state_ms >= CARLINK_STATE_PERIOD_MS)
         send_state(p);
+    if (p->odom_on && now_ms - p->last_odom_ms >= CARLINK_STATE_PERIOD_MS)
+        send_odom(p);  /* 50 Hz on its own clock: acks reset the STATE timer, not this one */
+}
+
+void proto_set_encoder(proto_t *p, uint8_t present)
+{
+    p->has_encoder = present ? 1u : 0u;
+    if (!p->has_encoder)
+        p->odom_on = 0;
+}
+
+void proto_encoder(proto_t *p, uint32_t ticks, uint32_t last_tick_ms)
+{
+    p->enc_ticks = ticks;
+    p->enc_tick_ms = last_tick_ms;
 }
 
 void proto_init(proto_t *p, const proto_calibration_t *cal, uint8_t cal_flags, uint16_t watchdog_ms, proto_tx_fn tx,

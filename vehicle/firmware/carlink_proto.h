@@ -4,7 +4,9 @@
  *   proto_init()      once, with calibration (and whether it was stored), watchdog and a TX callback;
  *   proto_tick(now)   every loop pass with a millisecond clock (updates mode/outputs, sends 50 Hz STATE);
  *   proto_rx_byte(b)  for every byte received from the host (answers HELLO, acks CMD with STATE);
- *   proto_rc_pulse()  for every RC receiver pulse measured on a channel.
+ *   proto_rc_pulse()  for every RC receiver pulse measured on a channel;
+ *   proto_encoder()   with the wheel encoder's tick count and the time of its last tick (v1.2, firmware
+ *                     built with an encoder: proto_set_encoder(p, 1) after proto_init).
  * Outputs to write to the servo and ESC are `out_steer_us` / `out_thr_us`. The contract is
  * docs/carlink.md (and carlink-v1.md): do not change frames here without changing the Python side.
  */
@@ -14,8 +16,10 @@
 #include <stdint.h>
 
 #define CARLINK_PROTO_VERSION 1u
-#define CARLINK_PROTO_MINOR 1u         /* v1.1: CAL_REQ -> CAL (calibrated endpoints); v1.0 hosts never ask */
-#define CARLINK_FW_VERSION 2u
+#define CARLINK_PROTO_MINOR 2u         /* v1.1: CAL_REQ -> CAL (calibrated endpoints); v1.0 hosts never ask;
+                                        * v1.2: ODOM (wheel encoder) at 50 Hz to a host that asked
+                                        * with CAL_REQ minor >= 2, from firmware that has an encoder */
+#define CARLINK_FW_VERSION 3u
 #define CARLINK_MAX_FRAME 64u          /* encoded bytes without the 0x00; longer is dropped */
 #define CARLINK_WATCHDOG_MS_DEFAULT 150u
 #define CARLINK_STATE_PERIOD_MS 20u    /* unsolicited STATE at 50 Hz */
@@ -27,12 +31,16 @@
 
 enum carlink_msg {
     MSG_CMD = 0x01, MSG_HELLO = 0x02, MSG_CAL_REQ = 0x03,  /* host -> MCU */
-    MSG_STATE = 0x81, MSG_INFO = 0x82, MSG_CAL = 0x83       /* MCU -> host */
+    MSG_STATE = 0x81, MSG_INFO = 0x82, MSG_CAL = 0x83,      /* MCU -> host */
+    MSG_ODOM = 0x84                                         /* MCU -> host, v1.2 */
 };
 enum carlink_mode { MODE_MANUAL = 0, MODE_AUTO = 1, MODE_FAILSAFE = 2 };
 enum carlink_cmd_flag { CMD_AUTO_REQUEST = 0x01, CMD_ESTOP = 0x02 };
 enum carlink_state_flag { STATE_RC_LOST = 0x01, STATE_HOST_TIMEOUT = 0x02, STATE_OVERRIDE = 0x04 };
-enum carlink_cal_flag { CAL_STORED = 0x01 };  /* endpoints from a stored calibration, not the defaults */
+enum carlink_cal_flag {
+    CAL_STORED = 0x01,   /* endpoints from a stored calibration, not the defaults */
+    CAL_ENCODER = 0x02   /* v1.2: this firmware counts a wheel encoder and sends ODOM to a v1.2 host */
+};
 enum carlink_rc_channel { RC_STEER = 0, RC_THR = 1, RC_MODE = 2, RC_CHANNELS = 3 };
 
 /* Calibrated endpoints of one output, in microseconds. */
@@ -87,6 +95,12 @@ typedef struct {
     uint16_t out_thr_us;
     uint8_t state_seq;
     uint32_t last_state_ms;
+    /* wheel encoder (v1.2) */
+    uint8_t has_encoder;   /* set by proto_set_encoder: the firmware counts an encoder */
+    uint8_t odom_on;       /* the host asked for v1.2 (CAL_REQ minor >= 2) since its last HELLO */
+    uint32_t enc_ticks;    /* rising edges since boot (wraps) */
+    uint32_t enc_tick_ms;  /* clock at the last edge */
+    uint32_t last_odom_ms;
 } proto_t;
 
 void proto_default_calibration(proto_calibration_t *cal);
@@ -98,6 +112,10 @@ void proto_init(proto_t *p, const proto_calibration_t *cal, uint8_t cal_flags, u
 void proto_tick(proto_t *p, uint32_t now_ms);
 void proto_rx_byte(proto_t *p, uint8_t byte);
 void proto_rc_pulse(proto_t *p, uint8_t channel, uint16_t width_us);
+/* v1.2: this firmware has a wheel encoder (CAL reports CAL_ENCODER; ODOM goes to hosts that ask). */
+void proto_set_encoder(proto_t *p, uint8_t present);
+/* v1.2: the encoder's tick count since boot and the clock (ms) at its latest tick, as counted in the ISR. */
+void proto_encoder(proto_t *p, uint32_t ticks, uint32_t last_tick_ms);
 
 /* Per-mille (-1000..1000, clamped) to microseconds on calibrated endpoints (clamped). The host ports this map
  * (driver.vehicle.calibration.Endpoints.permille_to_us) and is tested against it. */

@@ -5,6 +5,7 @@
  *   D10 (PB2, OC1B)  ESC signal                 D3 (PD3)  RC receiver throttle channel
  *   D13 (PB5)        LED (mode / calibration)   D4 (PD4)  RC receiver mode channel (2/3-position switch)
  *   D7  (PD7)        calibration jumper: tie to GND at power-on to calibrate
+ *   D5  (PD5)        wheel encoder (built with ENCODER=1: `make avr ENCODER=1`): rising edges are counted
  *   D0/D1            UART to the host, 115200 8N1
  *
  * Timer1 runs at 2 MHz (0.5 us) in fast PWM with TOP 39999: hardware 50 Hz servo/ESC pulses, and its counter
@@ -29,6 +30,10 @@
 #define UBRR_VALUE ((F_CPU + 4UL * BAUD) / (8UL * BAUD) - 1UL) /* U2X: 16 -> 117647 baud, +2.1% */
 #define PWM_TOP 39999u                                        /* 20 ms at 0.5 us per tick */
 #define RC_PIN_MASK (_BV(PD2) | _BV(PD3) | _BV(PD4))
+#ifndef CARLINK_ENCODER
+#define CARLINK_ENCODER 0 /* 1: a wheel encoder on D5 (carlink v1.2 ODOM) */
+#endif
+#define ENC_PIN_MASK (CARLINK_ENCODER ? _BV(PD5) : 0)
 #define CAL_MAGIC 0xCA1Bu
 #define CAL_TIMEOUT_MS 15000u
 #define RX_RING 64u /* powers of two */
@@ -55,13 +60,19 @@ static volatile uint16_t g_rc_rise[RC_CHANNELS];
 static volatile uint16_t g_rc_width[RC_CHANNELS]; /* in 0.5 us ticks */
 static volatile uint8_t g_rc_new;                  /* bit per channel */
 static volatile uint8_t g_rc_last_pins;
+static volatile uint32_t g_enc_ticks;   /* wheel encoder rising edges since boot */
+static volatile uint32_t g_enc_tick_ms; /* g_millis at the last edge */
 
 ISR(PCINT2_vect)
 {
     uint16_t t = TCNT1;
-    uint8_t pins = PIND & RC_PIN_MASK;
+    uint8_t pins = PIND & (RC_PIN_MASK | ENC_PIN_MASK);
     uint8_t changed = pins ^ g_rc_last_pins;
     g_rc_last_pins = pins;
+    if ((changed & pins) & ENC_PIN_MASK) {
+        g_enc_ticks++;
+        g_enc_tick_ms = g_millis;
+    }
     for (uint8_t ch = 0; ch < RC_CHANNELS; ch++) {
         uint8_t bit = _BV(PD2 + ch);
         if (!(changed & bit))
@@ -86,6 +97,15 @@ static uint8_t take_rc_pulses(uint16_t width_us[RC_CHANNELS])
         width_us[ch] = g_rc_width[ch] / 2u;
     sei();
     return fresh;
+}
+
+/* The encoder's count and the time of its last edge, read together. */
+static void take_encoder(uint32_t *ticks, uint32_t *tick_ms)
+{
+    cli();
+    *ticks = g_enc_ticks;
+    *tick_ms = g_enc_tick_ms;
+    sei();
 }
 
 /* ---- UART with RX and TX rings ---- */
@@ -237,8 +257,8 @@ void early_wdt_off(void)
 static void setup_hardware(uint16_t steer_neutral_us, uint16_t thr_neutral_us)
 {
     DDRB |= _BV(PB1) | _BV(PB2) | _BV(PB5);         /* servo, ESC, LED */
-    DDRD &= (uint8_t)~(RC_PIN_MASK | _BV(PD7));
-    PORTD |= _BV(PD7);                             /* pull-up on the calibration jumper */
+    DDRD &= (uint8_t)~(RC_PIN_MASK | ENC_PIN_MASK | _BV(PD7));
+    PORTD |= _BV(PD7) | ENC_PIN_MASK;              /* pull-ups: calibration jumper, open-collector encoder */
     /* Timer1: fast PWM, TOP = ICR1, non-inverting on OC1A/OC1B, prescaler 8 (0.5 us). */
     ICR1 = PWM_TOP;
     write_outputs(steer_neutral_us, thr_neutral_us);
@@ -249,9 +269,9 @@ static void setup_hardware(uint16_t steer_neutral_us, uint16_t thr_neutral_us)
     TCCR0B = _BV(CS01) | _BV(CS00);
     OCR0A = 249;
     TIMSK0 = _BV(OCIE0A);
-    /* RC pins: pin-change interrupts on PCINT18..20. */
-    g_rc_last_pins = PIND & RC_PIN_MASK;
-    PCMSK2 = RC_PIN_MASK;
+    /* RC pins (and the encoder): pin-change interrupts on PCINT18..20 (and 21). */
+    g_rc_last_pins = PIND & (RC_PIN_MASK | ENC_PIN_MASK);
+    PCMSK2 = RC_PIN_MASK | ENC_PIN_MASK;
     PCICR = _BV(PCIE2);
     /* UART 115200 8N1, double speed. */
     UBRR0 = (uint16_t)UBRR_VALUE;
@@ -274,8 +294,14 @@ int main(void)
 
     static proto_t proto;
     proto_init(&proto, &cal, cal_flags, CARLINK_WATCHDOG_MS_DEFAULT, uart_tx_frame, 0);
+    proto_set_encoder(&proto, CARLINK_ENCODER);
     for (;;) {
         wdt_reset();
+        if (CARLINK_ENCODER) {
+            uint32_t ticks, tick_ms;
+            take_encoder(&ticks, &tick_ms);
+            proto_encoder(&proto, ticks, tick_ms);
+        }
         proto_tick(&proto, millis());
         uint16_t w[RC_CHANNELS];
         uint8_t fresh = take_rc_pulses(w);

@@ -1,15 +1,17 @@
 /* host_mcu: the carlink firmware logic (carlink_proto.c) built for Linux, used as the fake MCU in tests.
  *
  * Usage: host_mcu (--fd N | --tty PATH) [--watchdog-ms N] [--rc STEER,THR,MODE] [--steer-cal MIN,NEUTRAL,MAX]
- *                [--thr-cal MIN,NEUTRAL,MAX] [--minor N] [--corrupt-rx PERCENT] [--seed N]
+ *                [--thr-cal MIN,NEUTRAL,MAX] [--minor N] [--wheel TICKS_PER_S] [--corrupt-rx PERCENT] [--seed N]
  *   --fd N        serial line is an inherited fd (e.g. the master side of os.openpty())
  *   --tty PATH    serial line is a tty path to open (a pty slave, a socat pty, a USB serial adapter)
  *   --watchdog-ms the host command watchdog reported in INFO (default 150)
  *   --rc S,T,M    initial simulated receiver pulse widths in us (default 1500,1500,1000 = MANUAL)
  *   --steer-cal, --thr-cal  calibrated output endpoints in us, as if stored in EEPROM (default 1000,1500,2000
  *                 and not stored); invalid endpoints are an error
- *   --minor N     protocol minor to answer: 1 (default) reports the calibration on CAL_REQ, 0 acts as v1.0
- *                 firmware (CAL_REQ is an unknown frame, counted in rx_bad)
+ *   --minor N     protocol minor to answer: 2 (default) is v1.2 (ODOM to a v1.2 host when there is an encoder),
+ *                 1 acts as v1.1 firmware (CAL, never ODOM), 0 as v1.0 (CAL_REQ is an unknown frame, in rx_bad)
+ *   --wheel R     the firmware has a wheel encoder, turning at R ticks per second (0 = standing still); without
+ *                 it the firmware has none (CAL does not report CAL_ENCODER, no ODOM)
  *   --corrupt-rx P  flip one bit in P percent of the frames received from the host (line noise), chosen by a
  *                 PRNG seeded with --seed (default 1), so the same frames are hit on every run
  *
@@ -17,6 +19,7 @@
  * channel every 20 ms. The test controls it with text lines on stdin:
  *   rc STEER THR MODE   set the receiver's pulse widths (us)
  *   rc off | rc on      stop / resume receiver pulses (RC loss is declared 100 ms after the last pulse)
+ *   wheel R             the encoder now turns at R ticks per second (needs --wheel)
  *   tx HEX              write these bytes onto the serial line as if the MCU sent them (frames a test crafts)
  *   status              print a status line now
  *   quit                exit (EOF on stdin also exits, so the fake dies with its test)
@@ -48,6 +51,10 @@ typedef struct {
     uint16_t rc_us[RC_CHANNELS];
     int rc_on;
     uint32_t last_rc_ms;
+    int has_wheel;
+    double wheel_rate;   /* encoder ticks per second */
+    double wheel_phase;  /* fraction of the next tick turned so far */
+    uint32_t wheel_ticks, wheel_tick_ms, wheel_ms;
 } sim_t;
 
 static uint32_t clock_ms(void)
@@ -130,6 +137,12 @@ static int control_line(char *line, const proto_t *p, sim_t *sim)
         sim->rc_us[RC_STEER] = (uint16_t)s;
         sim->rc_us[RC_THR] = (uint16_t)t;
         sim->rc_us[RC_MODE] = (uint16_t)m;
+    } else if (strncmp(line, "wheel ", 6) == 0) {
+        double rate;
+        if (!sim->has_wheel || sscanf(line + 6, "%lf", &rate) != 1 || !(rate >= 0.0 && rate <= 100000.0))
+            fprintf(stderr, "host_mcu: %s: needs --wheel and a rate of 0..100000 ticks/s\n", line);
+        else
+            sim->wheel_rate = rate;
     } else if (strncmp(line, "rc off", 6) == 0) {
         sim->rc_on = 0;
     } else if (strncmp(line, "rc on", 5) == 0) {
@@ -169,8 +182,8 @@ static int open_serial(const char *tty_path, int fd)
 static void usage(void)
 {
     fprintf(stderr, "usage: host_mcu (--fd N | --tty PATH) [--watchdog-ms N] [--rc STEER,THR,MODE] "
-                    "[--steer-cal MIN,NEUTRAL,MAX] [--thr-cal MIN,NEUTRAL,MAX] [--minor N] [--corrupt-rx PERCENT] "
-                    "[--seed N]\n");
+                    "[--steer-cal MIN,NEUTRAL,MAX] [--thr-cal MIN,NEUTRAL,MAX] [--minor N] [--wheel TICKS_PER_S] "
+                    "[--corrupt-rx PERCENT] [--seed N]\n");
     exit(2);
 }
 
@@ -216,6 +229,11 @@ int main(int argc, char **argv)
             cal_flags = CAL_STORED;
         } else if (strcmp(argv[i], "--minor") == 0) {
             minor = (unsigned)atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--wheel") == 0) {
+            sim.has_wheel = 1;
+            sim.wheel_rate = atof(argv[++i]);
+            if (!(sim.wheel_rate >= 0.0 && sim.wheel_rate <= 100000.0))
+                usage();
         } else if (strcmp(argv[i], "--corrupt-rx") == 0) {
             sim.corrupt_percent = (unsigned)atoi(argv[++i]);
             if (sim.corrupt_percent > 100)
@@ -243,6 +261,8 @@ int main(int argc, char **argv)
     proto_t p;
     proto_init(&p, &cal, cal_flags, (uint16_t)watchdog_ms, serial_tx, &sim);
     p.minor = (uint8_t)minor;
+    proto_set_encoder(&p, (uint8_t)sim.has_wheel);
+    sim.wheel_ms = clock_ms();
     proto_tick(&p, clock_ms());
     print_state(&p, &sim);
     uint8_t last_mode = p.mode, last_flags = p.flags, last_bad = p.rx_bad;
@@ -262,6 +282,17 @@ int main(int argc, char **argv)
             for (uint8_t ch = 0; ch < RC_CHANNELS; ch++)
                 proto_rc_pulse(&p, ch, sim.rc_us[ch]);
             sim.last_rc_ms = now;
+        }
+        if (sim.has_wheel) {  /* the encoder's edges, as the AVR's interrupt counts them */
+            sim.wheel_phase += sim.wheel_rate * (double)(now - sim.wheel_ms) / 1000.0;
+            sim.wheel_ms = now;
+            if (sim.wheel_phase >= 1.0) {
+                uint32_t edges = (uint32_t)sim.wheel_phase;
+                sim.wheel_ticks += edges;
+                sim.wheel_phase -= edges;
+                sim.wheel_tick_ms = now;
+            }
+            proto_encoder(&p, sim.wheel_ticks, sim.wheel_tick_ms);
         }
         if (fds[0].revents & POLLIN) {
             uint8_t buf[256];
