@@ -14,7 +14,7 @@ from driver.datasets.run_writer import write_run
 from driver.datasets.store import Store, StoreError
 from driver.datasets.synthetic import synthetic_segments
 from driver.errors import SpeedRequired
-from driver.export.meta import ExportError
+from driver.export.compress import CompressConfig, compress_checkpoint
 from driver.export.onnx_export import OnnxExportConfig, export_onnx
 from driver.export.quantize import QuantizeConfig, quantize_onnx
 from driver.export.torchscript import TorchScriptConfig, export_torchscript
@@ -139,8 +139,23 @@ def test_speed_model_round_trip_train_checkpoint_policy_replay(with_speed, tmp_p
                                        atol=1e-4)
         with pytest.raises(SpeedRequired):
             exported.act(_frames(1)[0])
-    with pytest.raises(ExportError, match="int8 quantization does not carry"):
-        quantize_onnx(tmp_path / "m.onnx", QuantizeConfig(out=str(tmp_path / "q.onnx")))
+    # int8 and Deep Compression carry the speed too: calibrated and fine-tuned on the runs' own speed series
+    report = quantize_onnx(tmp_path / "m.onnx", QuantizeConfig(out=str(tmp_path / "q.onnx"), calibration_frames=16,
+                                                               bench_iters=0))
+    assert report.calibration.startswith("16 frames from store") and report.steer_mae_int8 is not None
+    int8 = load_policy(tmp_path / "q.onnx")
+    compressed = compress_checkpoint(str(r.last_checkpoint), CompressConfig(
+        out=str(tmp_path / "m.dcz"), density=0.5, bits=4, min_prune_numel=256, prune_rounds=1, prune_steps=2,
+        centroid_steps=2, kmeans_iters=5))
+    dcz = load_policy(compressed.path)
+    for policy in (int8, dcz):
+        assert policy.speed_input
+        slow = policy.act(_frames(1)[0], speed=0.0).raw
+        policy.reset()
+        fast = policy.act(_frames(1)[0], speed=3.0).raw
+        assert np.isfinite(slow).all() and not np.array_equal(slow, fast)  # the speed reaches the output
+        with pytest.raises(SpeedRequired):
+            policy.act(_frames(1)[0])
     off = train(_cfg(with_speed, tmp_path, name="off", speed_input="off"))
     assert load_checkpoint(off.last_checkpoint)["config"]["speed_input"] == "off"
     assert not load_policy(off.last_checkpoint).speed_input

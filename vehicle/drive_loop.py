@@ -91,6 +91,8 @@ class DriveLoop:
         self._next_status = self._t_start + config.status_every_s
         self.wheel = wheel_reader(config, link)  # None: the encoder is not read this session
         self._speed_model = bool(getattr(policy, "speed_input", False))
+        if self._speed_model and self.wheel is None:
+            require_wheel(config, link)  # raises: a speed-input model never drives blind
         self._thr_high_since: float | None = None  # monotonic time the throttle output went ≥ STUCK_THROTTLE
 
     # ---- one tick ----
@@ -203,7 +205,7 @@ class DriveLoop:
         t_pre = time.monotonic()
         timer.add("preprocess", t_pre - t_tick)
         try:
-            speed = {"speed": self.wheel.speed} if self._speed_model else {}  # require_wheel: self.wheel is set
+            speed = {"speed": self.wheel.speed} if self._speed_model else {}
             action = p.act(left, right if (p.stereo or p.cameras == ("right",)) else None, self._mode, **speed)
         except NonFiniteOutput as exc:
             h.output_bad = f"non-finite model output ({exc})"

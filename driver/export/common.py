@@ -92,13 +92,6 @@ def model_metadata(ckpt: dict, model: nn.Module) -> dict:
     return meta
 
 
-def refuse_speed_input(speed_input: bool, where: str, what: str) -> None:
-    """``what`` (int8 quantization, compression) cannot feed the car's speed yet: refuse a speed-input model."""
-    if speed_input:
-        raise ExportError(f"{where}: the model takes the car's speed (speed_input), which {what} does not carry "
-                          "yet; export it to ONNX or TorchScript (both carry it), or train with --speed-input off")
-
-
 def resolve_checkpoint(source: str | os.PathLike | dict) -> tuple[dict, nn.Module]:
     """A checkpoint path or an already loaded checkpoint dict -> (checkpoint, eval-mode CPU model)."""
     ckpt = source if isinstance(source, dict) else load_checkpoint(source)
@@ -112,8 +105,10 @@ def _store_reachable(store: str | None) -> bool:
     return bool(store) and (is_remote(store) or Path(store).exists())
 
 
-def _store_frames(ckpt: dict, steps: int, sequences: int) -> tuple[Tensor, Tensor] | None:
-    """(sequences, steps, V, H, W, 3) uint8 and (sequences, M) modes from the checkpoint's store, or None."""
+def _store_frames(ckpt: dict, steps: int, sequences: int, speed: bool = False
+                  ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """(sequences, steps, V, H, W, 3) uint8, (sequences, M) modes and, with ``speed``, the runs' speed series
+    (sequences, steps) m/s from the checkpoint's store, or None."""
     store_path = ckpt.get("dataset", {}).get("store")
     if not _store_reachable(store_path):
         return None
@@ -123,7 +118,7 @@ def _store_frames(ckpt: dict, steps: int, sequences: int) -> tuple[Tensor, Tenso
     try:
         runs = list(ckpt["dataset"].get("val_runs") or []) or None
         clip = ClipConfig(clip_length=steps, cameras=tuple(pre["cameras"]), stack=int(pre["stack"]), horizon=1,
-                          modes=tuple(pre["modes"]) or ("direct",), exclude_labels=())
+                          modes=tuple(pre["modes"]) or ("direct",), exclude_labels=(), speed=speed)
         ds = ClipDataset(store_path, clip, runs=runs)
         if len(ds) == 0:
             return None
@@ -134,7 +129,7 @@ def _store_frames(ckpt: dict, steps: int, sequences: int) -> tuple[Tensor, Tenso
         return None
     frames = torch.stack([item["frames"] for item in items])
     modes = torch.stack([item["modes"] for item in items])
-    return frames, modes
+    return frames, modes, torch.stack([item["speed"] for item in items]) if speed else None
 
 
 def parity_inputs(ckpt: dict, model: nn.Module, steps: int = 8, sequences: int = 2,
@@ -144,13 +139,24 @@ def parity_inputs(ckpt: dict, model: nn.Module, steps: int = 8, sequences: int =
     Real frames come from the checkpoint's store (its held-out runs when recorded); otherwise seeded
     synthetic uint8 frames go through the same :func:`~driver.preprocess.frames_to_input`.
     """
+    seqs, _, source = parity_inputs_with_speed(ckpt, model, steps, sequences, seed)
+    return seqs, source
+
+
+def parity_inputs_with_speed(ckpt: dict, model: nn.Module, steps: int = 8, sequences: int = 2, seed: int = 0
+                             ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None, str]:
+    """:func:`parity_inputs` and, for a speed-input model, the speeds (sequences, steps) m/s to feed beside
+    them: the store runs' own speed series where the frames come from the store, else :func:`parity_speed`."""
     from driver.preprocess import frames_to_input
 
     spec = model.spec
     views = spec.cameras * spec.stack
-    real = _store_frames(ckpt, steps, sequences)
+    wants_speed = bool(getattr(model, "speed_input", False))
+    real = _store_frames(ckpt, steps, sequences, speed=wants_speed)
+    speeds = torch.stack([torch.cat([parity_speed(t) for t in range(steps)])] * sequences) if wants_speed else None
     if real is not None:
-        frames, modes = real
+        frames, modes, store_speeds = real
+        speeds = store_speeds if wants_speed else None
         source = f"store {ckpt['dataset']['store']}"
     else:
         gen = torch.Generator().manual_seed(seed)
@@ -164,7 +170,7 @@ def parity_inputs(ckpt: dict, model: nn.Module, steps: int = 8, sequences: int =
     for s in range(sequences):
         m = modes[s : s + 1, : spec.n_modes].float() if spec.n_modes else None
         seqs.append([(x[s, t : t + 1].contiguous(), m) for t in range(steps)])
-    return seqs, source
+    return seqs, speeds, source
 
 
 def parity_speed(t: int) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from driver.export.codec import SharedTensor, write_compressed
-from driver.export.common import heldout_metrics, model_metadata, refuse_speed_input, resolve_checkpoint
+from driver.export.common import heldout_metrics, model_metadata, resolve_checkpoint
 from driver.export.finetune import FinetuneConfig, finetune
 from driver.export.partial import clear_partial, load_partial, resume_key, save_partial
 from driver.progress import Progress
@@ -206,7 +206,6 @@ def compress_checkpoint(source: str | os.PathLike | dict, config: CompressConfig
         raise ValueError("out is empty: name the .dcz file to write")
     apply_threads(config.threads)
     ckpt, model = resolve_checkpoint(source)
-    refuse_speed_input(getattr(model, "speed_input", False), str(ckpt.get("path", "checkpoint")), "compression")
     key = resume_key(asdict(config), model)
     partial = load_partial(config.out, key)
     stages = partial["stages"] if partial else {"original": _metrics(model, ckpt, "original")}

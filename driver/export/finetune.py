@@ -110,8 +110,9 @@ def finetune(model: nn.Module, ckpt: dict, config: FinetuneConfig, params: Itera
         x = frames_to_input(frames, channels_last=train_config.channels_last)
         target = torch.stack([it["target"] for it in items])
         modes = torch.stack([it["modes"] for it in items]) if model.spec.n_modes else None
+        speed = torch.stack([it["speed"] for it in items]) if "speed" in items[0] else None  # speed-input models
         with autocast():
-            out, _ = model(x, modes, None)
+            out, _ = model(x, modes, None, speed=speed)
         loss = weighted_loss(out.float(), target, train_config)
         if not torch.isfinite(loss):
             raise ExportError(f"{what}: loss is {loss.item()} at step {step + 1}; lower the fine-tuning lr")

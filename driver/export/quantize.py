@@ -4,7 +4,8 @@
     report.steer_mae_fp32, report.steer_mae_int8, report.speedup
 
 Calibration feeds real frames from the model's store (its training runs; held-out runs are kept for the
-report), run through the fp32 model in sequence so recurrent models calibrate on realistic states. ONNX
+report), run through the fp32 model in sequence so recurrent models calibrate on realistic states; a model
+that takes the car's speed gets the runs' own speed series beside them. ONNX
 Runtime's QDQ quantizer picks the ops: Conv and Gemm/MatMul get int8 weights, and the ops between them
 (Concat, MaxPool, Relu, LayerNorm, ...) pass int8 activations; LSTM/GRU and the state stay float32.
 The int8 file keeps the metadata.
@@ -82,20 +83,23 @@ class _Reader:
 
 
 def calibration_feeds(fp32: OrtStepModel, meta: dict, frames: int, seed: int) -> tuple[list[dict], str]:
-    """Input dicts for calibration: sequences of store frames with the fp32 model's own carried state."""
-    from driver.export.common import parity_inputs
+    """Input dicts for calibration: sequences of store frames with the fp32 model's own carried state (and the
+    runs' speed, for a speed-input model)."""
+    from driver.export.common import parity_inputs_with_speed
     from driver.models import create_model
 
     model = create_model(meta["arch"], fp32.spec, **meta.get("arch_kwargs", {}))
     ckpt = {**meta, "dataset": {**meta.get("dataset", {}), "val_runs": meta.get("dataset", {}).get("train_runs")}}
     steps = 8 if fp32.is_recurrent else 1
-    seqs, source = parity_inputs(ckpt, model, steps=steps, sequences=max(1, frames // steps), seed=seed)
+    seqs, speeds, source = parity_inputs_with_speed(ckpt, model, steps=steps, sequences=max(1, frames // steps),
+                                                    seed=seed)
     feeds = []
-    for seq in seqs:
+    for s, seq in enumerate(seqs):
         state = None
-        for frame, modes in seq:
-            feeds.append(fp32.feeds(frame, modes, state))
-            _, state = fp32.step(frame, modes, state)
+        for t, (frame, modes) in enumerate(seq):
+            speed = speeds[s, t : t + 1] if speeds is not None else None
+            feeds.append(fp32.feeds(frame, modes, state, speed))
+            _, state = fp32.step(frame, modes, state, speed)
     return feeds, source
 
 
@@ -103,7 +107,7 @@ def step_latency_ms(model: OrtStepModel, iters: int, warmup: int = 20) -> float:
     """Median batch-1 step latency in ms on zero inputs."""
     spec = model.spec
     frame = np.zeros((1, spec.channels, spec.height, spec.width), np.float32)
-    feed = model.feeds(frame, None, None)
+    feed = model.feeds(frame, None, None, np.zeros(1, np.float32) if model.speed_input else None)
     for _ in range(warmup):
         model.session.run(None, feed)
     times = []
@@ -122,7 +126,7 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from driver.atomic_write import write_atomic
-    from driver.export.common import heldout_metrics, refuse_speed_input
+    from driver.export.common import heldout_metrics
     from driver.export.onnx_export import set_metadata
 
     if not config.out:
@@ -135,7 +139,6 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
     threads = apply_threads(config.threads)
     proto, meta = read_onnx(source)
     fp32 = OrtStepModel(proto.SerializeToString(), meta, threads=threads, name=str(source))
-    refuse_speed_input(fp32.speed_input, str(source), "int8 quantization")
     feeds, calib_source = calibration_feeds(fp32, meta, config.calibration_frames, config.seed)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
@@ -160,7 +163,8 @@ def quantize_onnx(source: str | os.PathLike, config: QuantizeConfig) -> Quantize
 
     frame = torch.from_numpy(feeds[-1]["frame"])
     modes = torch.from_numpy(feeds[-1]["modes"]) if "modes" in feeds[-1] else None
-    diff = float((fp32.step(frame, modes)[0] - int8.step(frame, modes)[0]).abs().max())
+    speed = torch.from_numpy(feeds[-1]["speed"]) if "speed" in feeds[-1] else None
+    diff = float((fp32.step(frame, modes, None, speed)[0] - int8.step(frame, modes, None, speed)[0]).abs().max())
     ckpt = {**meta, "config": meta.get("source_config", {})}
     m32 = heldout_metrics(fp32, ckpt) if ckpt["config"] else {}
     m8 = heldout_metrics(int8, ckpt) if ckpt["config"] else {}

@@ -61,5 +61,6 @@ def create_model(name: str, spec: InputSpec | None = None, **arch_kwargs: Any) -
     model.spec = spec
     model.arch_kwargs = {**getattr(model, "recorded_kwargs", {}), **arch_kwargs}  # knobs' values, defaults too
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    logger.info("built %s with %s parameters for %s", name, f"{num_params:,}", spec)
+    if not any(parameter.is_meta for parameter in model.parameters()):  # a shape-only shell is not news
+        logger.info("built %s with %s parameters for %s", name, f"{num_params:,}", spec)
     return model
