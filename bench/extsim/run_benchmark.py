@@ -85,6 +85,11 @@ RECIPES: dict[str, list[str]] = {
     "half": ["--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "speed_half": ["--speed-input", "on", "--arch-kwargs",
                    '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs",
+                          '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs",
+                          '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "pilotnet_noflip": ["--arch", "pilotnet", "--stack", "1", "--flip", "0"],
     # the default reading the car's speed, with AdamW's decoupled weight decay at a usual strength
     "speed_wd": ["--speed-input", "on", "--weight-decay", "0.05"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
