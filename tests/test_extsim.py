@@ -255,8 +255,9 @@ def test_table_and_budget_flags():
              "closed_loop": summarize([_episode(1, 3, 4)], [_episode(1, 3, 4)])},
             {"model": "pilotnet (pilotnet)", "error": "not in this build"}]
     text = table(rows)
-    assert text.splitlines()[0].startswith("| model | steer R² | throttle R² | closed-loop score")
-    assert "| expert (labels) | 1.000 | 1.000 | 1.000 | 100.0% |" in text
+    assert text.splitlines()[0].startswith("| model | steer R² | throttle R² | closed-loop score | sim reward/step |")
+    expert = summarize([_episode(1, 3, 4)], [_episode(1, 3, 4)]).sim_return_per_step
+    assert f"| expert (labels) | 1.000 | 1.000 | 1.000 | {expert:.3f} | 100.0% |" in text
     assert text.splitlines()[-1].endswith("not in this build")
     assert train_budget_args(600) == ["--budget", "10m"]
     assert {"default", "pilotnet"} <= set(RECIPES) and RECIPES["default"] == []
@@ -273,6 +274,7 @@ def test_every_recipe_is_a_valid_train_command_and_parallel_runs_take_one_thread
             args = build_parser().parse_args(["train", *train_base_args(cfg, model), *train_budget_args(1800)])
             config = resolve_config(None, given_values(args, TrainConfig))
             assert config.threads == (1 if parallel else 0) and config.budget == "30m"
+            assert config.seed == (2 if model.endswith("_s2") else cfg.seed)  # a recipe's own seed wins
             assert config.cameras == "left" and config.data == str(tmp_path / "train.zarr")
     flags = {m: resolve_config(None, given_values(build_parser().parse_args(["train", *RECIPES[m]]), TrainConfig))
              for m in RECIPES}

@@ -90,6 +90,12 @@ RECIPES: dict[str, list[str]] = {
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs",
                           '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "pilotnet_noflip": ["--arch", "pilotnet", "--stack", "1", "--flip", "0"],
+    # second training seeds on the same recordings
+    "speed_half_stack1_s2": ["--speed-input", "on", "--stack", "1", "--seed", "2", "--arch-kwargs",
+                             '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
+    # the default with one frame in (the recurrent state carries the time the stacked frame did)
+    "default_stack1": ["--stack", "1"],
     # the default reading the car's speed, with AdamW's decoupled weight decay at a usual strength
     "speed_wd": ["--speed-input", "on", "--weight-decay", "0.05"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
@@ -184,8 +190,9 @@ def stage_ingest(cfg: BenchConfig) -> None:
 
 
 def train_base_args(cfg: BenchConfig, model: str) -> list[str]:
-    """`driver train` flags of ``model``'s recipe on the benchmark's training store (budget flags aside)."""
-    return ["--data", str(cfg.root / "train.zarr"), *RECIPES[model], *REQUIRED, "--seed", str(cfg.seed),
+    """`driver train` flags of ``model``'s recipe on the benchmark's training store (budget flags aside); a
+    recipe's own ``--seed`` (a second training seed on the same recordings) wins over the benchmark's."""
+    return ["--data", str(cfg.root / "train.zarr"), "--seed", str(cfg.seed), *RECIPES[model], *REQUIRED,
             *(["--threads", "1"] if cfg.parallel else [])]
 
 
@@ -331,14 +338,15 @@ def stage_closed_loop(cfg: BenchConfig, controllers: dict[str, object]) -> dict[
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | steer R² | throttle R² | closed-loop score | autonomy | pace | completed | train steps "
-            "| train s |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| model | steer R² | throttle R² | closed-loop score | sim reward/step | autonomy | pace | completed "
+            "| train steps | train s |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cl = r.get("closed_loop")
         lines.append("| " + " | ".join([
             r["model"], fmt(r.get("steer_r2")), fmt(r.get("throttle_r2")),
-            fmt(cl.score) if cl else "-", f"{cl.autonomy_pct:.1f}%" if cl else "-",
+            fmt(cl.score) if cl else "-", fmt(cl.sim_return_per_step) if cl else "-",
+            f"{cl.autonomy_pct:.1f}%" if cl else "-",
             fmt(cl.pace, 2) if cl else "-", f"{100 * cl.completed:.0f}%" if cl else "-",
             str(r.get("steps", "-")), fmt(r.get("train_s"), 0)]) + " |")
         if r.get("error"):
