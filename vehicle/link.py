@@ -105,7 +105,7 @@ class CarLink:
         self.estop_on_close = estop_on_close
         self.info: Info | None = None
         self.calibration = Calibration()
-        self.has_encoder = False  # v1.2 firmware that counts a wheel encoder (ODOM frames follow the STATEs)
+        self.has_encoder = False  # v1.2 firmware that counts a wheel encoder (ODOM frames at 50 Hz)
         self._serial = None  # a pyserial port while open
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
