@@ -171,7 +171,7 @@ def test_the_encoder_estimate_follows_the_sim_car():
     link.open()
     source = open_camera(config.camera_config, actuator=actuator_from_link(link))
     source.open()
-    link.attach_wheel(lambda: source.wheel_m)
+    link.attach_wheel(lambda: source.wheel_m, lambda: source.sim_s)
     grabber = LatestFrame(source).start()
     try:
         report = DriveLoop(config, policy, link, grabber).run()
@@ -237,7 +237,7 @@ def test_odom_frames_that_stop_end_the_session():
     link.open()
     source = open_camera(config.camera_config, actuator=actuator_from_link(link))
     source.open()
-    link.attach_wheel(lambda: source.wheel_m)
+    link.attach_wheel(lambda: source.wheel_m, lambda: source.sim_s)
     grabber = LatestFrame(source).start()
     try:
         report = DriveLoop(config, policy, link, grabber).run()

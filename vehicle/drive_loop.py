@@ -431,7 +431,7 @@ def drive(config: DriveConfig, policy=None) -> DriveReport:
                 source = open_camera(cam_cfg, actuator=actuator_from_link(link), stereo=policy.stereo)
                 source.open()
                 if isinstance(link, SimLink) and hasattr(source, "wheel_m"):
-                    link.attach_wheel(lambda: source.wheel_m)  # the in-process MCU's encoder: the sim car's wheel
+                    link.attach_wheel(lambda: source.wheel_m, lambda: source.sim_s)  # the sim car's wheel
                 try:
                     if speed_model:
                         require_wheel(config, link)

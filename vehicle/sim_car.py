@@ -88,6 +88,7 @@ class SimCamera(CameraSource):
         self._pacer = Pacer(1.0 / config.fps)
         self.pose_log: list[tuple[float, float, float, float]] = []  # x, y, yaw, speed per frame
         self.wheel_m = 0.0  # wheel travel (what an encoder counts: |speed| integrated, reversing included)
+        self.sim_s = 0.0  # simulated time: one frame period per step, however late the host runs
 
     def open(self) -> None:
         from driver.sim.camera import Renderer
@@ -123,6 +124,7 @@ class SimCamera(CameraSource):
         st = self.car.state
         self._distance += math.hypot(st.x - x0, st.y - y0)
         self.wheel_m += abs(st.speed) / self.config.fps
+        self.sim_s += 1.0 / self.config.fps
         loc = self.track.locate(st.x, st.y)
         self._cte.append(loc.lateral)
         heading_err = math.atan2(math.sin(st.yaw - loc.heading), math.cos(st.yaw - loc.heading))
@@ -162,6 +164,7 @@ class SimLink:
         self.port = "sim"
         self.m_per_tick = m_per_tick
         self._wheel_m: Callable[[], float] | None = None  # set by attach_wheel once the sim camera exists
+        self._wheel_clock: Callable[[], float] = lambda: 0.0
         self._ticks, self._tick_ms = 0, 0
         self.calibration = calibration or Calibration(source="sim")
         self.watch = McuWatch(watchdog_ms)
@@ -239,9 +242,11 @@ class SimLink:
         """An encoder once a sim camera's car is attached (:meth:`attach_wheel`)."""
         return self._wheel_m is not None
 
-    def attach_wheel(self, wheel_m: Callable[[], float]) -> None:
-        """The encoder counts this wheel travel (m): the sim camera's car (:attr:`SimCamera.wheel_m`)."""
-        self._wheel_m = wheel_m
+    def attach_wheel(self, wheel_m: Callable[[], float], clock_s: Callable[[], float]) -> None:
+        """The encoder counts this wheel travel (m) on this clock (s): the sim camera's car
+        (:attr:`SimCamera.wheel_m`, :attr:`SimCamera.sim_s`), so the speed read is the simulated car's even
+        when a busy host runs the simulation slower than real time."""
+        self._wheel_m, self._wheel_clock = wheel_m, clock_s
 
     @property
     def latest_odom(self) -> Odom | None:
@@ -249,7 +254,7 @@ class SimLink:
         if self._wheel_m is None:
             return None
         with self._lock:
-            now_ms = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
+            now_ms = int(round(self._wheel_clock() * 1000)) & 0xFFFFFFFF
             ticks = int(self._wheel_m() / self.m_per_tick) & 0xFFFFFFFF
             if ticks != self._ticks:
                 self._ticks, self._tick_ms = ticks, now_ms
