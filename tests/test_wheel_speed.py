@@ -159,15 +159,11 @@ def test_a_speed_model_drives_the_sim_car_on_its_wheel_speed(tmp_path):
     assert seen[-1] == pytest.approx(float(speed[-1]))
 
 
-def test_the_encoder_estimate_follows_the_sim_car():
-    """DriveLoop over the sim camera and SimLink: the wheel speed the model gets is the car's speed, late by
-    about the estimate's window."""
+def run_sim_loop(config: DriveConfig, policy, link: SimLink):
+    """DriveLoop over the sim camera and ``link`` with the sim car's wheel attached; (report, camera)."""
     from driver.vehicle.camera import LatestFrame, open_camera
     from driver.vehicle.sim_car import actuator_from_link
 
-    policy, seen = speed_policy(motor=0.3)
-    config = DriveConfig(model="speed.pt", camera="sim:1", seconds=3.0, record_dir="", **LOOSE)
-    link = SimLink()
     link.open()
     source = open_camera(config.camera_config, actuator=actuator_from_link(link))
     source.open()
@@ -178,6 +174,15 @@ def test_the_encoder_estimate_follows_the_sim_car():
     finally:
         grabber.stop()
         source.close()
+    return report, source
+
+
+def test_the_encoder_estimate_follows_the_sim_car():
+    """DriveLoop over the sim camera and SimLink: the wheel speed the model gets is the car's speed, late by
+    about the estimate's window."""
+    policy, seen = speed_policy(motor=0.3)
+    config = DriveConfig(model="speed.pt", camera="sim:1", seconds=3.0, record_dir="", **LOOSE)
+    report, source = run_sim_loop(config, policy, SimLink())
     assert report.reason == "duration"
     car_speed = np.array([p[3] for p in source.pose_log])
     assert car_speed[-1] > 0.5 and seen[-1] == pytest.approx(car_speed[-1], rel=0.15)
@@ -228,22 +233,10 @@ class QuietEncoderLink(SimLink):
 
 
 def test_odom_frames_that_stop_end_the_session():
-    from driver.vehicle.camera import LatestFrame, open_camera
-    from driver.vehicle.sim_car import actuator_from_link
-
     policy, _ = speed_policy()
     config = DriveConfig(model="speed.pt", camera="sim:0", seconds=20.0, record_dir="", **LOOSE)
     link = QuietEncoderLink(after=5)
-    link.open()
-    source = open_camera(config.camera_config, actuator=actuator_from_link(link))
-    source.open()
-    link.attach_wheel(lambda: source.wheel_m, lambda: source.sim_s)
-    grabber = LatestFrame(source).start()
-    try:
-        report = DriveLoop(config, policy, link, grabber).run()
-    finally:
-        grabber.stop()
-        source.close()
+    report, _ = run_sim_loop(config, policy, link)
     assert (report.exit_code, report.reason) == (1, "wheel_stale") and report.ticks == 5
     assert report.message == "no ODOM for 1000 ms" and link.latest_state.mode.name == "FAILSAFE"
 

@@ -122,8 +122,9 @@ def check_link(config: LinkCheckConfig) -> LinkReport:
             odom = link.latest_odom
             if wheel is not None and odom is not None:
                 first_odom = first_odom or odom
-                speed = wheel.observe(odom) * (1.0 if config.wheel_m_per_tick else 0.0)
-                report.wheel_top_speed = max(report.wheel_top_speed, speed)
+                speed = wheel.observe(odom)
+                if config.wheel_m_per_tick:
+                    report.wheel_top_speed = max(report.wheel_top_speed, speed)
                 report.wheel_ticks = wheel.ticks_total
                 report.wheel_seconds = ((odom.t_ms - first_odom.t_ms) & 0xFFFFFFFF) / 1000.0
             next_tick += period

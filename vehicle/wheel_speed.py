@@ -36,7 +36,6 @@ class WheelSpeed:
         self._ticks = 0  # unwrapped count since the first ODOM
         self._tick_ms = 0  # unwrapped ms of the newest edge
         self._now_ms = 0  # unwrapped MCU clock of the newest ODOM
-        self.ticks_total = 0  # ticks counted since the first ODOM
         self.speed = 0.0
 
     def observe(self, odom) -> float:
@@ -54,9 +53,13 @@ class WheelSpeed:
             self._edges.append((self._tick_ms, self._ticks))
             self._raw = (odom.ticks, odom.tick_ms)
         self._now_ms = self._tick_ms + ((odom.t_ms - self._raw[1]) & 0xFFFFFFFF)
-        self.ticks_total = self._ticks
         self.speed = self._estimate()
         return self.speed
+
+    @property
+    def ticks_total(self) -> int:
+        """Ticks counted since the first ODOM."""
+        return self._ticks
 
     def _estimate(self) -> float:
         since_edge = self._now_ms - self._tick_ms
