@@ -57,7 +57,7 @@ def test_seconds_become_frames_at_the_store_rate_and_cameras_default_to_the_stor
     assert ck["label_stats"]["mean"][1] > 0  # the synthetic throttle is above neutral
 
 
-def test_flip_scope_auto_is_per_run_for_recurrent_models_and_per_clip_for_frame_models(mono50):
+def test_flip_scope_and_stack_auto_fit_recurrent_and_frame_models(mono50):
     store = Store(mono50)
     for arch, given, resolved in [("squeezenet_gru", "auto", "run"), ("z2color_lstm", "auto", "run"),
                                   ("pilotnet", "auto", "clip"), ("squeezenet", "auto", "clip"),
@@ -65,8 +65,15 @@ def test_flip_scope_auto_is_per_run_for_recurrent_models_and_per_clip_for_frame_
         cfg = resolve_data(TrainConfig(data=str(mono50), arch=arch, flip_scope=given), store, store.runs)
         assert cfg.flip_scope == resolved, (arch, given)
         assert clip_config(cfg).flip_scope == resolved
+    # stack 0 (the default): one frame for recurrent models, the lab's previous + current for frame models
+    for arch, given, resolved in [("squeezenet_gru", 0, 1), ("z2color_lstm", 0, 1), ("squeezenet", 0, 2),
+                                  ("z2color", 0, 2), ("squeezenet_gru", 2, 2), ("squeezenet", 1, 1)]:
+        cfg = resolve_data(TrainConfig(data=str(mono50), arch=arch, stack=given), store, store.runs)
+        assert cfg.stack == clip_config(cfg).stack == resolved, (arch, given)
     with pytest.raises(ValueError, match="flip_scope='lanes' must be one of auto, clip, run"):
         TrainConfig(flip_scope="lanes")
+    with pytest.raises(ValueError, match="stack=3 must be an integer in 0..2"):
+        TrainConfig(stack=3)
 
 
 def test_a_stereo_flag_on_mono_runs_names_the_flag_and_leaves_no_run_folder(mono50, tmp_path):

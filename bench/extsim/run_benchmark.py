@@ -79,6 +79,7 @@ RECIPES: dict[str, list[str]] = {
     # recurrent lanes that jump to a new random clip (zero state) with this chance each step
     "lane_jump25": ["--lane-jump", "0.25"],
     "lane_jump100": ["--lane-jump", "1.0"],
+    "lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2"],
     # the default reading the car's speed (the runs' `encoder` series; closed loop feeds the sim car's speed)
     "default_speed": ["--speed-input", "on"],
     # the default's SqueezeNet at half the widths (stem 32, Fire expand 64..256): 2.75x cheaper a step at 96x96

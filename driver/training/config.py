@@ -20,7 +20,7 @@ class TrainConfig:
     # data
     data: str = ""                      # store path or URL (s3://..., driver ingest output)
     cameras: str = "auto"               # auto (both when every run is stereo, else left) | both | left | right
-    stack: int = 2                      # 1, or 2 for the lab's previous+current frame stacking
+    stack: int = 0                      # frames per step: 1, 2 (the lab's previous+current), 0 = auto (1 if recurrent)
     clip_seconds: float = 0.3           # clip (TBPTT chunk) length in seconds, at the store's frame rate
     horizon_seconds: float = 0.0        # seconds ahead of the last predicted step (0 = the current command only)
     target_stride_seconds: float = 0.1  # seconds between predicted steps
@@ -108,7 +108,7 @@ class TrainConfig:
         choice("not_learning", ("warn", "fail", "off"))
         choice("speed_input", ("auto", "on", "off"))
         choice("flip_scope", ("auto", "clip", "run"))
-        for name, lo, hi in [("stack", 1, 2), ("clip_seconds", 0.0, 60.0), ("horizon_seconds", 0.0, 60.0),
+        for name, lo, hi in [("stack", 0, 2), ("clip_seconds", 0.0, 60.0), ("horizon_seconds", 0.0, 60.0),
                              ("target_stride_seconds", 0.001, 60.0), ("clip_length", 0, 64), ("frame_stride", 1, 100),
                              ("horizon", 0, 100), ("target_stride", 0, 100), ("flip", 0.0, 1.0),
                              ("color_jitter", 0.0, 1.0), ("val_fraction", 0.0, 0.9),

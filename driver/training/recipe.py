@@ -7,6 +7,9 @@ read plain frame counts):
 - ``cameras="auto"``: ``both`` when every run has a right camera, else ``left``;
 - clip length, prediction horizon and target stride given in seconds become frames with the store's frame
   rate (the median frame interval over its runs); a frame count given explicitly wins;
+- ``stack=0``: 1 for recurrent models (their state carries time: on the project's sim and on highway-env
+  a second stacked frame did not help them, docs/benchmarks.md), 2 for frame models (the lab's previous +
+  current frame: their only view of motion);
 - ``flip_scope="auto"``: ``run`` for recurrent models (a lane walks a run's consecutive clips carrying its
   state, so every chunk of it must be mirrored alike; a per-clip draw mirrored the world under a carried
   state half the time), ``clip`` for frame models;
@@ -80,15 +83,17 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
                          f"horizon={horizon} (max 100), target_stride={target_stride} (max 100) frames; "
                          "shorten --clip-seconds / --horizon-seconds")
     speed_input = resolve_speed_input(config, metas)
-    flip_scope = config.flip_scope if config.flip_scope != "auto" else \
-        "run" if is_recurrent_arch(config.arch) else "clip"
+    recurrent = is_recurrent_arch(config.arch)
+    stack = config.stack or (1 if recurrent else 2)
+    flip_scope = config.flip_scope if config.flip_scope != "auto" else "run" if recurrent else "clip"
     arch_kwargs = {**config.arch_kwargs, "speed_input": True} if speed_input == "on" else config.arch_kwargs
-    resolved = dataclasses.replace(config, cameras=cameras, clip_length=clip_length, horizon=horizon,
+    resolved = dataclasses.replace(config, cameras=cameras, stack=stack, clip_length=clip_length, horizon=horizon,
                                    target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs,
                                    flip_scope=flip_scope)
     ahead = ("the current command predicted" if horizon == 1 else f"{horizon} predicted steps every "
              f"{target_stride} frames ({(horizon - 1) * target_stride / fps:.2f} s ahead)")
-    log.info("recipe at %.1f frames/s: cameras %s, clips of %d frames (%.2f s), %s", fps, cameras, clip_length,
+    log.info("recipe at %.1f frames/s: cameras %s, %s, clips of %d frames (%.2f s), %s", fps, cameras,
+             "one frame per step" if stack == 1 else "previous + current frame stacked", clip_length,
              clip_length / fps, ahead)
     return resolved
 
