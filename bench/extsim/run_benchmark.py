@@ -80,6 +80,10 @@ RECIPES: dict[str, list[str]] = {
     "lane_jump25": ["--lane-jump", "0.25"],
     "lane_jump100": ["--lane-jump", "1.0"],
     "lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2"],
+    "half_lane_jump25": ["--lane-jump", "0.25", "--arch-kwargs",
+                         '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "half_lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2", "--arch-kwargs",
+                            '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     # the default reading the car's speed (the runs' `encoder` series; closed loop feeds the sim car's speed)
     "default_speed": ["--speed-input", "on"],
     # the default's SqueezeNet at half the widths (stem 32, Fire expand 64..256): 2.75x cheaper a step at 96x96
