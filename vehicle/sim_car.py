@@ -164,7 +164,7 @@ class SimLink:
         self.port = "sim"
         self.m_per_tick = m_per_tick
         self._wheel_m: Callable[[], float] | None = None  # set by attach_wheel once the sim camera exists
-        self._wheel_clock: Callable[[], float] = lambda: 0.0
+        self._wheel_clock: Callable[[], float] | None = None  # its simulated clock (s), set with it
         self._ticks, self._tick_ms = 0, 0
         self.calibration = calibration or Calibration(source="sim")
         self.watch = McuWatch(watchdog_ms)
