@@ -99,6 +99,10 @@ RECIPES: dict[str, list[str]] = {
     "speed_half_stack1_s2": ["--speed-input", "on", "--stack", "1", "--seed", "2", "--arch-kwargs",
                              '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
+    "default_s2": ["--seed", "2"],
+    # each target's loss weight x 1 / its running error ratio (--loss-balance)
+    "default_balance": ["--loss-balance"],
+    "pilotnet_balance": ["--arch", "pilotnet", "--stack", "1", "--loss-balance"],
     # the default with one frame in (the recurrent state carries the time the stacked frame did)
     "default_stack1": ["--stack", "1"],
     # the default reading the car's speed, with AdamW's decoupled weight decay at a usual strength

@@ -8,9 +8,15 @@ run units (0..99) on the first predicted step:
 - ``r2``: explained variance, ``1 - SSE / SST`` with SST around the held-out frames' own mean (0 = no better
   than knowing that mean, < 0 = worse).
 
-``loss`` pools every held-out clip; ``score`` is the **median over runs** of each run's loss, which
-chooses ``best.pt``: one run where the driver lost control cannot dominate it. Recurrent models are
-validated as they drive: along each stretch of a held-out run, clip after clip with the state carried.
+``loss`` pools every held-out clip. ``score`` chooses ``best.pt``: per run, the **weighted geometric mean over
+targets of the model's MSE ÷ the constant predictor's** (weights ``steer_weight``, ``motor_weight``; 1.0 = no
+better than the constant, 0.5 = half its squared error), then the **median over runs**, so one run where the
+driver lost control cannot dominate it. A ratio, not the loss: where one target is barely predictable from the
+pictures (an expert's throttle, R² ~0.1), its validation loss swings by more than the other target's whole
+remaining error, and a loss-chosen ``best.pt`` was an early checkpoint whose steering was worse (issue 18);
+in ratios, halving either target's error counts the same. Without label statistics (no constant predictor)
+``score`` is the median run loss. Recurrent models are validated as they drive: along each stretch of a held-out
+run, clip after clip with the state carried.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from .config import TrainConfig
 
 TARGETS = ("steer", "motor")
 MIN_STD = 0.1  # normalised units (5 run units): a target that varies less is weighted as if it varied this much
+MIN_VARIATION = 5.0  # run units: a target whose constant-predictor RMSE is below this leaves nothing to learn
+SCORE_EPS = 1.0  # run units²: squared errors this small are noise in the score's ratios (RMSE 1 of 0..99)
 
 
 @dataclass(frozen=True)
@@ -61,22 +69,47 @@ class LabelStats:
         return cls(tuple(d["mean"]), tuple(d["var"]))
 
 
-def target_weights(config: TrainConfig, stats: LabelStats | None, device, dtype) -> torch.Tensor:
-    """Per-target loss weights: steer_weight, motor_weight, each / the target's variance with target_norm."""
+def target_weights(config: TrainConfig, stats: LabelStats | None, device, dtype,
+                   balance: tuple[float, float] | None = None) -> torch.Tensor:
+    """Per-target loss weights: steer_weight, motor_weight, each / the target's variance with target_norm,
+    each x ``balance`` (:func:`balance_factors`) when given."""
     w = [config.steer_weight, config.motor_weight]
     if stats is not None and config.target_norm:
         w = [wi / vi for wi, vi in zip(w, stats.var, strict=True)]
+    if balance is not None:
+        w = [wi * bi for wi, bi in zip(w, balance, strict=True)]
     return torch.tensor(w, device=device, dtype=dtype)
 
 
+BALANCE_MOMENTUM = 0.98  # the running error ratio follows about the last 50 steps
+
+
+def batch_error_ratios(out: torch.Tensor, target: torch.Tensor, stats: LabelStats) -> tuple[float, float]:
+    """Each target's squared error over a batch ÷ its training variance (1.0 = the constant predictor)."""
+    mse = ((out.detach().float() - target) ** 2).flatten(0, -2).mean(0)
+    return tuple(float(m) / v for m, v in zip(mse.tolist(), stats.var, strict=True))
+
+
+def balance_factors(config: TrainConfig, error_ratios: tuple[float, float]) -> tuple[float, float]:
+    """``--loss-balance``: each target's weight x 1 / its running error ratio, rescaled so that the weights
+    keep their sum (the loss stays at the constant predictor's 1.0 scale, gradient clipping means the same).
+    The gradient is then that of the weighted sum of log error ratios, the quantity the validation score
+    measures: halving either target's error counts the same, and a barely predictable target (an expert's
+    acceleration command) no longer outweighs one the model has nearly learned."""
+    w = (config.steer_weight, config.motor_weight)
+    inv = [1.0 / max(r, 1e-4) for r in error_ratios]
+    scale = sum(w) / max(sum(wi * i for wi, i in zip(w, inv, strict=True)), 1e-12)
+    return tuple(i * scale for i in inv)
+
+
 def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
-                  stats: LabelStats | None = None) -> torch.Tensor:
+                  stats: LabelStats | None = None, balance: tuple[float, float] | None = None) -> torch.Tensor:
     """(B,) loss of each clip over (T, horizon, 2): MSE or Huber, targets weighted per :func:`target_weights`,
     divided by the sum of steer_weight and motor_weight. With ``target_norm`` the constant predictor scores
     1.0 on the training distribution. With ``throttle_excess_weight`` k > 1 the motor error counts k times
     where the prediction is above the label (more throttle or less brake than the expert: the error that
     enters corners too fast), so the model errs towards braking."""
-    weights = target_weights(config, stats, out.device, out.dtype)
+    weights = target_weights(config, stats, out.device, out.dtype, balance)
     per = F.huber_loss(out, target, reduction="none", delta=0.1) if config.loss == "huber" else (out - target) ** 2
     k = getattr(config, "throttle_excess_weight", 1.0)  # configs of older checkpoints lack it
     if k != 1.0:  # risk-averse motor: too much throttle (too little brake) costs k times as much as too little
@@ -86,9 +119,9 @@ def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
 
 
 def weighted_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
-                  stats: LabelStats | None = None) -> torch.Tensor:
+                  stats: LabelStats | None = None, balance: tuple[float, float] | None = None) -> torch.Tensor:
     """The training loss: the mean of :func:`per_clip_loss`."""
-    return per_clip_loss(out, target, config, stats).mean()
+    return per_clip_loss(out, target, config, stats, balance).mean()
 
 
 def val_indices(n: int, max_clips: int, world: int, rank: int) -> list[int]:
@@ -184,7 +217,7 @@ def evaluate(net, dataset: ClipDataset, config: TrainConfig, device, autocast, d
             cols += [e.abs().sum(1), (e * e).sum(1), c.abs().sum(1), (c * c).sum(1), y.sum(1), (y * y).sum(1)]
         np.add.at(sums, runs, np.stack([np.asarray(c, dtype=np.float64) for c in cols], 1))
     sums = np.asarray(ddp.all_reduce_sum(sums.ravel().tolist(), dist_info, device)).reshape(sums.shape)
-    return _metrics(sums, base.runs, stats is not None)
+    return _metrics(sums, base.runs, stats is not None, (config.steer_weight, config.motor_weight))
 
 
 def _target_metrics(s: np.ndarray, frames: float, has_const: bool) -> dict:
@@ -196,23 +229,34 @@ def _target_metrics(s: np.ndarray, frames: float, has_const: bool) -> dict:
             "r2": 1.0 - sq_e / sst if sst > 1e-9 else None}
 
 
-def _metrics(sums: np.ndarray, names: list[str], has_const: bool) -> dict:
+def error_ratio(row: np.ndarray, weights: tuple[float, float]) -> float:
+    """One block's score (see the module docstring): the ``weights``-weighted geometric mean over targets of
+    (MSE + SCORE_EPS) ÷ (the constant predictor's MSE, at least MIN_VARIATION², + SCORE_EPS), from
+    :func:`evaluate`'s per-run sums (run units). 1.0 = the constant predictor; lower is better."""
+    frames = max(float(row[2]), 1.0)
+    logs = 0.0
+    for t, w in enumerate(weights):
+        sq_e, sq_c = float(row[4 + 6 * t]), float(row[6 + 6 * t])
+        mse, const = sq_e / frames, max(sq_c / frames, MIN_VARIATION**2)
+        logs += w * math.log((mse + SCORE_EPS) / (const + SCORE_EPS))
+    return math.exp(logs / sum(weights)) if sum(weights) > 0 else math.nan
+
+
+def _metrics(sums: np.ndarray, names: list[str], has_const: bool, weights: tuple[float, float]) -> dict:
     def block(row: np.ndarray) -> dict:
         clips, loss, frames = (float(v) for v in row[:3])
         out = {"clips": int(clips), "frames": int(frames), "loss": loss / max(clips, 1.0)}
         for t, name in enumerate(TARGETS):
             out[name] = _target_metrics(row[3 + 6 * t: 9 + 6 * t], max(frames, 1.0), has_const)
+        out["score"] = error_ratio(row, weights) if has_const else out["loss"]
         return out
 
     seen = sums[:, 0] > 0
     per_run = {names[i]: block(sums[i]) for i in np.flatnonzero(seen)}
     pooled = block(sums.sum(0))
-    score = float(np.median([r["loss"] for r in per_run.values()])) if per_run else math.inf
+    score = float(np.median([r["score"] for r in per_run.values()])) if per_run else math.inf
     return {**pooled, "score": score, "steer_mae": pooled["steer"]["mae"], "motor_mae": pooled["motor"]["mae"],
             "runs": per_run}
-
-
-MIN_VARIATION = 5.0  # run units: a target whose constant-predictor RMSE is below this leaves nothing to learn
 
 
 def not_beating(val: dict, config: TrainConfig) -> list[str]:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("step", "epoch", "split", "loss", "score", "steer_mae", "steer_const_mae", "steer_r2", "motor_mae",
            "motor_const_mae", "motor_r2", "lr", "samples_per_s", "data_wait", "drive_score", "drive_autonomy",
            "drive_pace")
-RUN_COLUMNS = ("step", "run", "frames", "loss", "steer_mae", "steer_const_mae", "steer_r2", "motor_mae",
+RUN_COLUMNS = ("step", "run", "frames", "loss", "score", "steer_mae", "steer_const_mae", "steer_r2", "motor_mae",
                "motor_const_mae", "motor_r2")
 
 
@@ -109,8 +109,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(run_dir: Path) -> Path | None:
-    """loss.png: training and validation loss (1.0 = the constant predictor with target_norm), and validation
-    steering and throttle error beside the constant predictor's, against steps."""
+    """loss.png: training and validation loss (1.0 = the constant predictor with target_norm) with the validation
+    score that chooses best.pt (1.0 = the constant predictor), and validation steering and throttle error beside
+    the constant predictor's, against steps."""
     path = run_dir / "metrics.csv"
     if not path.exists():
         return None
@@ -128,12 +129,14 @@ def plot_curves(run_dir: Path) -> Path | None:
     if val:
         steps = [int(r["step"]) for r in val]
         a.plot(steps, [float(r["loss"]) for r in val], "o-", label="val")
+        a.plot(steps, [float(r["score"]) if r.get("score") else math.nan for r in val], "s--", ms=3,
+               label="val score (chooses best.pt)")
         for target, color in (("steer", "C2"), ("motor", "C3")):
             b.plot(steps, [float(r[f"{target}_mae"]) for r in val], "o-", color=color, label=f"{target} model")
             const = [float(r[f"{target}_const_mae"]) if r.get(f"{target}_const_mae") else math.nan for r in val]
             b.plot(steps, const, "--", color=color, label=f"{target} constant")
         b.legend(fontsize=8)
-    a.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
+    a.set(xlabel="step", ylabel="loss, score", yscale="log", title="loss and validation score")
     a.legend()
     b.set(xlabel="step", ylabel="run units (0..99)", title="validation MAE vs the constant predictor")
     fig.tight_layout()
@@ -165,7 +168,7 @@ def summary_table(result):
         t.add_row("throughput", "- (no steps run in this process)")
     for name, val in (("best val", result.best_val), ("final val", result.final_val)):
         if val and "steer" in val:
-            t.add_row(name, f"loss {val['loss']:.4f}, median run loss {_num(val.get('score'), 4)}"
+            t.add_row(name, f"loss {val['loss']:.4f}, score {_num(val.get('score'), 4)} (error ratio)"
                             + (f" (step {val['step']:,})" if "step" in val else ""))
             t.add_row("  steer", _target_text(val["steer"]) + " run units")
             t.add_row("  throttle", _target_text(val["motor"]) + " run units")
@@ -182,9 +185,9 @@ def runs_table(val: dict, title: str = "validation per held-out run (run units, 
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("run", "frames", "loss", "steer MAE", "const", "R²", "throttle MAE", "const", "R²"):
+    for col in ("run", "frames", "score", "steer MAE", "const", "R²", "throttle MAE", "const", "R²"):
         t.add_column(col, justify="left" if col == "run" else "right", overflow="fold")
     for run, r in sorted(val.get("runs", {}).items()):
         cells = [_num(r[t][k]) for t in ("steer", "motor") for k in ("mae", "const_mae", "r2")]
-        t.add_row(run, f"{r['frames']:,}", _num(r["loss"], 4), *cells)
+        t.add_row(run, f"{r['frames']:,}", _num(r.get("score"), 4), *cells)
     return t

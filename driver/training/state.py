@@ -6,6 +6,7 @@ describe this process only and are not saved.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -13,13 +14,28 @@ import torch
 
 from driver.models import RecurrentState
 
+log = logging.getLogger(__name__)
+
+
+SCORE_KIND = "error_ratio"  # what best_score measures; runs saved before it held the median run loss
+
+
+def _best_score(training: dict) -> float:
+    """The saved best score, or inf when it was measured on another scale (a run from before the error ratio:
+    its next validation becomes the best, logged)."""
+    if training.get("score_kind") == SCORE_KIND:
+        return training["best_val_loss"]
+    log.info("the saved best validation score is a median run loss (before the error-ratio score): the next "
+             "validation starts the comparison afresh")
+    return math.inf
+
 
 @dataclass
 class TrainingState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_score: float = math.inf  # lowest validation score so far (median over runs of the run loss)
+    best_score: float = math.inf  # lowest validation score so far (evaluate.py: median over runs of the error ratio)
     bad_validations: int = 0  # validations since the best one
     best_val: dict = field(default_factory=dict)  # the best validation, with its step
     last_val: dict = field(default_factory=dict)
@@ -27,6 +43,7 @@ class TrainingState:
     drive_history: list = field(default_factory=list)  # [step, validation score or None, drive score] per drive
     window: list[float] = field(default_factory=list)  # training losses since the last metrics row
     carry: RecurrentState = None  # recurrent state carried into the next step's lanes (this rank)
+    error_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0])  # --loss-balance: running, per target
     # throughput of this process
     samples: int = 0
     wait_s: float = 0.0
@@ -36,9 +53,10 @@ class TrainingState:
     def to_dict(self) -> dict:
         """The saved part (plain containers and tensors: loads with ``weights_only=True``)."""
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "best_val_loss": self.best_score, "bad_validations": self.bad_validations,
+                "best_val_loss": self.best_score, "score_kind": SCORE_KIND, "bad_validations": self.bad_validations,
                 "best_val": self.best_val, "last_val": self.last_val, "window": list(self.window),
-                "best_drive": self.best_drive, "drive_history": [list(h) for h in self.drive_history]}
+                "best_drive": self.best_drive, "drive_history": [list(h) for h in self.drive_history],
+                "error_ratios": list(self.error_ratios)}
 
     @classmethod
     def from_checkpoint(cls, training: dict, rank: int, device: torch.device) -> TrainingState:
@@ -47,11 +65,12 @@ class TrainingState:
         carry = tuple(c.to(device) for c in carry) if isinstance(carry, list) else carry
         carry = carry.to(device) if isinstance(carry, torch.Tensor) else carry
         return cls(step=training["step"], epoch=training["epoch"], batch_in_epoch=training["batch_in_epoch"],
-                   best_score=training["best_val_loss"], bad_validations=training["bad_validations"],
+                   best_score=_best_score(training), bad_validations=training["bad_validations"],
                    best_val=dict(training.get("best_val", {})), last_val=dict(training.get("last_val", {})),
                    window=list(training.get("window", [])), carry=carry,
                    best_drive=training.get("best_drive", -math.inf),
-                   drive_history=[list(h) for h in training.get("drive_history", [])])
+                   drive_history=[list(h) for h in training.get("drive_history", [])],
+                   error_ratios=list(training.get("error_ratios", [1.0, 1.0])))
 
     def carry_cpu(self):
         """The carried state on the CPU, as saved (a tuple becomes a list)."""

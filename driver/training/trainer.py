@@ -36,7 +36,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, parse_budget, write_config
-from .evaluate import batch_speed, evaluate, not_beating, weighted_loss
+from .evaluate import (
+    BALANCE_MOMENTUM,
+    balance_factors,
+    batch_error_ratios,
+    batch_speed,
+    evaluate,
+    not_beating,
+    weighted_loss,
+)
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
 from .optim import lr_factor
@@ -309,7 +317,13 @@ class Trainer:
         with s.autocast():
             out, state = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
                                speed=batch_speed(batch, s.device))
-        loss = weighted_loss(out.float(), target, cfg, s.stats)
+        balance = None
+        if cfg.loss_balance:
+            batch_ratios = batch_error_ratios(out, target, s.stats)
+            st.error_ratios = [BALANCE_MOMENTUM * r + (1 - BALANCE_MOMENTUM) * b
+                               for r, b in zip(st.error_ratios, batch_ratios, strict=True)]
+            balance = balance_factors(cfg, tuple(st.error_ratios))
+        loss = weighted_loss(out.float(), target, cfg, s.stats, balance)
         if not torch.isfinite(loss):
             last = self.run_dir / "last.pt"
             kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written"
@@ -362,7 +376,8 @@ class Trainer:
 
     def _validate(self, drive: bool = False) -> str:
         """Validate (and with ``drive`` also drive the held-out sim worlds), checkpoint, keep ``best.pt``: by the
-        median run loss, or with ``--eval-closed-loop`` by the drive score (pace × autonomy) at each drive;
+        validation score (evaluate.py: median over runs of the error ratio), or with ``--eval-closed-loop`` by
+        the drive score (pace × autonomy) at each drive;
         ``early_stop`` after ``patience`` judged evaluations without improvement."""
         s, st, cfg = self.s, self.state, self.cfg
         self._precise_bn()
