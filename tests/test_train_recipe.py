@@ -21,6 +21,7 @@ from driver.training.evaluate import LabelStats, _metrics, balance_factors, batc
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
+from driver.training.trainer import _load_resume
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +145,14 @@ def test_loss_balance_weighs_each_target_by_its_running_error_ratio(mono50, tmp_
     out, target = torch.zeros(2, 3, 1, 2), torch.zeros(2, 3, 1, 2)
     target[..., 0], target[..., 1] = 0.5, 0.1  # squared errors 0.25 and 0.01: ratios 1.0 and 0.25
     assert batch_error_ratios(out, target, stats) == pytest.approx((1.0, 0.25))
-    r = train(_tiny(mono50, tmp_path, name="bal", loss_balance=True, steps_per_epoch=3, epochs=1))
+    r = train(_tiny(mono50, tmp_path, name="bal", steps_per_epoch=3, epochs=1))  # on by default
     ratios = load_checkpoint(r.last_checkpoint)["training"]["error_ratios"]
     assert len(ratios) == 2 and ratios != [1.0, 1.0] and all(0 < x < 10 for x in ratios)
+    saved = json.loads((r.run_dir / "config.json").read_text())
+    assert saved["loss_balance"] is True
+    del saved["loss_balance"]  # a run saved before the option trained without it, and resumes so
+    (r.run_dir / "config.json").write_text(json.dumps(saved))
+    assert _load_resume(r.run_dir, {})[0].loss_balance is False
 
 
 def test_the_untrained_model_starts_at_the_constant_predictor(mono50, tmp_path):

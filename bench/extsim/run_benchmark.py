@@ -100,9 +100,12 @@ RECIPES: dict[str, list[str]] = {
                              '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
     "default_s2": ["--seed", "2"],
-    # each target's loss weight x 1 / its running error ratio (--loss-balance)
+    # each target's loss weight x 1 / its running error ratio (--loss-balance: the default since it was measured
+    # here; the `_unbalanced` recipes are the two before it)
     "default_balance": ["--loss-balance"],
     "pilotnet_balance": ["--arch", "pilotnet", "--stack", "1", "--loss-balance"],
+    "default_unbalanced": ["--no-loss-balance"],
+    "pilotnet_unbalanced": ["--arch", "pilotnet", "--stack", "1", "--no-loss-balance"],
     # the default with one frame in (the recurrent state carries the time the stacked frame did)
     "default_stack1": ["--stack", "1"],
     # the default reading the car's speed, with AdamW's decoupled weight decay at a usual strength

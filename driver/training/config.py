@@ -60,7 +60,7 @@ class TrainConfig:
     motor_weight: float = 0.5           # loss weight of throttle and brake
     throttle_excess_weight: float = 1.0  # motor loss x this where the model asks more throttle/less brake (1 = off)
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
-    loss_balance: bool = False          # also weigh each target by 1/its running error ratio (the score's balance)
+    loss_balance: bool = True           # also weigh each target by 1/its running error ratio (the score's balance)
     grad_clip: float = 1.0              # max gradient norm (0 = off)
     zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
     lane_jump: float = 0.0              # recurrent: chance a lane jumps to a new random clip (zero state) each step

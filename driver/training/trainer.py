@@ -121,6 +121,7 @@ def _load_resume(run_dir: Path, overrides: dict) -> tuple[TrainConfig, dict | No
         raise ValueError(f"{run_dir}: not a training run directory (no config.json)")
     saved = json.loads((run_dir / "config.json").read_text())
     saved.setdefault("speed_input", "off")  # runs from before speed input existed trained without it
+    saved.setdefault("loss_balance", False)  # and runs from before the balanced loss without it
     config = TrainConfig.from_dict(saved, str(run_dir))
     changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(config, k)}
     ignored = sorted(k for k in changed if k not in RESUME_OVERRIDES)
