@@ -21,6 +21,7 @@ from driver.training.evaluate import LabelStats, _metrics, balance_factors, batc
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
+from driver.training.state import TrainingState
 from driver.training.trainer import _load_resume
 
 
@@ -129,7 +130,6 @@ def test_the_score_weighs_each_targets_error_against_the_constant_not_the_loss()
     assert three["score"] == pytest.approx(three["runs"]["c"]["score"]) and three["runs"]["b"]["score"] > 1
     assert _metrics(sharp[None], ["run"], False, (1.0, 0.5))["score"] == pytest.approx(scores[0]["loss"])
     # a run saved with the loss as its score starts the comparison afresh on resume
-    from driver.training.state import TrainingState
     old = {"step": 5, "epoch": 0, "batch_in_epoch": 5, "best_val_loss": 0.3, "bad_validations": 0}
     assert TrainingState.from_checkpoint(old, 0, torch.device("cpu")).best_score == np.inf
     saved = TrainingState(best_score=0.2).to_dict()
