@@ -17,7 +17,7 @@ from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
 from driver.training.budget import paced_epochs
 from driver.training.config import parse_budget
-from driver.training.evaluate import LabelStats, _metrics, balance_factors, batch_error_ratios, error_ratio, val_chains
+from driver.training.evaluate import LabelStats, _metrics, balance_factors, running_error_ratios, val_chains
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
@@ -115,7 +115,8 @@ def test_the_score_weighs_each_targets_error_against_the_constant_not_the_loss()
     unit = rng.standard_normal((2, 500))
     unit = (unit - unit.mean(1, keepdims=True)) / unit.std(1, keepdims=True)  # mean 0, mean square 1
     const = (steer.mean() - steer, motor.mean() - motor)
-    assert error_ratio(_sums(*const, steer, motor, 1.0), (1.0, 0.5)) == pytest.approx(1.0)  # the constant: 1.0
+    constant = _metrics(_sums(*const, steer, motor, 1.0)[None], ["run"], True, (1.0, 0.5))
+    assert constant["score"] == pytest.approx(1.0)  # the constant predictor scores 1.0
     # a barely predictable throttle (MSE 58 of 64) and sharp steering (MSE 1) against better throttle (50) and
     # steering twice as far off (MSE 4): the normalised loss prefers the second, the score the first
     sharp = _sums(1.0 * unit[0], np.sqrt(58) * unit[1], steer, motor, (1 / 100 + 0.5 * 58 / 64) / 1.5)
@@ -144,7 +145,7 @@ def test_loss_balance_weighs_each_target_by_its_running_error_ratio(mono50, tmp_
     stats = LabelStats((0.0, 0.0), (0.25, 0.04))
     out, target = torch.zeros(2, 3, 1, 2), torch.zeros(2, 3, 1, 2)
     target[..., 0], target[..., 1] = 0.5, 0.1  # squared errors 0.25 and 0.01: ratios 1.0 and 0.25
-    assert batch_error_ratios(out, target, stats) == pytest.approx((1.0, 0.25))
+    assert running_error_ratios([1.0, 1.0], out, target, stats) == pytest.approx([1.0, 1.0 - 0.02 * 0.75])
     r = train(_tiny(mono50, tmp_path, name="bal", steps_per_epoch=3, epochs=1))  # on by default
     ratios = load_checkpoint(r.last_checkpoint)["training"]["error_ratios"]
     assert len(ratios) == 2 and ratios != [1.0, 1.0] and all(0 < x < 10 for x in ratios)

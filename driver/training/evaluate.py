@@ -84,13 +84,16 @@ def target_weights(config: TrainConfig, stats: LabelStats | None, device, dtype,
 BALANCE_MOMENTUM = 0.98  # the running error ratio follows about the last 50 steps
 
 
-def batch_error_ratios(out: torch.Tensor, target: torch.Tensor, stats: LabelStats) -> tuple[float, float]:
-    """Each target's squared error over a batch ÷ its training variance (1.0 = the constant predictor)."""
-    mse = ((out.detach().float() - target) ** 2).flatten(0, -2).mean(0)
-    return tuple(float(m) / v for m, v in zip(mse.tolist(), stats.var, strict=True))
+def running_error_ratios(ratios: list[float], out: torch.Tensor, target: torch.Tensor,
+                         stats: LabelStats) -> list[float]:
+    """``ratios`` (per target) moved towards this batch's: each target's squared error ÷ its training variance
+    (1.0 = the constant predictor), an exponential average over about the last 50 steps."""
+    mse = ((out.detach().float() - target) ** 2).flatten(0, -2).mean(0).tolist()
+    return [BALANCE_MOMENTUM * r + (1 - BALANCE_MOMENTUM) * m / v
+            for r, m, v in zip(ratios, mse, stats.var, strict=True)]
 
 
-def balance_factors(config: TrainConfig, error_ratios: tuple[float, float]) -> tuple[float, float]:
+def balance_factors(config: TrainConfig, error_ratios: list[float]) -> tuple[float, float]:
     """``--loss-balance``: each target's weight x 1 / its running error ratio, rescaled so that the weights
     keep their sum (the loss stays at the constant predictor's 1.0 scale, gradient clipping means the same).
     The gradient is then that of the weighted sum of log error ratios, the quantity the validation score
@@ -229,16 +232,13 @@ def _target_metrics(s: np.ndarray, frames: float, has_const: bool) -> dict:
             "r2": 1.0 - sq_e / sst if sst > 1e-9 else None}
 
 
-def error_ratio(row: np.ndarray, weights: tuple[float, float]) -> float:
-    """One block's score (see the module docstring): the ``weights``-weighted geometric mean over targets of
-    (MSE + SCORE_EPS) ÷ (the constant predictor's MSE, at least MIN_VARIATION², + SCORE_EPS), from
-    :func:`evaluate`'s per-run sums (run units). 1.0 = the constant predictor; lower is better."""
-    frames = max(float(row[2]), 1.0)
-    logs = 0.0
-    for t, w in enumerate(weights):
-        sq_e, sq_c = float(row[4 + 6 * t]), float(row[6 + 6 * t])
-        mse, const = sq_e / frames, max(sq_c / frames, MIN_VARIATION**2)
-        logs += w * math.log((mse + SCORE_EPS) / (const + SCORE_EPS))
+def error_ratio(targets: dict, weights: tuple[float, float]) -> float:
+    """One block's score (see the module docstring) from its per-target metrics (:func:`_target_metrics`, run
+    units): the ``weights``-weighted geometric mean over targets of (MSE + SCORE_EPS) ÷ (the constant
+    predictor's MSE, at least MIN_VARIATION², + SCORE_EPS). 1.0 = the constant predictor; lower is better."""
+    logs = sum(w * math.log((targets[name]["rmse"] ** 2 + SCORE_EPS) /
+                            (max(targets[name]["const_rmse"], MIN_VARIATION) ** 2 + SCORE_EPS))
+               for name, w in zip(TARGETS, weights, strict=True))
     return math.exp(logs / sum(weights)) if sum(weights) > 0 else math.nan
 
 
@@ -248,7 +248,7 @@ def _metrics(sums: np.ndarray, names: list[str], has_const: bool, weights: tuple
         out = {"clips": int(clips), "frames": int(frames), "loss": loss / max(clips, 1.0)}
         for t, name in enumerate(TARGETS):
             out[name] = _target_metrics(row[3 + 6 * t: 9 + 6 * t], max(frames, 1.0), has_const)
-        out["score"] = error_ratio(row, weights) if has_const else out["loss"]
+        out["score"] = error_ratio(out, weights) if has_const else out["loss"]
         return out
 
     seen = sums[:, 0] > 0

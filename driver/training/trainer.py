@@ -36,15 +36,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, parse_budget, write_config
-from .evaluate import (
-    BALANCE_MOMENTUM,
-    balance_factors,
-    batch_error_ratios,
-    batch_speed,
-    evaluate,
-    not_beating,
-    weighted_loss,
-)
+from .evaluate import balance_factors, batch_speed, evaluate, not_beating, running_error_ratios, weighted_loss
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
 from .optim import lr_factor
@@ -318,12 +310,9 @@ class Trainer:
         with s.autocast():
             out, state = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
                                speed=batch_speed(batch, s.device))
-        balance = None
         if cfg.loss_balance:
-            batch_ratios = batch_error_ratios(out, target, s.stats)
-            st.error_ratios = [BALANCE_MOMENTUM * r + (1 - BALANCE_MOMENTUM) * b
-                               for r, b in zip(st.error_ratios, batch_ratios, strict=True)]
-            balance = balance_factors(cfg, tuple(st.error_ratios))
+            st.error_ratios = running_error_ratios(st.error_ratios, out, target, s.stats)
+        balance = balance_factors(cfg, st.error_ratios) if cfg.loss_balance else None
         loss = weighted_loss(out.float(), target, cfg, s.stats, balance)
         if not torch.isfinite(loss):
             last = self.run_dir / "last.pt"
