@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -188,14 +189,20 @@ def test_health_statistics_are_logged_and_blowups_named(mono50, tmp_path):
     monitor = HealthMonitor(model, None)
     monitor.start()
     model(torch.rand(2, 2, 3, 48, 64) - 0.5)
-    problems = blown_up(monitor.finish(1))
+    problems = blown_up(monitor.finish(1), None, "bf16")
     assert any(p.startswith("encoder.features.fires.7.expand3x3") for p in problems), problems
     monitor.close()
     rows = {"few": {"act_max": 4012.0, "channel_ratio": 1300.0}, "huge": {"act_max": 10368.0, "channel_ratio": 5.0},
             "grown": {"act_max": 1440.0, "channel_ratio": 3.0}}  # grew 86x before a per-channel norm: harmless
-    assert blown_up(rows, {"few": 40.0, "huge": 212.0, "grown": 16.7}) == [
+    first = {"few": 40.0, "huge": 212.0, "grown": 16.7}
+    assert blown_up(rows, first, "fp16") == [
         "few: largest activation 4,012, 100x its first value, largest channel 1,300x the median channel",
         "huge: largest activation 10,368, 49x its first value, largest channel 5x the median channel"]
+    # bf16 and fp32 lose no precision at 10,368 (fp16 overflows at 65,504): only the few channels, divergence
+    # and non-finite values are named there
+    assert [p.split(":")[0] for p in blown_up(rows, first, "bf16")] == ["few"]
+    rows |= {"diverged": {"act_max": 2.5e6, "channel_ratio": 2.0}, "nan": {"act_max": math.nan, "channel_ratio": 1.0}}
+    assert [p.split(":")[0] for p in blown_up(rows, first, "fp32")] == ["few", "diverged", "nan"]
 
 
 @pytest.mark.slow

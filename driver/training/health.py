@@ -12,10 +12,10 @@ recurrent layers, norms) is measured, and after the backward pass its gradient:
 They go to ``health.csv`` and TensorBoard (``health/<column>/<layer>``). A norm layer's *input* is measured
 too (``<layer>.input``): it is what the norm sees, e.g. the pooled encoder features before the RNN.
 :func:`blown_up` names layers whose activations exploded: a few channels dominate (``channel_ratio``, over
-the channels that are not dead, above ``MAX_CHANNEL_RATIO`` with ``act_max`` above ``MIN_BLOWUP``), or any
-activation above ``MAX_ACTIVATION``. Growth alone is not flagged: a layer followed by a per-channel norm may
-grow its scale harmlessly (the norm removes it). ``first`` holds each layer's first ``act_max`` of the run,
-shown beside the current one.
+the channels that are not dead, above ``MAX_CHANNEL_RATIO`` with ``act_max`` above ``MIN_BLOWUP``), any
+activation that is not finite, or any above the training precision's cap (``ACTIVATION_CAPS``). Growth alone
+is not flagged: a layer followed by a per-channel norm may grow its scale harmlessly (the norm removes it).
+``first`` holds each layer's first ``act_max`` of the run, shown beside the current one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ from .metrics import CsvLog, read_metrics
 COLUMNS = ("step", "layer", "act_rms", "act_max", "channel_ratio", "grad_norm", "weight_norm")
 MAX_CHANNEL_RATIO = 100.0
 MIN_BLOWUP = 1000.0
-MAX_ACTIVATION = 1e4
+# The largest activation a precision tolerates. fp16 (CUDA AMP without bf16) overflows at 65,504: the cap leaves
+# the next layer's sums 6x headroom. bf16 and fp32 have float32's range and round every magnitude to the same
+# relative precision, so a large scale costs nothing there; their cap only catches a diverging run long
+# before it reaches inf (healthy runs measured so far peak at ~2.4e4: the demo's pooled features before the
+# per-channel BatchNorm, docs/benchmarks.md, the balanced loss on the project's sim).
+ACTIVATION_CAPS = {"fp16": 1e4, "bf16": 1e6, "fp32": 1e6}
 _NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 
 
@@ -119,16 +124,18 @@ class HealthMonitor:
             h.remove()
 
 
-def blown_up(rows: dict[str, dict], first: dict[str, float] | None = None) -> list[str]:
+def blown_up(rows: dict[str, dict], first: dict[str, float] | None, precision: str) -> list[str]:
     """Layers whose activations exploded, described (see the module docstring); ``first``: each layer's
-    first ``act_max`` of the run."""
+    first ``act_max`` of the run; ``precision``: the training's (``fp16``, ``bf16`` or ``fp32``), whose
+    ``ACTIVATION_CAPS`` entry bounds any activation."""
+    cap = ACTIVATION_CAPS[precision]
     out = []
     for layer, r in rows.items():
         if "act_max" not in r:
             continue
         top, start = r["act_max"], (first or {}).get(layer, math.inf)
         few = r["channel_ratio"] > MAX_CHANNEL_RATIO and top > MIN_BLOWUP
-        if few or top > MAX_ACTIVATION or not math.isfinite(top):
+        if few or top > cap or not math.isfinite(top):
             growth = f", {top / start:,.0f}x its first value" if math.isfinite(start) and start > 0 else ""
             out.append(f"{layer}: largest activation {top:,.0f}{growth}, largest channel "
                        f"{r['channel_ratio']:,.0f}x the median channel")

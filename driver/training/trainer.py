@@ -436,7 +436,7 @@ class Trainer:
         return choice
 
     def _check_health(self, rows: dict) -> None:
-        self._warn_or_fail("blowup", blown_up(rows, self.health.first))
+        self._warn_or_fail("blowup", blown_up(rows, self.health.first, self.s.precision))
 
     def _warn_or_fail(self, kind: str, problems: list[str]) -> None:
         """Warn once per problem kind (or stop, with ``not_learning="fail"``) about a training that goes wrong."""
