@@ -77,9 +77,9 @@ def test_demo_runs_end_to_end_and_its_next_step_runs_as_printed(tmp_path, caplog
         "off_road", "slid", "wrong_way", "stopped"}
     assert (tmp_path / "d" / "sim_drive" / "speed_eval_0.png").is_file()
     assert "parity with PyTorch" in report and (tmp_path / "d" / "export" / "demo.onnx").is_file()
-    # a demo that does not learn fails (issue 18): from step 600 on; these 4 steps show the mechanics only
+    # a demo that does not learn fails (issue 18): from step 1,200 on; these 4 steps show the mechanics only
     trained = json.loads((tmp_path / "d" / "train" / "demo" / "config.json").read_text())
-    assert (trained["not_learning"], trained["learning_check_step"]) == ("fail", 600)
+    assert (trained["not_learning"], trained["learning_check_step"]) == ("fail", 1200)
 
 
 def test_a_non_checkpoint_pt_is_named_without_torch_advice_or_warnings(tmp_path, capsys, caplog, recwarn):
