@@ -339,3 +339,32 @@ def test_spatial_encoder_pool_keeps_the_layout_and_steps_like_forward(arch):
         build(arch, SMALL, pool="max")
     old = build(arch, InputSpec(), pool="avg", feature_norm="layer")  # the layers before issue 18
     assert count_parameters(old) == {"squeezenet_gru": 977_908, "squeezenet_lstm": 1_060_084}[arch]
+
+
+@pytest.mark.parametrize("arch", ["squeezenet_gru", "z2color_lstm"])
+def test_head_skip_reads_the_frame_past_the_rnn(arch):
+    """``head_skip``: a linear map of the frame's normed features adds to the head, the clip forward still
+    equals stepping, and the skip is what separates the two models' outputs (zeroed, they agree)."""
+    plain = build(arch, SMALL, hidden_size=8).eval()
+    skip = build(arch, SMALL, hidden_size=8, head_skip=True).eval()
+    rnn_in = plain.rnn.input_size
+    assert count_parameters(skip) - count_parameters(plain) == (rnn_in + 1) * SMALL.outputs
+    assert skip.arch_kwargs["head_skip"] is True and plain.arch_kwargs["head_skip"] is False
+    clip, modes = make_inputs(SMALL, steps=3)
+    with torch.no_grad():
+        whole, _ = skip(clip, modes)
+        state, steps = None, []
+        for t in range(3):
+            out, state = skip.step(clip[:, t], modes, state)
+            steps.append(out)
+        torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+        missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)  # the same RNN and head
+        assert sorted(missing) == ["skip.bias", "skip.weight"] and not unexpected
+        assert not torch.allclose(skip(clip, modes)[0], plain(clip, modes)[0])
+        skip.skip.weight.zero_()
+        skip.skip.bias.zero_()
+        torch.testing.assert_close(skip(clip, modes)[0], plain(clip, modes)[0])
+    rebuilt = create_model(arch, SMALL, **skip.arch_kwargs)
+    assert rebuilt.skip is not None
+    with pytest.raises(ValueError, match="head_skip='yes' must be true or false"):
+        build(arch, SMALL, head_skip="yes")

@@ -112,6 +112,9 @@ RECIPES: dict[str, list[str]] = {
     "speed_wd": ["--speed-input", "on", "--weight-decay", "0.05"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
+    # the default whose output also reads the frame's features past the GRU (a linear skip, `head_skip`)
+    "default_skip": ["--arch-kwargs", '{"head_skip": true}'],
+    "default_skip_s2": ["--seed", "2", "--arch-kwargs", '{"head_skip": true}'],
     "small": ["--arch", "squeezenet_gru", "--arch-kwargs", '{"hidden_size": 32}', "--stack", "1", "--clip-length", "4",
               "--horizon", "1", "--target-stride", "1", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20"],
 }

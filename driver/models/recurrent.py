@@ -7,6 +7,10 @@ a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame:
     clip (B, T, C, H, W) --encoder per frame--> (B, T, F) --norm, LSTM/GRU--> (B, T, hidden)
                          --linear head--> (B, T, horizon, 2)
 
+With ``head_skip=True`` a second linear map reads the normed features of the same frame and adds to the
+head's output (``head(hidden) + skip(features)``): what the picture says now reaches the output without
+passing the RNN's gates, as a frame model's does, and the RNN adds what the frames before it say.
+
 The norm before the RNN (``feature_norm``) is per channel by default (``"batch"``: BatchNorm1d over the
 frames of the batch, running statistics on the car): pooled ReLU features are unbounded, and a few channels
 can grow by orders of magnitude during training. ``"layer"`` (LayerNorm across channels, the default before
@@ -46,7 +50,7 @@ from driver.models.z2color import Z2ColorTrunk, z2color_mode_planes
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 FEATURE_NORMS = ("batch", "layer", "none")
 # Knob values that models saved before the knob existed were built with (read by legacy_kwargs).
-_LEGACY = {"feature_norm": "layer"}
+_LEGACY = {"feature_norm": "layer", "head_skip": False}
 _LEGACY_SQUEEZENET = {"pool": "avg"}
 
 
@@ -113,12 +117,14 @@ class RecurrentDriver(nn.Module):
         output_activation: str = "none",
         feature_norm: str = "batch",
         speed_input: bool = False,
+        head_skip: bool = False,
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
             raise ValueError(f"cell={cell!r} is not one of {sorted(RNN_CELLS)}")
-        if not isinstance(speed_input, bool):
-            raise ValueError(f"speed_input={speed_input!r} must be true or false")
+        for name, value in (("speed_input", speed_input), ("head_skip", head_skip)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be true or false")
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1")
         self.spec = spec
@@ -132,12 +138,14 @@ class RecurrentDriver(nn.Module):
         self.feature_norm = feature_norm
         self.norm = _feature_norm(feature_norm, encoder.out_features)
         # create_model records these knobs in arch_kwargs (their defaults changed over time)
-        self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm}
+        self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm,
+                                "head_skip": head_skip}
         self.speed_input = speed_input
         self.speed_norm = nn.BatchNorm1d(1) if speed_input else None  # m/s -> about unit scale
         rnn_in = encoder.out_features + int(speed_input)
         self.rnn = RNN_CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
+        self.skip = nn.Linear(rnn_in, spec.outputs) if head_skip else None
         self.output_activation = make_output_activation(output_activation)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> RecurrentState:
@@ -165,6 +173,8 @@ class RecurrentDriver(nn.Module):
             normed = normed.view(batch, steps, -1)
             hidden, new_state = self.rnn(normed, state)  # (B, T, hidden)
         raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
+        if self.skip is not None:
+            raw = raw + self.skip(normed.flatten(0, 1).to(raw.dtype))
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         return out.reshape(batch, steps, self.spec.horizon, 2), new_state
 
@@ -190,7 +200,7 @@ def takes_speed_input(arch: str) -> bool:
     return arch in SPEED_INPUT_ARCHS
 
 
-_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input")
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input", "head_skip")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
