@@ -322,19 +322,23 @@ def test_model_rows_and_table():
     assert "input too small" in format_model_table(too_small)
 
 
+def assert_steps_like_forward(model, clip, modes):
+    """Stepping ``model`` frame by frame from zero state gives its clip forward's outputs."""
+    with torch.no_grad():
+        whole, _ = model(clip, modes)
+        state, steps = None, []
+        for t in range(clip.shape[1]):
+            out, state = model.step(clip[:, t], modes, state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["squeezenet_gru", "squeezenet_lstm"])
 def test_spatial_encoder_pool_keeps_the_layout_and_steps_like_forward(arch):
     model = build(arch, SMALL, pool="spatial", spatial_channels=4, hidden_size=8).eval()
     h, w = model.encoder.features.feature_size
     assert model.encoder.out_features == 4 * h * w and model.arch_kwargs["pool"] == "spatial"
-    clip, modes = make_inputs(SMALL, steps=3)
-    with torch.no_grad():
-        whole, _ = model(clip, modes)
-        state, steps = None, []
-        for t in range(3):
-            out, state = model.step(clip[:, t], modes, state)
-            steps.append(out)
-    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+    assert_steps_like_forward(model, *make_inputs(SMALL, steps=3))
     with pytest.raises(ValueError, match="pool='max' is not one of"):
         build(arch, SMALL, pool="max")
     old = build(arch, InputSpec(), pool="avg", feature_norm="layer")  # the layers before issue 18
@@ -351,13 +355,8 @@ def test_head_skip_reads_the_frame_past_the_rnn(arch):
     assert count_parameters(skip) - count_parameters(plain) == (rnn_in + 1) * SMALL.outputs
     assert skip.arch_kwargs["head_skip"] is True and plain.arch_kwargs["head_skip"] is False
     clip, modes = make_inputs(SMALL, steps=3)
+    assert_steps_like_forward(skip, clip, modes)
     with torch.no_grad():
-        whole, _ = skip(clip, modes)
-        state, steps = None, []
-        for t in range(3):
-            out, state = skip.step(clip[:, t], modes, state)
-            steps.append(out)
-        torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
         missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)  # the same RNN and head
         assert sorted(missing) == ["skip.bias", "skip.weight"] and not unexpected
         assert not torch.allclose(skip(clip, modes)[0], plain(clip, modes)[0])
