@@ -233,6 +233,18 @@ def test_r_squared_reference_points():
         r_squared(y, y[:3])
 
 
+def test_error_structure_tells_slow_from_fast_error():
+    from bench.extsim.error_structure import error_structure
+
+    rng = np.random.default_rng(0)
+    white = [rng.normal(size=900) for _ in range(3)]  # a model that misreads single frames
+    fast = error_structure(white, fps=15.0)
+    assert abs(fast["autocorr_1"]) < 0.1 and fast["slow_share"] < 0.15  # a 15-frame mean keeps ~1/15 of it
+    drift = [np.sin(np.arange(900) / 60.0) + 0.1 * w for w in white]  # a belief held for seconds
+    slow = error_structure(drift, fps=15.0)
+    assert slow["autocorr_8"] > 0.9 and slow["slow_share"] > 0.9
+
+
 def _episode(seed, weighted, distance, interventions=0, survived=45.0):
     return Episode(seed, 45.0, 600.0, survived, weighted, distance, interventions, 0.2, 8.0)
 

@@ -88,6 +88,7 @@ RECIPES: dict[str, list[str]] = {
     "default_speed": ["--speed-input", "on"],
     # the default's SqueezeNet at half the widths (stem 32, Fire expand 64..256): 2.75x cheaper a step at 96x96
     "half": ["--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "half_s2": ["--seed", "2", "--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "speed_half": ["--speed-input", "on", "--arch-kwargs",
                    '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs",
@@ -112,6 +113,14 @@ RECIPES: dict[str, list[str]] = {
     "speed_wd": ["--speed-input", "on", "--weight-decay", "0.05"],
     # 48 lanes of 0.1 s clips a step (the default's 16 of 0.3 s: the same frames a step at 30 fps)
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
+    # 32 lanes of 0.15 s clips (2 frames at 15 Hz): 64 frames a step from twice the default's places
+    "lanes32": ["--batch-size", "32", "--clip-seconds", "0.15"],
+    "lanes32_s2": ["--batch-size", "32", "--clip-seconds", "0.15", "--seed", "2"],
+    # the default whose encoder hands the GRU 32 or 64 channels at each of the 5x5 places (16 by default)
+    "spatial32": ["--arch-kwargs", '{"spatial_channels": 32}'],
+    "spatial64": ["--arch-kwargs", '{"spatial_channels": 64}'],
+    # PilotNet drawing its clips uniformly (the default for frame models is the lab's low/high steering balance)
+    "pilotnet_nobal": ["--arch", "pilotnet", "--stack", "1", "--no-balance-steer"],
     # the default whose output also reads the frame's features past the GRU (a linear skip, `head_skip`)
     "default_skip": ["--arch-kwargs", '{"head_skip": true}'],
     "default_skip_s2": ["--seed", "2", "--arch-kwargs", '{"head_skip": true}'],
