@@ -115,7 +115,6 @@ RECIPES: dict[str, list[str]] = {
     "lanes48": ["--batch-size", "48", "--clip-seconds", "0.1"],
     # 32 lanes of 0.15 s clips (2 frames at 15 Hz): 64 frames a step from twice the default's places
     "lanes32": ["--batch-size", "32", "--clip-seconds", "0.15"],
-    "lanes32_s2": ["--batch-size", "32", "--clip-seconds", "0.15", "--seed", "2"],
     # the default whose encoder hands the GRU 32 or 64 channels at each of the 5x5 places (16 by default)
     "spatial32": ["--arch-kwargs", '{"spatial_channels": 32}'],
     "spatial64": ["--arch-kwargs", '{"spatial_channels": 64}'],
