@@ -24,28 +24,39 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from driver.datasets.series import stored_speed_name
 from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
-from driver.sim.replay import resolve_mode
+from driver.sim.replay import replay_run
 
 LAGS = (1, 3, 8)
 
 
+class ForgetfulPolicy:
+    """A :class:`Policy` whose recurrent state is forgotten every ``every`` frames (0 = never): the same
+    frames, modes and speed as ``driver replay`` gives it, through :func:`replay_run` itself."""
+
+    def __init__(self, policy: Policy, every: int):
+        self.policy, self.every, self.count = policy, every, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def reset(self) -> None:
+        self.count = 0
+        self.policy.reset()
+
+    def act(self, *args, **kwargs):
+        if self.every and self.count and self.count % self.every == 0:
+            self.policy.reset()
+        self.count += 1
+        return self.policy.act(*args, **kwargs)
+
+
 def predict_steer(policy: Policy, store: Store, run: str, reset_every: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, human) steering of every frame of ``run``; the policy is reset at the run's start and, with
-    ``reset_every`` K > 0, every K frames."""
-    meta = store.run_meta(run)
-    n = int(meta["n_frames"])
-    mode = resolve_mode(policy, meta.get("labels", {}), None)
-    speed = store.series(run, stored_speed_name(meta)).astype(np.float64) if policy.speed_input else None
-    frames = store.frames(run, "left").read(0, n)
-    pred = np.zeros(n)
-    for i in range(n):
-        if i == 0 or (reset_every and i % reset_every == 0):
-            policy.reset()
-        pred[i] = policy.act(frames[i], mode=mode, speed=None if speed is None else speed[i]).steer
-    return pred, store.series(run, "steer").astype(np.float64)
+    """(predicted, human) steering of every frame of ``run`` as ``driver replay`` drives it; with
+    ``reset_every`` K > 0 the state is also forgotten every K frames."""
+    trace = replay_run(ForgetfulPolicy(policy, reset_every), store, run)
+    return trace.pred_steer, trace.human_steer
 
 
 def error_structure(errors: list[np.ndarray], fps: float) -> dict[str, float]:
@@ -60,8 +71,9 @@ def error_structure(errors: list[np.ndarray], fps: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, help="the benchmark's work folder (holds test.zarr)")
-    ap.add_argument("--reset-every", type=int, nargs="*", default=[1, 5, 15],
-                    help="for recurrent checkpoints: also score with the state forgotten every K frames")
+    ap.add_argument("--reset-every", type=lambda v: [int(k) for k in v.split(",") if k], default=[1, 5, 15],
+                    help="for recurrent checkpoints: also score with the state forgotten every K frames, "
+                         "comma-separated (default 1,5,15)")
     ap.add_argument("checkpoints", nargs="+", help="checkpoint files to score")
     a = ap.parse_args(argv)
     store = Store(str(Path(a.work) / "test.zarr"))
