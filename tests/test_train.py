@@ -92,11 +92,13 @@ def _train_cmd(store, out, name, *extra):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["trained", "weight-average"])
+def test_resume_after_kill_equals_uninterrupted(store48, tmp_path, extra):
     # the uninterrupted reference trains in this process (torch is imported already); the run that is killed,
-    # and its resume, in processes of their own. One thread in each (OMP_NUM_THREADS caps the automatic count)
-    assert cli_main(_train_cmd(store48, tmp_path, "full", "--threads", "1")[3:]) == 0
-    proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed"), env=ENV, stdout=subprocess.DEVNULL,
+    # and its resume, in processes of their own. One thread in each (OMP_NUM_THREADS caps the automatic count).
+    # With --ema the checkpoint's model is the weight average and the trained weights travel beside it
+    assert cli_main(_train_cmd(store48, tmp_path, "full", "--threads", "1", *extra)[3:]) == 0
+    proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed", *extra), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "last.pt"
     deadline = time.time() + SAFETY_S
@@ -114,6 +116,9 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path):
     assert a["training"]["step"] == b["training"]["step"] == 24
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after a kill at step {step}"
+    assert ("trained_model" in b["training"]) == bool(extra)
+    for k in a["training"].get("trained_model", {}):
+        assert torch.equal(a["training"]["trained_model"][k], b["training"]["trained_model"][k]), k
     def val_rows(run):
         rows = _rows(tmp_path / run)
         return [(r["step"], r["loss"], r["steer_mae"], r["motor_mae"]) for r in rows if r["split"] == "val"]

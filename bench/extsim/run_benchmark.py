@@ -69,6 +69,14 @@ log = logging.getLogger("extsim.bench")
 # `small` (not run unless asked, `--models ... small`) is docs/car-to-model.md's small-input recipe, a check
 # that these runs are learnable at all.
 # ==================================================================================================
+
+
+def half_widths(**extra) -> str:
+    """``--arch-kwargs`` of the default's SqueezeNet at half its widths (stem 32, Fire expand 64..256), plus extra."""
+    return json.dumps({"stem_channels": 32, "base_width": 64, "width_increment": 64, **extra})
+
+
+HALF = half_widths()
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "pilotnet": ["--arch", "pilotnet", "--stack", "1"],
@@ -80,25 +88,28 @@ RECIPES: dict[str, list[str]] = {
     "lane_jump25": ["--lane-jump", "0.25"],
     "lane_jump100": ["--lane-jump", "1.0"],
     "lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2"],
-    "half_lane_jump25": ["--lane-jump", "0.25", "--arch-kwargs",
-                         '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
-    "half_lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2", "--arch-kwargs",
-                            '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "half_lane_jump25": ["--lane-jump", "0.25", "--arch-kwargs", HALF],
+    "half_lane_jump25_s2": ["--lane-jump", "0.25", "--seed", "2", "--arch-kwargs", HALF],
     # the default reading the car's speed (the runs' `encoder` series; closed loop feeds the sim car's speed)
     "default_speed": ["--speed-input", "on"],
     # the default's SqueezeNet at half the widths (stem 32, Fire expand 64..256): 2.75x cheaper a step at 96x96
-    "half": ["--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
-    "half_s2": ["--seed", "2", "--arch-kwargs", '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
-    "speed_half": ["--speed-input", "on", "--arch-kwargs",
-                   '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
-    "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs",
-                          '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
-    "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs",
-                          '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "half": ["--arch-kwargs", HALF],
+    "half_s2": ["--seed", "2", "--arch-kwargs", HALF],
+    # a quarter of the widths (stem 16, Fire expand 32..128): cheaper steps again; and half at twice the auto lr
+    "quarter": ["--arch-kwargs", '{"stem_channels": 16, "base_width": 32, "width_increment": 32}'],
+    "half_lr2x": ["--lr", "1.3e-3", "--arch-kwargs", HALF],
+    # half and PilotNet validated and saved as the moving average of their weights (--ema)
+    "half_ema": ["--ema", "0.999", "--arch-kwargs", HALF],
+    "pilotnet_ema": ["--arch", "pilotnet", "--stack", "1", "--ema", "0.999"],
+    # half with more between the features and the output: two GRU layers, or a 256-wide GRU
+    "half_gru2": ["--arch-kwargs", half_widths(num_layers=2)],
+    "half_h256": ["--arch-kwargs", half_widths(hidden_size=256)],
+    "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
+    "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
+    "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],
     "pilotnet_noflip": ["--arch", "pilotnet", "--stack", "1", "--flip", "0"],
     # second training seeds on the same recordings
-    "speed_half_stack1_s2": ["--speed-input", "on", "--stack", "1", "--seed", "2", "--arch-kwargs",
-                             '{"stem_channels": 32, "base_width": 64, "width_increment": 64}'],
+    "speed_half_stack1_s2": ["--speed-input", "on", "--stack", "1", "--seed", "2", "--arch-kwargs", HALF],
     "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
     "default_s2": ["--seed", "2"],
     # each target's loss weight x 1 / its running error ratio (--loss-balance: the default since it was measured

@@ -44,6 +44,7 @@ from .precise_bn import recompute_batchnorm
 from .recipe import store_frame_rate
 from .setup import Setup, device_for, prepare
 from .state import TrainingState
+from .weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class Trainer:
         self.s, self.cfg, self.run_dir = setup, setup.config, run_dir
         self.pace = pace  # a fresh budgeted run: re-plan the epochs that fit at each epoch's end
         self.main = setup.dist.is_main
+        # --ema: the averaged weights are the model validated and saved; else the trained weights are
+        self.average = WeightAverage(setup.model, self.cfg.ema) if self.cfg.ema else None
         self.state = TrainingState() if ckpt is None else self._restore(ckpt)
         self.metrics = MetricsLog(run_dir, enabled=self.main)
         self.metrics.truncate_after(self.state.step)
@@ -175,10 +178,19 @@ class Trainer:
         self.drive_eval = self._drive_eval_config() if self.cfg.eval_closed_loop else None
         self.bn_step = -1  # the step at which BatchNorm statistics were last recomputed
 
+    @property
+    def served_model(self) -> torch.nn.Module:
+        """The model validated, driven and saved: the weight average with ``--ema``, else the trained model."""
+        return self.s.model if self.average is None else self.average.model
+
     def _restore(self, ckpt: dict) -> TrainingState:
         s, training = self.s, ckpt["training"]
         check_compatible(ckpt, self.cfg.arch, s.spec)
-        s.model.load_state_dict(ckpt["model"])
+        if self.average is not None:  # the checkpoint's model is the average; the trained weights travel beside
+            self.average.load(ckpt["model"], training["weight_average"])
+            s.model.load_state_dict(training["trained_model"])
+        else:
+            s.model.load_state_dict(ckpt["model"])
         s.optimizer.load_state_dict(training["optimizer"])
         s.scheduler.load_state_dict(training["scheduler"])
         if s.scaler is not None and training.get("scaler"):
@@ -335,6 +347,8 @@ class Trainer:
         else:
             s.optimizer.step()
         s.scheduler.step()
+        if self.average is not None:
+            self.average.update(s.model)
         st.carry = detach_state(state) if s.model.is_recurrent else None
         st.step, st.batch_in_epoch, st.steps_run = st.step + 1, st.batch_in_epoch + 1, st.steps_run + 1
         st.window.append(loss.item())
@@ -375,7 +389,8 @@ class Trainer:
             self._checkpoint()
             return "completed"
         if s.val_ds is not None:
-            st.last_val = evaluate(s.net, s.val_ds, cfg, s.device, s.autocast, s.dist, s.stats)
+            served = s.net if self.average is None else self.average.model
+            st.last_val = evaluate(served, s.val_ds, cfg, s.device, s.autocast, s.dist, s.stats)
             s.net.train()
             self.metrics.write_validation(st.step, st.epoch, st.last_val)
         else:
@@ -397,7 +412,8 @@ class Trainer:
             st.best_val = dict(st.last_val, step=st.step)
         self._checkpoint()
         if improved and self.main:
-            self._save(self.run_dir / "best.pt", {**model_payload(s.model), **self.static, "metrics": st.best_val})
+            self._save(self.run_dir / "best.pt", {**model_payload(self.served_model), **self.static,
+                                                  "metrics": st.best_val})
         if s.val_ds is not None and st.step >= self.check_step:
             self._warn_or_fail("not_learning", not_beating(st.last_val, cfg))
         if judged and cfg.patience and ddp.broadcast_flag(st.bad_validations >= cfg.patience, s.dist, s.device):
@@ -407,18 +423,18 @@ class Trainer:
     def _precise_bn(self) -> None:
         """BatchNorm statistics from random training clips, not the last few batches (``precise_bn.py``)."""
         s = self.s
-        recompute_batchnorm(s.model, s.train_ds, self.cfg, s.device, s.autocast, s.dist, self.state.step)
+        recompute_batchnorm(self.served_model, s.train_ds, self.cfg, s.device, s.autocast, s.dist, self.state.step)
         self.bn_step = self.state.step
 
     def _drive(self) -> None:
         """Drive a copy of the model through the held-out worlds (main process only; the others score 0)."""
         from driver.sim.model_choice import drive_score
 
-        s, st = self.s, self.state
+        st = self.state
         scores = {"drive_score": 0.0, "drive_autonomy": 0.0, "drive_pace": 0.0}
         if self.main:
             t0 = time.perf_counter()
-            scores = drive_score(s.model, {"arch": self.cfg.arch, **self.static}, self.drive_eval)
+            scores = drive_score(self.served_model, {"arch": self.cfg.arch, **self.static}, self.drive_eval)
             log.info("step %d: drove %s held-out worlds in %.0f s: autonomy %.1f%%, pace %.3f, drive score %.3f",
                      st.step, self.cfg.eval_closed_loop, time.perf_counter() - t0, scores["drive_autonomy"],
                      scores["drive_pace"], scores["drive_score"])
@@ -471,8 +487,11 @@ class Trainer:
                     "scaler": s.scaler.state_dict() if s.scaler is not None else {}, "rng": rngs,
                     "cuda_rng": cuda_rngs if my_cuda_rng is not None else None,
                     "carry": carries if any(c is not None for c in carries) else None}
-        self._save(self.run_dir / "last.pt", {**model_payload(s.model), **self.static, "metrics": st.last_val,
-                                              "training": training})
+        if self.average is not None:
+            training |= {"weight_average": self.average.state_dict(),
+                         "trained_model": {k: v.detach().cpu() for k, v in s.model.state_dict().items()}}
+        self._save(self.run_dir / "last.pt", {**model_payload(self.served_model), **self.static,
+                                              "metrics": st.last_val, "training": training})
 
     def _save(self, path: Path, payload: dict) -> None:
         try:
