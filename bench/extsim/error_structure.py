@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
 from driver.sim.replay import replay_run
+from driver.training.recipe import store_frame_rate
 
 LAGS = (1, 3, 8)
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoints", nargs="+", help="checkpoint files to score")
     a = ap.parse_args(argv)
     store = Store(str(Path(a.work) / "test.zarr"))
-    fps = float(np.median([1.0 / np.median(np.diff(store.series(r, "timestamp"))) for r in store.runs]))
+    fps = store_frame_rate(store, store.runs)
     print("| checkpoint | steer R² | MSE | autocorr 1 / 3 / 8 frames | slow (1 s) share of MSE | R² with the state "
           "forgotten every K frames |")
     print("|---|---:|---:|---|---:|---|")

@@ -389,7 +389,7 @@ class Trainer:
             self._checkpoint()
             return "completed"
         if s.val_ds is not None:
-            served = s.net if self.average is None else self.average.model
+            served = s.net if self.average is None else self.served_model  # s.net: DDP-wrapped when distributed
             st.last_val = evaluate(served, s.val_ds, cfg, s.device, s.autocast, s.dist, s.stats)
             s.net.train()
             self.metrics.write_validation(st.step, st.epoch, st.last_val)

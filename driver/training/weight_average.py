@@ -1,10 +1,10 @@
-"""An exponential moving average of the weights (Polyak averaging; timm's ``ModelEmaV3``), ``--ema DECAY``.
+"""An exponential moving average of the weights (Polyak averaging, as timm's ``ModelEma``), ``--ema DECAY``.
 
-After every optimiser step the average moves towards the trained weights: ``avg += (1 - d) * (w - avg)``, with
-``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the first steps are not averaged with the random
-initialisation (timm's warmup). Floating-point buffers (BatchNorm's running statistics) are averaged alike and
-integer ones copied; with precise BatchNorm (the default) they are recomputed for the average before every
-validation and the last checkpoint anyway.
+After every optimiser step the average moves towards the trained weights: ``avg += (1 - d) * (w - avg)``,
+with ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the first steps are not averaged with the
+random initialisation (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``). Floating-point
+buffers (BatchNorm's running statistics) are averaged alike and integer ones copied; with precise BatchNorm
+(the default) they are recomputed for the average before every validation and the last checkpoint anyway.
 
 The average is the model that is validated, chosen as ``best.pt``, driven by ``--eval-closed-loop`` and saved as
 every checkpoint's ``model`` (what ``driver replay``, ``driver drive`` and export load); the trained weights
@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-WARMUP_UPDATES = 10  # the decay reaches d after about d / (1 - d) updates: (1 + n) / (10 + n)
+WARMUP_UPDATES = 10  # (1 + n) / (10 + n) reaches d after (10 d - 1) / (1 - d) updates: 0.999 after ~9,000
 
 
 class WeightAverage:
