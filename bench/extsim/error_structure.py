@@ -10,7 +10,9 @@ Drives each checkpoint through every held-out run of ``W/test.zarr`` frame by fr
   averaged over a moving 1 s window): a model that holds a wrong belief for a while has slow error, one
   that misreads single frames has fast error;
 - for recurrent checkpoints, R² with the state forgotten every K frames (``--reset-every``): how much of the
-  steering the carried state adds over the frames of the last K.
+  steering the carried state adds over the frames of the last K;
+- for checkpoints trained with ``--frame-loss``, R² of the per-frame head alone (each frame's encoder
+  reading, no state): how well the encoder reads a single picture.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from torch import nn
 
 from driver.datasets.store import Store
 from driver.policy import Policy, load_policy
@@ -60,6 +64,17 @@ def predict_steer(policy: Policy, store: Store, run: str, reset_every: int = 0) 
     return trace.pred_steer, trace.human_steer
 
 
+def frame_head_policy(ckpt: str) -> Policy:
+    """The checkpoint's policy with its per-frame head as the output: the RNN's head zeroed and the frame head
+    in the skip's place (``out = head(hidden) + skip(features)``), so the output is ``frame_head(features)``."""
+    policy = load_policy(ckpt, threads=1)
+    model = policy.model
+    model.skip = model.frame_head
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    return policy
+
+
 def error_structure(errors: list[np.ndarray], fps: float) -> dict[str, float]:
     """Autocorrelation of the per-run errors at ``LAGS`` (mean over runs) and the slow (1 s mean) share of MSE."""
     window = max(1, round(fps))
@@ -80,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(str(Path(a.work) / "test.zarr"))
     fps = store_frame_rate(store, store.runs)
     print("| checkpoint | steer R² | MSE | autocorr 1 / 3 / 8 frames | slow (1 s) share of MSE | R² with the state "
-          "forgotten every K frames |")
-    print("|---|---:|---:|---|---:|---|")
+          "forgotten every K frames | frame head R² |")
+    print("|---|---:|---:|---|---:|---|---:|")
     for ckpt in a.checkpoints:
         policy = load_policy(ckpt, threads=1)
         pairs = [predict_steer(policy, store, r) for r in store.runs]
@@ -96,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                 e = np.concatenate([p - h for p, h in (predict_steer(policy, store, r, k) for r in store.runs)])
                 scores.append(f"K={k}: {1 - np.mean(e ** 2) / np.var(human):.3f}")
             resets = ", ".join(scores)
+        frame = "-"
+        if getattr(policy.model, "frame_head", None) is not None:
+            reading = frame_head_policy(ckpt)
+            e = np.concatenate([p - h for p, h in (predict_steer(reading, store, r) for r in store.runs)])
+            frame = f"{1 - np.mean(e ** 2) / np.var(human):.4f}"
         autocorr = " / ".join(f"{s['autocorr_' + str(k)]:.2f}" for k in LAGS)
-        print(f"| {ckpt} | {1 - mse / np.var(human):.4f} | {mse:.2f} | {autocorr} | {s['slow_share']:.2f} | {resets} |",
-              flush=True)
+        print(f"| {ckpt} | {1 - mse / np.var(human):.4f} | {mse:.2f} | {autocorr} | {s['slow_share']:.2f} | {resets} "
+              f"| {frame} |", flush=True)
     return 0
 
 

@@ -11,6 +11,11 @@ With ``head_skip=True`` a second linear map reads the normed features of the sam
 head's output (``head(hidden) + skip(features)``): what the picture says now reaches the output without
 passing the RNN's gates, as a frame model's does, and the RNN adds what the frames before it say.
 
+With ``frame_head=True`` a linear map reads the same normed features and predicts the targets from the frame
+alone; ``forward(..., frame_outputs=True)`` returns its (B, T, horizon, 2) output as a third value. Training
+adds its loss (``--frame-loss``) so the encoder is taught to read each picture on its own, as a frame
+model's is, instead of only through the RNN. It adds nothing to the driving output and is not read on the car.
+
 The norm before the RNN (``feature_norm``) is per channel by default (``"batch"``: BatchNorm1d over the
 frames of the batch, running statistics on the car): pooled ReLU features are unbounded, and a few channels
 can grow by orders of magnitude during training. ``"layer"`` (LayerNorm across channels, the default before
@@ -118,11 +123,12 @@ class RecurrentDriver(nn.Module):
         feature_norm: str = "batch",
         speed_input: bool = False,
         head_skip: bool = False,
+        frame_head: bool = False,
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
             raise ValueError(f"cell={cell!r} is not one of {sorted(RNN_CELLS)}")
-        for name, value in (("speed_input", speed_input), ("head_skip", head_skip)):
+        for name, value in (("speed_input", speed_input), ("head_skip", head_skip), ("frame_head", frame_head)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be true or false")
         if hidden_size < 1 or num_layers < 1:
@@ -139,10 +145,12 @@ class RecurrentDriver(nn.Module):
         self.norm = _feature_norm(feature_norm, encoder.out_features)
         # create_model records these knobs in arch_kwargs (their defaults changed over time)
         self.recorded_kwargs = {**getattr(encoder, "recorded_kwargs", {}), "feature_norm": feature_norm,
-                                "head_skip": head_skip}
+                                "head_skip": head_skip, "frame_head": frame_head}
         self.speed_input = speed_input
         self.speed_norm = nn.BatchNorm1d(1) if speed_input else None  # m/s -> about unit scale
         rnn_in = encoder.out_features + int(speed_input)
+        # the training-only per-frame head (registered before ``head``: the last output layer stays the head's)
+        self.frame_head = nn.Linear(rnn_in, spec.outputs) if frame_head else None
         self.rnn = RNN_CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, spec.outputs)
         self.skip = nn.Linear(rnn_in, spec.outputs) if head_skip else None
@@ -154,11 +162,16 @@ class RecurrentDriver(nn.Module):
         return (hidden, torch.zeros_like(hidden)) if self.cell == "lstm" else hidden
 
     def forward(
-        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
-    ) -> tuple[Tensor, RecurrentState]:
+        self, clip: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None,
+        frame_outputs: bool = False,
+    ) -> tuple[Tensor, RecurrentState] | tuple[Tensor, RecurrentState, Tensor]:
         """(B, T, C, H, W), (B, n_modes), state, speed (B, T) m/s -> ((B, T, horizon, 2), state after the last
-        frame). ``speed`` is read only by a model built with ``speed_input=True``, which requires it."""
+        frame). ``speed`` is read only by a model built with ``speed_input=True``, which requires it.
+        ``frame_outputs=True`` (a model built with ``frame_head=True``) also returns the per-frame head's
+        (B, T, horizon, 2) prediction from each frame alone."""
         validate_clip(self.spec, clip, modes)
+        if frame_outputs and self.frame_head is None:
+            raise ValueError(f"{self.arch}: frame_outputs=True needs a model built with frame_head=True")
         batch, steps = clip.shape[:2]
         if self.speed_input:
             speed = require_speed(self.arch, speed, (batch, steps))
@@ -176,7 +189,11 @@ class RecurrentDriver(nn.Module):
         if self.skip is not None:
             raw = raw + self.skip(normed.flatten(0, 1).to(raw.dtype))
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
-        return out.reshape(batch, steps, self.spec.horizon, 2), new_state
+        out = out.reshape(batch, steps, self.spec.horizon, 2)
+        if not frame_outputs:
+            return out, new_state
+        framewise = self.output_activation(outputs_to_pairs(self.frame_head(normed.flatten(0, 1)), self.spec.horizon))
+        return out, new_state, framewise.reshape(batch, steps, self.spec.horizon, 2)
 
     def step(
         self, frame: Tensor, modes: Tensor | None = None, state: RecurrentState = None, speed: Tensor | None = None
@@ -200,7 +217,8 @@ def takes_speed_input(arch: str) -> bool:
     return arch in SPEED_INPUT_ARCHS
 
 
-_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input", "head_skip")
+_RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input", "head_skip",
+               "frame_head")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

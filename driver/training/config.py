@@ -62,6 +62,8 @@ class TrainConfig:
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     loss_balance: bool = True           # also weigh each target by 1/its running error ratio (the score's balance)
     grad_clip: float = 1.0              # max gradient norm (0 = off)
+    frame_loss: float = 0.0             # recurrent: weight of a loss on a linear head that predicts the targets
+                                        # from each frame's encoder features alone (0 = off; not used on the car)
     ema: float = 0.0                    # decay of a moving average of the weights, e.g. 0.999 (0 = off): the average
                                         # is validated, chosen and saved as the model (weight_average.py)
     zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
@@ -119,8 +121,8 @@ class TrainConfig:
                              ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
-                             ("grad_clip", 0.0, 1e6), ("ema", 0.0, 0.99999), ("zero_state_prob", 0.0, 1.0),
-                             ("lane_jump", 0.0, 1.0),
+                             ("grad_clip", 0.0, 1e6), ("frame_loss", 0.0, 100.0), ("ema", 0.0, 0.99999),
+                             ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
                              ("precise_bn", 0, 10**6),
                              ("patience", 0, 10**6), ("every", 0, 10**9), ("eval_seconds", 1.0, 3600.0),

@@ -14,7 +14,8 @@ read plain frame counts):
   state, so every chunk of it must be mirrored alike; a per-clip draw mirrored the world under a carried
   state half the time), ``clip`` for frame models;
 - ``lr=0``: :func:`auto_lr`, scaled with the frames per step and the input size;
-- ``warmup_steps=-1``: 5% of the steps, at most 100.
+- ``warmup_steps=-1``: 5% of the steps, at most 100;
+- ``frame_loss > 0``: the recurrent model is built with its per-frame head (``frame_head`` in ``arch_kwargs``).
 
 :func:`clip_config` is the one mapping from a resolved config to the clip loader's :class:`ClipConfig`.
 """
@@ -87,6 +88,12 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
     stack = config.stack or (1 if recurrent else 2)
     flip_scope = config.flip_scope if config.flip_scope != "auto" else "run" if recurrent else "clip"
     arch_kwargs = {**config.arch_kwargs, "speed_input": True} if speed_input == "on" else config.arch_kwargs
+    if config.frame_loss > 0:
+        if not recurrent:
+            raise ValueError(f"--frame-loss {config.frame_loss}: arch {config.arch!r} reads each frame on its own "
+                             "already; the per-frame loss is for recurrent models (squeezenet_gru, squeezenet_lstm, "
+                             "z2color_gru, z2color_lstm)")
+        arch_kwargs = {**arch_kwargs, "frame_head": True}
     resolved = dataclasses.replace(config, cameras=cameras, stack=stack, clip_length=clip_length, horizon=horizon,
                                    target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs,
                                    flip_scope=flip_scope)

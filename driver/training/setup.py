@@ -131,15 +131,16 @@ def build_model(config: TrainConfig, spec: InputSpec, device: torch.device) -> t
 
 
 def start_at_the_mean(model: torch.nn.Module, spec: InputSpec, mean: tuple[float, float]) -> None:
-    """Set the output layer's bias so the untrained model predicts the training mean (the constant
-    predictor) for every step: outputs are ordered ``[steer x horizon, motor x horizon]``."""
+    """Set the output layer's bias (and the per-frame head's) so the untrained model predicts the training mean
+    (the constant predictor) for every step: outputs are ordered ``[steer x horizon, motor x horizon]``."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
               and m.bias is not None and m.bias.numel() == spec.outputs]
     if layers and not isinstance(getattr(model, "output_activation", None), torch.nn.Tanh):
+        frame_head = getattr(model, "frame_head", None)  # the recurrent models' training-only per-frame head
         with torch.no_grad():
-            bias = layers[-1].bias
-            bias[: spec.horizon] += mean[0]
-            bias[spec.horizon:] += mean[1]
+            for layer in {layers[-1], frame_head} - {None}:
+                layer.bias[: spec.horizon] += mean[0]
+                layer.bias[spec.horizon:] += mean[1]
 
 
 def prepare(config: TrainConfig, dist: ddp.DistInfo, fresh: bool, size_run=None) -> Setup:

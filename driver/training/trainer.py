@@ -319,13 +319,16 @@ class Trainer:
         measure = self.health is not None and (st.step + 1) % cfg.health_every == 0
         if measure:
             self.health.start()
+        extra = {"frame_outputs": True} if cfg.frame_loss > 0 else {}
         with s.autocast():
-            out, state = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
-                               speed=batch_speed(batch, s.device))
+            out, state, *framewise = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
+                                           speed=batch_speed(batch, s.device), **extra)
         if cfg.loss_balance:
             st.error_ratios = running_error_ratios(st.error_ratios, out, target, s.stats)
         balance = balance_factors(cfg, st.error_ratios) if cfg.loss_balance else None
         loss = weighted_loss(out.float(), target, cfg, s.stats, balance)
+        if framewise:  # --frame-loss: each frame's features alone must predict the targets too
+            loss = loss + cfg.frame_loss * weighted_loss(framewise[0].float(), target, cfg, s.stats, balance)
         if not torch.isfinite(loss):
             last = self.run_dir / "last.pt"
             kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written"
