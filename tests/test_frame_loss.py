@@ -1,5 +1,5 @@
 """--frame-loss: a recurrent model's per-frame head reads each frame alone, adds nothing to the driving output,
-and is trained (with the encoder under it) only by its own loss."""
+is trained only by its own loss, and is refused for frame models."""
 
 from __future__ import annotations
 

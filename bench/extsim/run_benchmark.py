@@ -104,9 +104,8 @@ RECIPES: dict[str, list[str]] = {
     # half with more between the features and the output: two GRU layers, or a 256-wide GRU
     "half_gru2": ["--arch-kwargs", half_widths(num_layers=2)],
     "half_h256": ["--arch-kwargs", half_widths(hidden_size=256)],
-    # half and the default with a loss on each frame's encoder reading alone (--frame-loss, a per-frame head)
+    # half with a loss on each frame's encoder reading alone (--frame-loss, a per-frame head)
     "half_frame": ["--frame-loss", "1.0", "--arch-kwargs", HALF],
-    "default_frame": ["--frame-loss", "1.0"],
     # the lab's other trunk (two convolutions and a fully connected layer, as PilotNet's design) under the GRU,
     # and on its own
     "z2color_gru": ["--arch", "z2color_gru"],
