@@ -41,6 +41,8 @@ ARCH_SETUP = {
     "z2color_lstm": ((64, 96), {**TINY_Z2, "hidden_size": 16}),
     "alexnet": ((64, 96), {"fc_width": 32}),
     "pilotnet": ((64, 96), {}),
+    "pilotnet_gru": ((64, 96), {"fc_width": 16, "hidden_size": 16}),
+    "pilotnet_lstm": ((64, 96), {"fc_width": 16, "hidden_size": 16}),
 }
 
 

@@ -27,6 +27,8 @@ BATCH, STEPS = 2, 3
 EXPECTED_ARCHS = [
     "alexnet",
     "pilotnet",
+    "pilotnet_gru",
+    "pilotnet_lstm",
     "squeezenet",
     "squeezenet_gru",
     "squeezenet_lstm",
@@ -39,6 +41,8 @@ EXPECTED_ARCHS = [
 PARAM_COUNTS_DEFAULT_SPEC = {
     "alexnet": 23_621_780,
     "pilotnet": 591_228,
+    "pilotnet_gru": 676_548,
+    "pilotnet_lstm": 705_988,
     "squeezenet": 738_036,
     "squeezenet_gru": 1_097_284,  # spatial pool (pool="avg", feature_norm="layer": 977,908, before issue 18)
     "squeezenet_lstm": 1_216_324,  # (pool="avg": 1,060,084)
@@ -251,9 +255,9 @@ def test_squeezenet_bypass_parameter_costs():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid models: alexnet, pilotnet, squeezenet") as error:
+    with pytest.raises(ValueError, match="valid models: alexnet, pilotnet, pilotnet_gru, pilotnet_lstm, sq") as err:
         create_model("resnet50")
-    assert all(name in str(error.value) for name in EXPECTED_ARCHS)
+    assert all(name in str(err.value) for name in EXPECTED_ARCHS)
 
 
 def test_duplicate_registration_raises():
@@ -278,6 +282,26 @@ def test_input_too_small_names_the_stage():
         create_model("pilotnet", InputSpec(height=60, width=61))
     with pytest.raises(ValueError, match="alexnet: input 48x64 is too small"):
         create_model("alexnet", InputSpec(height=48, width=64))
+    with pytest.raises(ValueError, match="pilotnet_gru: input 48x64 is too small, the feature map after conv5"):
+        create_model("pilotnet_gru", InputSpec(height=48, width=64))
+
+
+def test_pilotnet_recurrent_encoder_is_pilotnets_layers():
+    """pilotnet_gru's encoder is PilotNet's normalisation, convolutions and ReLU(fc 100), modes included."""
+    spec = InputSpec(height=66, width=200, cameras=1, stack=1, n_modes=2, horizon=1)
+    torch.manual_seed(0)
+    frame_model = create_model("pilotnet", spec)
+    recurrent = create_model("pilotnet_gru", spec, hidden_size=8)
+    recurrent.encoder.features.load_state_dict(frame_model.features.state_dict())
+    recurrent.encoder.fc[0].load_state_dict(frame_model.classifier[0].state_dict())
+    frames = torch.rand(3, 3, 66, 200) - 0.5
+    modes = torch.eye(2)[[0, 1, 1]]
+    with torch.no_grad():
+        flat = frame_model.features(frames * 2.0)
+        expected = torch.relu(frame_model.classifier[0](torch.cat([flat, modes], 1)))
+        assert flat.shape == (3, 1152)  # the paper's 64x1x18 at 66x200
+        assert torch.equal(recurrent.encoder(frames, modes), expected)
+    assert recurrent.encoder.out_features == 100
 
 
 def test_wrong_input_shapes_raise():

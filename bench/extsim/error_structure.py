@@ -11,6 +11,10 @@ Drives each checkpoint through every held-out run of ``W/test.zarr`` frame by fr
   that misreads single frames has fast error;
 - for recurrent checkpoints, R² with the state forgotten every K frames (``--reset-every``): how much of the
   steering the carried state adds over the frames of the last K;
+- the shift (in frames, -4..4) that best aligns the prediction with the human's steering and the R² there: a
+  model whose output lags the road matches the label of frames before (a negative shift) better than its own;
+  and the slope of the human's steering on the prediction (below 1: the prediction overshoots; above 1: it is
+  too timid);
 - for checkpoints trained with ``--frame-loss``, R² of the per-frame head alone (each frame's encoder
   reading, no state): how well the encoder reads a single picture.
 """
@@ -34,6 +38,7 @@ from driver.sim.replay import replay_run
 from driver.training.recipe import store_frame_rate
 
 LAGS = (1, 3, 8)
+SHIFTS = range(-4, 5)
 
 
 class ForgetfulPolicy:
@@ -84,6 +89,19 @@ def error_structure(errors: list[np.ndarray], fps: float) -> dict[str, float]:
     return {**out, "slow_share": float(np.mean(slow ** 2) / mse)}
 
 
+def best_shift(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:
+    """The shift k (frames) whose R² of prediction[t] against human[t + k] is highest over all runs, and that R²
+    (the same frames for every k: each run's first and last ``max(SHIFTS)`` frames left out)."""
+    edge = max(abs(k) for k in SHIFTS)
+    scores = {}
+    for k in SHIFTS:
+        pred = np.concatenate([p[edge:len(p) - edge] for p, _ in pairs])
+        human = np.concatenate([h[edge + k:len(h) - edge + k] for _, h in pairs])
+        scores[k] = 1 - np.mean((pred - human) ** 2) / np.var(human)
+    k = max(scores, key=scores.get)
+    return k, float(scores[k])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, help="the benchmark's work folder (holds test.zarr)")
@@ -95,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(str(Path(a.work) / "test.zarr"))
     fps = store_frame_rate(store, store.runs)
     print("| checkpoint | steer R² | MSE | autocorr 1 / 3 / 8 frames | slow (1 s) share of MSE | R² with the state "
-          "forgotten every K frames | frame head R² |")
-    print("|---|---:|---:|---|---:|---|---:|")
+          "forgotten every K frames | best shift: R² | slope | frame head R² |")
+    print("|---|---:|---:|---|---:|---|---|---:|---:|")
     for ckpt in a.checkpoints:
         policy = load_policy(ckpt, threads=1)
         pairs = [predict_steer(policy, store, r) for r in store.runs]
@@ -117,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             e = np.concatenate([p - h for p, h in (predict_steer(reading, store, r) for r in store.runs)])
             frame = f"{1 - np.mean(e ** 2) / np.var(human):.4f}"
         autocorr = " / ".join(f"{s['autocorr_' + str(k)]:.2f}" for k in LAGS)
+        shift, shifted = best_shift(pairs)
+        pred = np.concatenate([p for p, _ in pairs])
+        slope = float(np.cov(pred, human)[0, 1] / np.var(pred, ddof=1))
         print(f"| {ckpt} | {1 - mse / np.var(human):.4f} | {mse:.2f} | {autocorr} | {s['slow_share']:.2f} | {resets} "
-              f"| {frame} |", flush=True)
+              f"| {shift:+d}: {shifted:.4f} | {slope:.3f} | {frame} |", flush=True)
     return 0
 
 

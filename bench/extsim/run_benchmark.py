@@ -110,6 +110,11 @@ RECIPES: dict[str, list[str]] = {
     # and on its own
     "z2color_gru": ["--arch", "z2color_gru"],
     "z2color": ["--arch", "z2color", "--stack", "1"],
+    # PilotNet's convolutions and first fully connected layer under the GRU (the trunk that reads steering best)
+    "pilotnet_gru": ["--arch", "pilotnet_gru"],
+    "pilotnet_gru_s2": ["--arch", "pilotnet_gru", "--seed", "2"],
+    "pilotnet_gru_frame": ["--arch", "pilotnet_gru", "--frame-loss", "1.0"],
+    "pilotnet_gru_frame_s2": ["--arch", "pilotnet_gru", "--frame-loss", "1.0", "--seed", "2"],
     "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],

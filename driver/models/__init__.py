@@ -1,4 +1,4 @@
-"""Model zoo: Z2Color, SqueezeNet, AlexNet, PilotNet and recurrent SqueezeNet/Z2Color LSTM/GRU drivers.
+"""Model zoo: Z2Color, SqueezeNet, AlexNet, PilotNet and recurrent SqueezeNet/Z2Color/PilotNet LSTM/GRU drivers.
 
 Every model follows the interface in :mod:`driver.models.base`; build them by name with
 :func:`create_model` and list them with :func:`list_models`. The family modules are imported here
@@ -10,7 +10,10 @@ from driver.models.base import DrivingModel, RecurrentState, SpeedRequired, deta
 from driver.models.fire import Fire
 from driver.models.pilotnet import PilotNet, build_pilotnet
 from driver.models.recurrent import (
+    RECURRENT_ARCHS,
     RecurrentDriver,
+    build_pilotnet_gru,
+    build_pilotnet_lstm,
     build_squeezenet_gru,
     build_squeezenet_lstm,
     build_z2color_gru,
@@ -26,6 +29,7 @@ from driver.models.summary import count_parameters, flops_per_frame, format_mode
 from driver.models.z2color import Z2Color, build_z2color
 
 __all__ = [
+    "RECURRENT_ARCHS",
     "is_recurrent_arch",
     "takes_speed_input",
     "LAB_MODES",
@@ -41,6 +45,8 @@ __all__ = [
     "Z2Color",
     "build_alexnet",
     "build_pilotnet",
+    "build_pilotnet_gru",
+    "build_pilotnet_lstm",
     "build_squeezenet",
     "build_squeezenet_gru",
     "build_squeezenet_lstm",

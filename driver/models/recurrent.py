@@ -1,4 +1,5 @@
-"""Recurrent controllers: a per-frame CNN encoder feeding an LSTM/GRU that runs across consecutive frames.
+"""Recurrent controllers: a per-frame CNN encoder (SqueezeNet, Z2Color or PilotNet) feeding an LSTM/GRU that
+runs across consecutive frames.
 
 Unlike the lab's SqueezeNetLSTM/GRU (whose recurrence unrolled over the 10 *future outputs*), the memory
 here is over input time: each frame is encoded on its own, the RNN carries state from frame to frame, and
@@ -47,6 +48,7 @@ from driver.models.base import (
     require_speed,
     validate_clip,
 )
+from driver.models.pilotnet import PilotNetTrunk
 from driver.models.registry import register_model
 from driver.models.spec import InputSpec
 from driver.models.squeezenet import SqueezeNetTrunk, init_squeezenet_weights, squeezenet_mode_planes
@@ -203,7 +205,7 @@ class RecurrentDriver(nn.Module):
         return out[:, 0], new_state
 
 
-RECURRENT_ARCHS = ("squeezenet_lstm", "squeezenet_gru", "z2color_lstm", "z2color_gru")
+RECURRENT_ARCHS = ("squeezenet_lstm", "squeezenet_gru", "z2color_lstm", "z2color_gru", "pilotnet_lstm", "pilotnet_gru")
 SPEED_INPUT_ARCHS = RECURRENT_ARCHS  # every recurrent model can take the car's speed
 
 
@@ -261,3 +263,21 @@ def build_z2color_lstm(spec: InputSpec, lab: bool = False, mode_planes: int | No
 def build_z2color_gru(spec: InputSpec, lab: bool = False, mode_planes: int | None = None, **kwargs: Any):
     """Z2Color trunk up to ip1 (512) + GRU(hidden_size=128) over frames."""
     return _z2color_recurrent(spec, "gru", lab, mode_planes, **kwargs)
+
+
+def _pilotnet_recurrent(spec: InputSpec, cell: str, **kwargs: Any):
+    rnn_kwargs, encoder_kwargs = _split_kwargs(kwargs)
+    encoder = PilotNetTrunk(spec, arch=f"pilotnet_{cell}", **encoder_kwargs)
+    return RecurrentDriver(spec, encoder, cell=cell, **rnn_kwargs)
+
+
+@register_model("pilotnet_lstm")
+def build_pilotnet_lstm(spec: InputSpec, **kwargs: Any):
+    """PilotNet's convolutions and fc 100 + LSTM(hidden_size=128) over frames."""
+    return _pilotnet_recurrent(spec, "lstm", **kwargs)
+
+
+@register_model("pilotnet_gru")
+def build_pilotnet_gru(spec: InputSpec, **kwargs: Any):
+    """PilotNet's convolutions and fc 100 + GRU(hidden_size=128) over frames."""
+    return _pilotnet_recurrent(spec, "gru", **kwargs)

@@ -32,7 +32,7 @@ from driver.datasets.clips import ClipConfig
 from driver.datasets.lint import LintRules
 from driver.datasets.series import frame_rate, stored_speed_name
 from driver.datasets.store import Store
-from driver.models import is_recurrent_arch, takes_speed_input
+from driver.models import RECURRENT_ARCHS, is_recurrent_arch, takes_speed_input
 
 from .config import TrainConfig
 
@@ -91,8 +91,8 @@ def resolve_data(config: TrainConfig, store: Store, runs: list[str]) -> TrainCon
     if config.frame_loss > 0:
         if not recurrent:
             raise ValueError(f"--frame-loss {config.frame_loss}: arch {config.arch!r} reads each frame on its own "
-                             "already; the per-frame loss is for recurrent models (squeezenet_gru, squeezenet_lstm, "
-                             "z2color_gru, z2color_lstm)")
+                             "already; the per-frame loss is for recurrent models "
+                             f"({', '.join(sorted(RECURRENT_ARCHS))})")
         arch_kwargs = {**arch_kwargs, "frame_head": True}
     resolved = dataclasses.replace(config, cameras=cameras, stack=stack, clip_length=clip_length, horizon=horizon,
                                    target_stride=target_stride, speed_input=speed_input, arch_kwargs=arch_kwargs,
@@ -117,7 +117,7 @@ def resolve_speed_input(config: TrainConfig, metas: list[dict]) -> str:
     if config.speed_input == "on":
         if not takes_speed_input(config.arch):
             raise ValueError(f"--speed-input on: arch {config.arch!r} does not take the car's speed; use a "
-                             "recurrent model (squeezenet_gru, squeezenet_lstm, z2color_gru, z2color_lstm)")
+                             f"recurrent model ({', '.join(sorted(RECURRENT_ARCHS))})")
         if without:
             raise ValueError(f"--speed-input on: run {without[0]!r} has no speed series (encoder or speed); "
                              f"{len(without)} of {len(metas)} runs lack one. Use --speed-input off or auto")
