@@ -1,4 +1,5 @@
-"""Epoch plans of recurrent lanes: lanes walk consecutive clips, and ``lane_jump`` moves them at random."""
+"""Epoch plans of recurrent lanes: lanes walk consecutive clips, ``lane_jump`` moves them at random, and
+``random_clip_epochs`` draws independent clips first."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def test_lanes_walk_their_runs_and_jump_only_where_reset(small_store):
     assert not (~walked & ~jumpy.reset[1:]).any() and jumpy.reset[0].all()  # every jump starts from zero state
     always = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0, lane_jump=1.0).plan(0)
     assert always.reset.all()  # every step a fresh random clip: frame-model sampling with carried state off
+
+
+def test_random_clip_epochs_draw_independent_clips_then_lanes_walk(small_store):
+    ds = ClipDataset(small_store, ClipConfig(clip_length=3))
+    maker = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0, random_clip_epochs=2)
+    walking = PlanMaker(ds, 4, 60, recurrent=True, balance=False, zero_state_prob=0.0, seed=0)
+    for epoch in (0, 1):  # the curriculum's epochs: every clip from zero state, consecutive steps not walked
+        first = maker.plan(epoch)
+        assert first.reset.all() and _walked(ds, first).mean() < 0.2
+    assert np.array_equal(maker.plan(2).indices, walking.plan(2).indices)  # then the lanes walk, as without it
+    assert np.array_equal(maker.plan(2).reset, walking.plan(2).reset)
+    assert np.array_equal(maker.plan(0).indices, maker.plan(0).indices)  # deterministic: a resume skips exactly
+

@@ -18,10 +18,12 @@ from driver.progress import Progress
 from driver.training import TrainConfig, TrainingError, load_checkpoint, model_from_checkpoint, train
 from driver.training.budget import paced_epochs
 from driver.training.config import parse_budget
+from driver.training.distributed import DistInfo
 from driver.training.evaluate import LabelStats, _metrics, balance_factors, running_error_ratios, val_chains
 from driver.training.health import HealthMonitor, blown_up
 from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
+from driver.training.setup import prepare
 from driver.training.state import TrainingState
 from driver.training.trainer import _load_resume
 
@@ -311,3 +313,11 @@ def test_checkpoints_carry_batchnorm_statistics_of_random_training_clips(mono50,
     assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(saved, again, strict=True))  # the moving average
     frame_model = create_model("squeezenet", InputSpec(48, 64, 1, 1, 6, 1))
     assert not batchnorm_layers(frame_model)  # nothing to recompute: frame models carry no BatchNorm
+
+
+def test_training_plans_follow_the_configured_curriculum(mono50, tmp_path):
+    cfg = TrainConfig(data=str(mono50), arch="squeezenet_gru", arch_kwargs={"hidden_size": 8}, clip_length=3,
+                      horizon=1, batch_size=4, random_clip_epochs=1, out=str(tmp_path), progress=False,
+                      precision="fp32")
+    plans = prepare(cfg, DistInfo(), fresh=True).plans
+    assert plans.plan(0).reset.all() and not plans.plan(1).reset[1:].all()  # random clips, then walking lanes

@@ -115,6 +115,15 @@ RECIPES: dict[str, list[str]] = {
     "pilotnet_gru_s2": ["--arch", "pilotnet_gru", "--seed", "2"],
     "pilotnet_gru_frame": ["--arch", "pilotnet_gru", "--frame-loss", "1.0"],
     "pilotnet_gru_frame_s2": ["--arch", "pilotnet_gru", "--frame-loss", "1.0", "--seed", "2"],
+    # the same with lanes that jump to a new random clip (zero state) a quarter of the steps
+    "pilotnet_gru_jump25": ["--arch", "pilotnet_gru", "--lane-jump", "0.25"],
+    "pilotnet_gru_jump25_s2": ["--arch", "pilotnet_gru", "--lane-jump", "0.25", "--seed", "2"],
+    # a curriculum: independent random clips for the first 35 epochs (about half a 30-minute budget here), then lanes
+    "pilotnet_gru_rc35": ["--arch", "pilotnet_gru", "--random-clip-epochs", "35"],
+    "pilotnet_gru_rc35_s2": ["--arch", "pilotnet_gru", "--random-clip-epochs", "35", "--seed", "2"],
+    # the same with random clips for the first 45 epochs: lanes only for the last quarter or so
+    "pilotnet_gru_rc45": ["--arch", "pilotnet_gru", "--random-clip-epochs", "45"],
+    "pilotnet_gru_rc45_s2": ["--arch", "pilotnet_gru", "--random-clip-epochs", "45", "--seed", "2"],
     "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],

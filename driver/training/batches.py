@@ -8,7 +8,9 @@ A plan is ``(indices (steps, B), reset (steps, B))`` made deterministically from
   random clip, with zero state, when its run's valid stretch ends; and with probability
   ``zero_state_prob`` a lane restarts from zero state in place, so the model also learns to drive from
   a fresh reset; with probability ``lane_jump`` it jumps to a new random clip (zero state), so that
-  consecutive steps see more of the data than 16 slowly walking lanes do.
+  consecutive steps see more of the data than 16 slowly walking lanes do. The first ``random_clip_epochs``
+  epochs draw every clip at random with zero state (a curriculum: the encoder first learns from independent
+  places, as a frame model's does, and the lanes teach the carried state after).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ class PlanMaker:
     """Makes the plan of every epoch for one rank's training dataset."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, steps_per_epoch: int, recurrent: bool,
-                 balance: bool, zero_state_prob: float, seed: int, rank: int = 0, lane_jump: float = 0.0):
+                 balance: bool, zero_state_prob: float, seed: int, rank: int = 0, lane_jump: float = 0.0,
+                 random_clip_epochs: int = 0):
         self.ds, self.batch, self.recurrent, self.lane_jump = dataset, batch_size, recurrent, lane_jump
+        self.random_clip_epochs = random_clip_epochs
         self.zero_state_prob, self.seed, self.rank = zero_state_prob, seed, rank
         n = len(dataset)
         self.steps = steps_per_epoch or max(1, n // (batch_size * (dataset.config.clip_length if recurrent else 1)))
@@ -59,7 +63,7 @@ class PlanMaker:
 
     def plan(self, epoch: int) -> EpochPlan:
         rng = _rng(self.seed, epoch, self.rank)
-        if not self.recurrent:
+        if not self.recurrent or epoch < self.random_clip_epochs:
             idx = self._random(rng, self.steps * self.batch).reshape(self.steps, self.batch)
             return EpochPlan(idx, np.ones_like(idx, dtype=bool))
         idx = np.empty((self.steps, self.batch), np.int64)

@@ -169,7 +169,8 @@ def prepare(config: TrainConfig, dist: ddp.DistInfo, fresh: bool, size_run=None)
     recurrent = bool(model.is_recurrent)
     setup.plans = PlanMaker(train_ds, setup.config.batch_size, setup.config.steps_per_epoch, recurrent,
                             setup.config.balance_steer and not recurrent, setup.config.zero_state_prob,
-                            setup.config.seed, dist.rank, setup.config.lane_jump)
+                            setup.config.seed, dist.rank, setup.config.lane_jump,
+                            setup.config.random_clip_epochs)
     setup.steps_per_epoch = ddp.all_reduce_min(setup.plans.steps, dist, device)
     setup.config = resolve_optimisation(setup.config, setup.total_steps, h, w)
     setup.optimizer = make_optimizer(setup.config, model)
