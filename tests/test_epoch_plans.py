@@ -44,4 +44,3 @@ def test_random_clip_epochs_draw_independent_clips_then_lanes_walk(small_store):
     assert np.array_equal(maker.plan(2).indices, walking.plan(2).indices)  # then the lanes walk, as without it
     assert np.array_equal(maker.plan(2).reset, walking.plan(2).reset)
     assert np.array_equal(maker.plan(0).indices, maker.plan(0).indices)  # deterministic: a resume skips exactly
-
