@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from driver.datasets.clips import ClipConfig, ClipDataset
-from driver.training.batches import PlanMaker
+from driver.training.batches import PlanMaker, curriculum_epochs
 
 
 def _walked(ds: ClipDataset, plan) -> np.ndarray:
@@ -44,3 +44,10 @@ def test_random_clip_epochs_draw_independent_clips_then_lanes_walk(small_store):
     assert np.array_equal(maker.plan(2).indices, walking.plan(2).indices)  # then the lanes walk, as without it
     assert np.array_equal(maker.plan(2).reset, walking.plan(2).reset)
     assert np.array_equal(maker.plan(0).indices, maker.plan(0).indices)  # deterministic: a resume skips exactly
+
+
+def test_curriculum_share_is_a_count_of_the_planned_epochs_that_never_goes_back():
+    assert curriculum_epochs(0.5, 60) == 30 and curriculum_epochs(0.0, 60) == 0 and curriculum_epochs(1.0, 7) == 7
+    assert curriculum_epochs(0.5, 80, done=10, switch=30) == 40  # re-planned longer while drawing random clips
+    assert curriculum_epochs(0.5, 30, done=20, switch=30) == 20  # shorter: the lanes start at the next epoch
+    assert curriculum_epochs(0.5, 80, done=31, switch=30) == 30  # the lanes have started: it stays

@@ -1,8 +1,10 @@
 """Recipes that fit the data, baselines and health in training, and resume/failure behaviour of driver train."""
 
+import dataclasses
 import json
 import logging
 import math
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from driver.training.metrics import read_metrics
 from driver.training.recipe import auto_lr, clip_config, resolve_data
 from driver.training.setup import prepare
 from driver.training.state import TrainingState
-from driver.training.trainer import _load_resume
+from driver.training.trainer import Trainer, _load_resume
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +323,31 @@ def test_training_plans_follow_the_configured_curriculum(mono50, tmp_path):
                       precision="fp32")
     plans = prepare(cfg, DistInfo(), fresh=True).plans
     assert plans.plan(0).reset.all() and not plans.plan(1).reset[1:].all()  # random clips, then walking lanes
+    with pytest.raises(ValueError, match="random_clip_share=0.5 and random_clip_epochs=1: give the curriculum"):
+        prepare(dataclasses.replace(cfg, random_clip_share=0.5), DistInfo(), fresh=True)
+
+
+def test_curriculum_share_follows_a_budget_until_the_lanes_start(mono50, tmp_path):
+    """--random-clip-share: resolved into epochs of the planned run, moved with each re-planned budget while
+    random clips are drawn, fixed once the lanes walk (and written to config.json, which a resume reads)."""
+    cfg = TrainConfig(data=str(mono50), arch="squeezenet_gru", arch_kwargs={"hidden_size": 8}, clip_length=3,
+                      horizon=1, batch_size=4, epochs=10, steps_per_epoch=2, random_clip_share=0.5,
+                      out=str(tmp_path), progress=False, precision="fp32")
+    setup = prepare(cfg, DistInfo(), fresh=True)
+    assert setup.config.random_clip_epochs == 5 and setup.plans.random_clip_epochs == 5
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(setup, tmp_path / "run", None, time.perf_counter(), pace=True)
+
+    def pace_at(epoch: int, steps_that_fit: float) -> int:
+        """Re-plan at the end of ``epoch`` epochs, trained at 1 s a step, with time for ``steps_that_fit``."""
+        now = time.perf_counter()
+        trainer.state.epoch, trainer.state.step, trainer.loop_start_step = epoch, 2 * epoch, 0
+        trainer.loop_started, trainer.deadline = now - 2 * epoch, now + (steps_that_fit - 2 * epoch) / 0.95
+        trainer._pace(Progress("train", 1, enabled=False))
+        saved = json.loads((tmp_path / "run" / "config.json").read_text())["random_clip_epochs"]
+        assert setup.plans.random_clip_epochs == trainer.cfg.random_clip_epochs == saved
+        return trainer.cfg.random_clip_epochs
+
+    assert pace_at(2, 40.5) == 10 and trainer.cfg.epochs == 20  # more time: the curriculum stretches with it
+    assert pace_at(4, 12.5) == 4 and trainer.cfg.epochs == 6  # less: it ends now (never before the epochs done)
+    assert pace_at(5, 60.5) == 4 and trainer.cfg.epochs == 30  # the lanes walk: no going back to random clips

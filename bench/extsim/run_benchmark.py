@@ -124,6 +124,11 @@ RECIPES: dict[str, list[str]] = {
     # the same with random clips for the first 45 epochs: lanes only for the last quarter or so
     "pilotnet_gru_rc45": ["--arch", "pilotnet_gru", "--random-clip-epochs", "45"],
     "pilotnet_gru_rc45_s2": ["--arch", "pilotnet_gru", "--random-clip-epochs", "45", "--seed", "2"],
+    # the curriculum as a share of the epochs (re-planned with the budget): the default and pilotnet_gru
+    "default_rcs50": ["--random-clip-share", "0.5"],
+    "default_rcs50_s2": ["--random-clip-share", "0.5", "--seed", "2"],
+    "pilotnet_gru_rcs50": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5"],
+    "pilotnet_gru_rcs50_s2": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5", "--seed", "2"],
     "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],

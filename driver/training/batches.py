@@ -10,7 +10,8 @@ A plan is ``(indices (steps, B), reset (steps, B))`` made deterministically from
   a fresh reset; with probability ``lane_jump`` it jumps to a new random clip (zero state), so that
   consecutive steps see more of the data than 16 slowly walking lanes do. The first ``random_clip_epochs``
   epochs draw every clip at random with zero state (a curriculum: the encoder first learns from independent
-  places, as a frame model's does, and the lanes teach the carried state after).
+  places, as a frame model's does, and the lanes teach the carried state after); given as a share of the
+  training, :func:`curriculum_epochs` turns it into that count.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class EpochPlan:
 
 def _rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, rank, 7919])
+
+
+def curriculum_epochs(share: float, epochs: int, done: int = 0, switch: int | None = None) -> int:
+    """How many first epochs draw random clips for a curriculum over the first ``share`` of ``epochs``, with
+    ``done`` epochs trained: never fewer than those done, and once the lanes have started (``done > switch``,
+    the count so far) it stays put, so a budget that re-plans the epochs never goes back to random clips."""
+    if switch is not None and done > switch:
+        return switch
+    return max(done, round(share * epochs)) if share else 0
 
 
 class PlanMaker:

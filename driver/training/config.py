@@ -70,6 +70,8 @@ class TrainConfig:
     lane_jump: float = 0.0              # recurrent: chance a lane jumps to a new random clip (zero state) each step
     random_clip_epochs: int = 0         # recurrent: the first this many epochs draw independent random clips (zero
                                         # state each step, as frame models draw them) before the lanes walk the runs
+    random_clip_share: float = 0.0      # recurrent: the same curriculum as a share of the training's epochs,
+                                        # resolved into random_clip_epochs (re-planned with --budget until it ends)
     # evaluation and bookkeeping
     val_every: int = 0                  # steps between validations (0 = every epoch)
     val_clips: int = 1024               # at most this many held-out clips per validation
@@ -125,7 +127,7 @@ class TrainConfig:
                              ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
                              ("grad_clip", 0.0, 1e6), ("frame_loss", 0.0, 100.0), ("ema", 0.0, 0.99999),
                              ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
-                             ("random_clip_epochs", 0, 10**5),
+                             ("random_clip_epochs", 0, 10**5), ("random_clip_share", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
                              ("precise_bn", 0, 10**6),
                              ("patience", 0, 10**6), ("every", 0, 10**9), ("eval_seconds", 1.0, 3600.0),

@@ -15,7 +15,8 @@ read plain frame counts):
   state half the time), ``clip`` for frame models;
 - ``lr=0``: :func:`auto_lr`, scaled with the frames per step and the input size;
 - ``warmup_steps=-1``: 5% of the steps, at most 100;
-- ``frame_loss > 0``: the recurrent model is built with its per-frame head (``frame_head`` in ``arch_kwargs``).
+- ``frame_loss > 0``: the recurrent model is built with its per-frame head (``frame_head`` in ``arch_kwargs``);
+- ``random_clip_share > 0``: :func:`resolve_curriculum`, the curriculum's epochs of a fresh run.
 
 :func:`clip_config` is the one mapping from a resolved config to the clip loader's :class:`ClipConfig`.
 """
@@ -34,6 +35,7 @@ from driver.datasets.series import frame_rate, stored_speed_name
 from driver.datasets.store import Store
 from driver.models import RECURRENT_ARCHS, is_recurrent_arch, takes_speed_input
 
+from .batches import curriculum_epochs
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,21 @@ def resolve_optimisation(config: TrainConfig, total_steps: int, height: int, wid
         log.info("lr auto: %.2e for %d frames per step of %dx%d", lr, config.batch_size * config.clip_length,
                  height, width)
     return dataclasses.replace(config, lr=lr, warmup_steps=warmup)
+
+
+def resolve_curriculum(config: TrainConfig) -> TrainConfig:
+    """``random_clip_share`` as the ``random_clip_epochs`` of a fresh run's planned epochs (a budgeted run
+    re-plans it with its epochs until the lanes start, ``Trainer._pace``)."""
+    if not config.random_clip_share:
+        return config
+    if config.random_clip_epochs:
+        raise ValueError(f"random_clip_share={config.random_clip_share} and random_clip_epochs="
+                         f"{config.random_clip_epochs}: give the curriculum's length one way, as a share of the "
+                         "training (--random-clip-share) or in epochs (--random-clip-epochs)")
+    epochs = curriculum_epochs(config.random_clip_share, config.epochs)
+    log.info("curriculum: random clips for the first %d of %d epochs (share %.2f)", epochs, config.epochs,
+             config.random_clip_share)
+    return dataclasses.replace(config, random_clip_epochs=epochs)
 
 
 def clip_config(config: TrainConfig, train: bool = True, seed: int | None = None) -> ClipConfig:

@@ -25,7 +25,7 @@ from .batches import PlanMaker
 from .config import TrainConfig
 from .evaluate import LabelStats
 from .optim import make_optimizer, make_scheduler
-from .recipe import clip_config, resolve_data, resolve_optimisation
+from .recipe import clip_config, resolve_curriculum, resolve_data, resolve_optimisation
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ def prepare(config: TrainConfig, dist: ddp.DistInfo, fresh: bool, size_run=None)
             box = [setup.config.to_dict()]
             torch.distributed.broadcast_object_list(box, 0)
             setup.config = TrainConfig.from_dict(box[0])
+    if fresh:
+        setup.config = resolve_curriculum(setup.config)
     recurrent = bool(model.is_recurrent)
     setup.plans = PlanMaker(train_ds, setup.config.batch_size, setup.config.steps_per_epoch, recurrent,
                             setup.config.balance_steer and not recurrent, setup.config.zero_state_prob,

@@ -24,6 +24,7 @@ from driver.progress import Progress
 from driver.threads import apply_threads, loader_worker_init
 
 from . import distributed as ddp
+from .batches import curriculum_epochs
 from .budget import paced_epochs, size_to_budget
 from .checkpoint import (
     UNITS,
@@ -302,6 +303,13 @@ class Trainer:
                  epochs * s.steps_per_epoch, (now - self.loop_started) / ran, s.total_steps,
                  "stretched" if epochs > self.cfg.epochs else "shortened")
         self.cfg = s.config = replace(self.cfg, epochs=epochs)
+        if self.cfg.random_clip_share:  # a curriculum given as a share follows the new length until it ends
+            switch = curriculum_epochs(self.cfg.random_clip_share, epochs, st.epoch, self.cfg.random_clip_epochs)
+            if switch != self.cfg.random_clip_epochs:
+                log.info("curriculum: random clips for the first %d of %d epochs (was %d)", switch, epochs,
+                         self.cfg.random_clip_epochs)
+                self.cfg = s.config = replace(self.cfg, random_clip_epochs=switch)
+                s.plans.random_clip_epochs = switch
         s.scheduler.lr_lambdas = [lr_factor(self.cfg, s.total_steps)] * len(s.scheduler.lr_lambdas)
         self.static = self._static_payload()
         progress.set_total(s.total_steps)
