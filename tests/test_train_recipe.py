@@ -339,10 +339,12 @@ def test_curriculum_share_follows_a_budget_until_the_lanes_start(mono50, tmp_pat
     trainer = Trainer(setup, tmp_path / "run", None, time.perf_counter(), pace=True)
 
     def pace_at(epoch: int, steps_that_fit: float) -> int:
-        """Re-plan at the end of ``epoch`` epochs, trained at 1 s a step, with time for ``steps_that_fit``."""
-        now = time.perf_counter()
+        """Re-plan at the end of ``epoch`` epochs, trained at 100 s a step (so that a stall of this process
+        moves nothing), with time for ``steps_that_fit``."""
+        now, step_s = time.perf_counter(), 100.0
         trainer.state.epoch, trainer.state.step, trainer.loop_start_step = epoch, 2 * epoch, 0
-        trainer.loop_started, trainer.deadline = now - 2 * epoch, now + (steps_that_fit - 2 * epoch) / 0.95
+        trainer.loop_started = now - 2 * epoch * step_s
+        trainer.deadline = now + (steps_that_fit - 2 * epoch) * step_s / 0.95
         trainer._pace(Progress("train", 1, enabled=False))
         saved = json.loads((tmp_path / "run" / "config.json").read_text())["random_clip_epochs"]
         assert setup.plans.random_clip_epochs == trainer.cfg.random_clip_epochs == saved
