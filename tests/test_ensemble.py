@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from driver.cli import main as cli_main
 from driver.ensemble import EnsembleConfig, EnsembleError, EnsemblePolicy, file_sha256, write_ensemble
 from driver.models import InputSpec, create_model
 from driver.policy import NonFiniteOutput, load_policy
@@ -140,22 +139,16 @@ def test_a_member_that_outputs_nan_stops_the_ensemble_and_resets_every_member(tm
     assert all(m._state is None for m in ensemble.members)
 
 
-def test_cli_writes_the_manifest_and_sim_drive_takes_it(tmp_path):
+def test_cli_writes_the_manifest_and_sim_drive_takes_it(tmp_path, capsys, caplog):
+    # the commands through driver.cli.main in this process: a subprocess each would only add torch's import
     a, b = make_checkpoint(tmp_path / "a.pt", seed=0), make_checkpoint(tmp_path / "b.pt", seed=1)
-    run = subprocess.run([sys.executable, "-m", "driver.cli", "ensemble", str(a), str(b)], capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert f"wrote {tmp_path / 'ensemble.json'}: an ensemble of 2 models" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "driver.cli", "sim", "drive", "--model",
-                          str(tmp_path / "ensemble.json"), "--tracks", "1", "--max-seconds", "1", "--no-media",
-                          "--out", str(tmp_path / "drive")],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    assert cli_main(["ensemble", str(a), str(b)]) == 0
+    assert f"wrote {tmp_path / 'ensemble.json'}: an ensemble of 2 models" in capsys.readouterr().out
+    assert cli_main(["sim", "drive", "--model", str(tmp_path / "ensemble.json"), "--tracks", "1", "--max-seconds",
+                     "1", "--no-media", "--out", str(tmp_path / "drive")]) == 0
     summary = json.loads((tmp_path / "drive" / "summary.json").read_text())
     assert summary["elapsed_s"] > 0 and summary["pace"] is not None
-    run = subprocess.run([sys.executable, "-m", "driver.cli", "ensemble", str(a)], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 2 and "an ensemble needs 2 or more" in run.stderr
+    assert cli_main(["ensemble", str(a)]) == 2 and "an ensemble needs 2 or more" in caplog.text
 
 
 def test_the_car_loop_drives_an_ensemble_and_stops_in_neutral_on_a_nan_member(tmp_path):

@@ -42,7 +42,7 @@ def store48(tmp_path_factory):
 def _cfg(store, out, **kw):
     base = {"data": str(store), "cameras": "left", "stack": 1, "clip_length": 2, "horizon": 2, "target_stride": 1,
             "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "out": str(out), "progress": False,
-            "warmup_steps": 0, "precision": "fp32", "val_fraction": 0.34}
+            "warmup_steps": 0, "precision": "fp32", "val_fraction": 0.34, "precise_bn": 32}
     return TrainConfig(**{**base, **kw})
 
 
@@ -88,7 +88,8 @@ def _train_cmd(store, out, name, *extra):
             "left", "--stack", "2", "--clip-length", "3",
             "--horizon", "2", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "8",
             "--checkpoint-every", "2", "--val-every", "5", "--precision", "bf16", "--warmup-steps", "4",
-            "--val-fraction", "0.25", "--out", str(out), "--name", name, "--no-progress", *extra]
+            "--val-fraction", "0.25", "--precise-bn", "32", "--out", str(out), "--name", name, "--no-progress",
+            *extra]
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def mono50(tmp_path_factory):
 def _tiny(store, out, **kw):
     base = {"data": str(store), "arch": "squeezenet_gru", "stack": 1, "batch_size": 4, "epochs": 1,
             "steps_per_epoch": 3, "out": str(out), "progress": False, "precision": "fp32", "val_fraction": 0.25,
-            "arch_kwargs": {"hidden_size": 8, "base_width": 16, "width_increment": 16}}
+            "precise_bn": 32, "arch_kwargs": {"hidden_size": 8, "base_width": 16, "width_increment": 16}}
     return TrainConfig(**{**base, **kw})
 
 

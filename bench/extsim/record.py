@@ -28,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +52,33 @@ SPLIT_SEEDS = {"train": 0, "test": 1_000_000}  # test drives never share a seed 
 LABELS = {"racing": 1, "sim": 1}
 EXTRAS = ("encoder", "cte", "heading_error", "progress", "sim_reward", "executed_steer", "executed_accel")
 SEGMENT_GAP_S = 1.0  # time between segments, seconds
+_interrupts: list[int] = []  # SIGINTs received while recording, turned into KeyboardInterrupt between steps
+
+
+@contextmanager
+def interrupt_between_steps():
+    """Ctrl-C (SIGINT) stops a recording between two simulator steps, never inside one.
+
+    The handler only notes the signal and the step loop raises ``KeyboardInterrupt``: Python's own handler raises
+    wherever the main thread happens to be, and an interrupt raised inside a finaliser or a C callback is printed
+    and dropped ("Exception ignored"), so the recording would go on. A run is written only whole, so stopping
+    between steps loses at most the run being driven. Outside the main thread signals cannot be handled: no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _interrupts.clear()
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: _interrupts.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupts.clear()
+
+
+def raise_if_interrupted() -> None:
+    if _interrupts:
+        raise KeyboardInterrupt(f"signal {_interrupts[0]} while recording")
 
 
 @dataclass
@@ -144,6 +174,7 @@ def record_run(config: RecordConfig, index: int, sim: RacetrackSim, expert: Expe
             series[k].append(float(x))
         progress += float(np.dot(np.asarray(v.position) - before, [np.cos(st.lane_heading), np.sin(st.lane_heading)]))
         t += 1.0 / fps
+        raise_if_interrupted()
         if on_step is not None:
             on_step()
         if terminated:  # off the road: end the segment, put the car back, start again after a gap
@@ -173,20 +204,21 @@ def record_runs(config: RecordConfig, progress: bool = False) -> list[Path]:
     if todo:
         sim, expert = RacetrackSim(config.sim), Expert(ExpertSpec())
         per_run = max(1, int(round(config.seconds * config.sim.fps)))
-        try:
-            if progress and sys.stderr.isatty():
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        with interrupt_between_steps():
+            try:
+                if progress and sys.stderr.isatty():
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-                with Progress(TextColumn(f"[bold]record {config.split}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=True) as bar:
-                    task = bar.add_task("frames", total=len(todo) * per_run)
+                    with Progress(TextColumn(f"[bold]record {config.split}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), transient=True) as bar:
+                        task = bar.add_task("frames", total=len(todo) * per_run)
+                        for i in todo:
+                            record_run(config, i, sim, expert, on_step=lambda: bar.advance(task))
+                else:
                     for i in todo:
-                        record_run(config, i, sim, expert, on_step=lambda: bar.advance(task))
-            else:
-                for i in todo:
-                    record_run(config, i, sim, expert)
-        finally:
-            sim.close()
+                        record_run(config, i, sim, expert)
+            finally:
+                sim.close()
     return [config.run_path(i) for i in range(config.runs)]
 
 
