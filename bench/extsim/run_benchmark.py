@@ -129,6 +129,7 @@ RECIPES: dict[str, list[str]] = {
     "default_rcs50_s2": ["--random-clip-share", "0.5", "--seed", "2"],
     "pilotnet_gru_rcs50": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5"],
     "pilotnet_gru_rcs50_s2": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5", "--seed", "2"],
+    "pilotnet_gru_rcs50_s3": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5", "--seed", "3"],
     "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],
@@ -136,6 +137,7 @@ RECIPES: dict[str, list[str]] = {
     # second training seeds on the same recordings
     "speed_half_stack1_s2": ["--speed-input", "on", "--stack", "1", "--seed", "2", "--arch-kwargs", HALF],
     "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
+    "pilotnet_s3": ["--arch", "pilotnet", "--stack", "1", "--seed", "3"],
     "default_s2": ["--seed", "2"],
     # each target's loss weight x 1 / its running error ratio (--loss-balance: the default since it was measured
     # here; the `_unbalanced` recipes are the two before it)
