@@ -286,7 +286,7 @@ def test_every_recipe_is_a_valid_train_command_and_parallel_runs_take_one_thread
             args = build_parser().parse_args(["train", *train_base_args(cfg, model), *train_budget_args(1800)])
             config = resolve_config(None, given_values(args, TrainConfig))
             assert config.threads == (1 if parallel else 0) and config.budget == "30m"
-            own_seed = model.rsplit("_s", 1)[-1] if "_s" in model else ""
+            own_seed = model.rsplit("_s", 1)[-1]  # default_s2 -> "2"; default -> "default"
             assert config.seed == (int(own_seed) if own_seed.isdigit() else cfg.seed)  # a recipe's own seed wins
             assert config.cameras == "left" and config.data == str(tmp_path / "train.zarr")
     flags = {m: resolve_config(None, given_values(build_parser().parse_args(["train", *RECIPES[m]]), TrainConfig))

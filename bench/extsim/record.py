@@ -31,7 +31,7 @@ import logging
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,21 +204,18 @@ def record_runs(config: RecordConfig, progress: bool = False) -> list[Path]:
     if todo:
         sim, expert = RacetrackSim(config.sim), Expert(ExpertSpec())
         per_run = max(1, int(round(config.seconds * config.sim.fps)))
-        with interrupt_between_steps():
-            try:
-                if progress and sys.stderr.isatty():
-                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        with interrupt_between_steps(), closing(sim):
+            if progress and sys.stderr.isatty():
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-                    with Progress(TextColumn(f"[bold]record {config.split}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), transient=True) as bar:
-                        task = bar.add_task("frames", total=len(todo) * per_run)
-                        for i in todo:
-                            record_run(config, i, sim, expert, on_step=lambda: bar.advance(task))
-                else:
+                with Progress(TextColumn(f"[bold]record {config.split}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), transient=True) as bar:
+                    task = bar.add_task("frames", total=len(todo) * per_run)
                     for i in todo:
-                        record_run(config, i, sim, expert)
-            finally:
-                sim.close()
+                        record_run(config, i, sim, expert, on_step=lambda: bar.advance(task))
+            else:
+                for i in todo:
+                    record_run(config, i, sim, expert)
     return [config.run_path(i) for i in range(config.runs)]
 
 
