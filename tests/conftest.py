@@ -23,7 +23,14 @@ import torch
 
 from driver.datasets.ingest import IngestConfig, ingest
 from driver.datasets.synthetic import synthetic_segments, write_synthetic_runs
-from tests.cpu_report import pytest_addoption, pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401
+from tests.cpu_report import (  # noqa: F401
+    pytest_addoption,
+    pytest_runtest_call,
+    pytest_runtest_logreport,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+    pytest_terminal_summary,
+)
 
 torch.set_num_threads(1)  # in case torch was imported before this file set OMP_NUM_THREADS
 
