@@ -8,7 +8,8 @@ eval variants 20-49 by default: ~620 s, so one intervention costs about 1 point 
 ``--lever NAME JSON``: a name and ``driver train`` config overrides (TrainConfig fields) on top of the base
 recipe (48×64 mono, 24 DART 0.15 runs of 15 s, 1,600 steps, 16 lanes × 4-frame clips, lr 1e-3, seed 0).
 A lever may also change the data with the keys ``data_runs``, ``data_seconds``, ``data_noise``,
-``data_motor_noise`` (``driver sim record --motor-noise``; -1 = the default 0.25 × noise), ``data_height``,
+``data_motor_noise`` (``driver sim record --motor-noise``; -1 = the default 0.25 × noise), ``data_surge_rate``
+(``driver sim record --surge-rate``, throttle surges per second; default 0), ``data_height``,
 ``data_width`` (frame size, default 48×64); ``"pick": "best"`` scores ``best.pt`` instead of ``last.pt``
 (with ``eval_closed_loop``: the checkpoint chosen by driving); ``{"checkpoint": PATH}`` scores a model trained
 before (a store per distinct data recipe is recorded once and reused); ``{"ensemble": [LEVER or PATH, ...]}``
@@ -44,7 +45,8 @@ from driver.training import TrainConfig, train
 
 log = logging.getLogger("pace_levers")
 HEIGHT, WIDTH = 48, 64
-DATA_KEYS = ("data_runs", "data_seconds", "data_noise", "data_motor_noise", "data_height", "data_width")
+DATA_KEYS = ("data_runs", "data_seconds", "data_noise", "data_motor_noise", "data_surge_rate", "data_height",
+             "data_width")
 
 
 def base_recipe(store: Path, out: Path, name: str, steps: int) -> dict:
@@ -56,14 +58,16 @@ def base_recipe(store: Path, out: Path, name: str, steps: int) -> dict:
 
 
 def make_store(work: Path, runs: int, seconds: float, noise: float, motor_noise: float, seed: int,
-               size: tuple[int, int] = (HEIGHT, WIDTH)) -> Path:
+               size: tuple[int, int] = (HEIGHT, WIDTH), surge_rate: float = 0.0) -> Path:
     tag = f"dart_r{runs}_s{seconds:g}_n{noise:g}" + ("" if motor_noise == -1 else f"_m{motor_noise:g}")
+    tag += f"_u{surge_rate:g}" if surge_rate else ""
     tag += "" if size == (HEIGHT, WIDTH) else f"_{size[0]}x{size[1]}"
     store = work / f"{tag}.zarr"
     if store.exists():
         return store
     paths = record_runs(SimRecordConfig(out=work / f"runs_{tag}", runs=runs, seconds=seconds, height=size[0],
-                                        width=size[1], noise=noise, motor_noise=motor_noise, seed=seed))
+                                        width=size[1], noise=noise, motor_noise=motor_noise, surge_rate=surge_rate,
+                                        seed=seed))
     tmp = work / f"{tag}.partial.zarr"
     shutil.rmtree(tmp, ignore_errors=True)
     report = ingest(IngestConfig(sources=[str(p) for p in paths], out=str(tmp), jobs=1,
@@ -131,11 +135,12 @@ def main() -> None:
         runs, seconds = data.get("data_runs", args.runs), data.get("data_seconds", args.seconds)
         noise, motor_noise = data.get("data_noise", args.data_noise), data.get("data_motor_noise", -1.0)
         size = (data.get("data_height", HEIGHT), data.get("data_width", WIDTH))
-        if args.store and (runs, seconds, noise, motor_noise, size) == (args.runs, args.seconds, args.data_noise, -1.0,
-                                                                        (HEIGHT, WIDTH)):
+        surge_rate = data.get("data_surge_rate", 0.0)
+        if args.store and (runs, seconds, noise, motor_noise, surge_rate, size) == (
+                args.runs, args.seconds, args.data_noise, -1.0, 0.0, (HEIGHT, WIDTH)):
             store = Path(args.store)
         else:
-            store = make_store(work, runs, seconds, noise, motor_noise, seed=0, size=size)
+            store = make_store(work, runs, seconds, noise, motor_noise, seed=0, size=size, surge_rate=surge_rate)
         cfg = {**base_recipe(store, work / "train", name, overrides.pop("steps", args.steps)), **overrides}
         run_dir = work / "train" / name
         t0 = time.perf_counter()

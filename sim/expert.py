@@ -136,7 +136,12 @@ class NoiseSpec:
 
     A steering error's lateral acceleration grows with the square of the speed, so above
     ``reference_speed`` the steering noise is scaled by ``(reference_speed / speed)²``: its effect on the
-    path stays that of ``scale`` at ``reference_speed`` (at any speed on the kinematic car's old range)."""
+    path stays that of ``scale`` at ``reference_speed`` (at any speed on the kinematic car's old range).
+
+    Throttle surges (``surge_rate_hz`` > 0, off by default) raise the motor by 0.5..1 × ``surge_gain`` for
+    ``surge_s`` seconds: a driver who stays on the throttle too long. Where one meets a braking zone the car
+    enters the corner faster than the plan, and the recorded clean command there brakes hard, which the OU
+    motor noise, mean-reverting within ``tau_s``, rarely shows."""
 
     scale: float = 0.15  # stationary std of the steering noise at reference_speed and below
     tau_s: float = 0.5  # correlation time
@@ -146,6 +151,9 @@ class NoiseSpec:
     motor_fraction: float = 0.25  # motor noise std relative to steering noise
     reference_speed: float = 1.5  # m/s
     motor_scale: float | None = None  # stationary std of the motor noise; None = scale * motor_fraction
+    surge_rate_hz: float = 0.0  # expected throttle surges per second (0 = none): the motor raised for a while
+    surge_gain: float = 0.6  # surge amplitude, normalised motor units (0.5..1× this)
+    surge_s: tuple[float, float] = (0.5, 1.5)  # surge duration range
 
     def __post_init__(self):
         if not 0.0 <= self.scale <= 1.0:
@@ -156,6 +164,12 @@ class NoiseSpec:
             raise ValueError(f"reference_speed={self.reference_speed} must be in 0.1..50 m/s")
         if self.motor_scale is not None and not 0.0 <= self.motor_scale <= 1.0:
             raise ValueError(f"motor_scale={self.motor_scale} must be in 0..1 (normalised motor units)")
+        if not 0.0 <= self.surge_rate_hz <= 2.0:
+            raise ValueError(f"surge_rate_hz={self.surge_rate_hz} must be in 0..2 surges per second")
+        if not 0.0 < self.surge_gain <= 2.0:
+            raise ValueError(f"surge_gain={self.surge_gain} must be in (0, 2] (normalised motor units)")
+        if not 0.0 < self.surge_s[0] <= self.surge_s[1] <= 10.0:
+            raise ValueError(f"surge_s={self.surge_s} must be a (shortest, longest) range within (0, 10] s")
 
     @property
     def motor_std(self) -> float:
@@ -175,11 +189,13 @@ class DartNoise:
         self.steer = self.motor = 0.0
         self.pulse_left = 0.0
         self.pulse_value = 0.0
+        self.surge_left = 0.0
+        self.surge_value = 0.0
 
     def sample(self, speed: float = 0.0) -> tuple[float, float]:
         """Next (steer, motor) noise for a car at ``speed`` (m/s; see :class:`NoiseSpec`)."""
         sp = self.spec
-        if sp.scale == 0.0 and sp.motor_std == 0.0:
+        if sp.scale == 0.0 and sp.motor_std == 0.0 and sp.surge_rate_hz == 0.0:
             return 0.0, 0.0
         rho = math.exp(-self.dt / sp.tau_s)
         k = math.sqrt(1 - rho * rho)
@@ -194,4 +210,18 @@ class DartNoise:
             pulse = self.pulse_value
             self.pulse_left -= self.dt
         at_speed = min(1.0, (sp.reference_speed / abs(speed)) ** 2) if speed else 1.0
-        return (self.steer + pulse) * at_speed, self.motor
+        return (self.steer + pulse) * at_speed, self.motor + self._surge()
+
+    def _surge(self) -> float:
+        """The throttle surge now (>= 0; see :class:`NoiseSpec`). Draws nothing when surges are off, so a
+        recording without them is the same as before they existed."""
+        sp = self.spec
+        if sp.surge_rate_hz == 0.0:
+            return 0.0
+        if self.surge_left <= 0 and self.rng.random() < sp.surge_rate_hz * self.dt:
+            self.surge_left = float(self.rng.uniform(*sp.surge_s))
+            self.surge_value = float(self.rng.uniform(0.5, 1.0) * sp.surge_gain)
+        if self.surge_left <= 0:
+            return 0.0
+        self.surge_left -= self.dt
+        return self.surge_value

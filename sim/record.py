@@ -59,6 +59,8 @@ class SimRecordConfig:
     seed: int = 0  # run i drives track seed+i of the split
     noise: float = 0.15  # DART steering noise std, normalised units (0 = clean expert)
     motor_noise: float = -1.0  # DART throttle/brake noise std, normalised units (-1 = 0.25 x noise)
+    surge_rate: float = 0.0  # throttle surges per second (0 = none): the car runs on at a raised motor for 0.5..1.5 s
+    surge: float = 0.6  # surge size, normalised motor units (each 0.5..1x this); the labels stay the clean command
     split: str = "train"  # track split the runs drive
     variants: int | list[int] | None = None  # world variant seeds, paired with the tracks in turn (None: each track's
                                              # own)
@@ -93,6 +95,10 @@ class SimRecordConfig:
         if self.motor_noise != -1.0 and not 0.0 <= self.motor_noise <= 1.0:
             raise ValueError(f"motor_noise={self.motor_noise} must be in 0..1 (normalised motor units), or -1 for "
                              "0.25 x noise")
+        if not 0.0 <= self.surge_rate <= 2.0:
+            raise ValueError(f"surge_rate={self.surge_rate} must be in 0..2 surges per second")
+        if not 0.0 < self.surge <= 2.0:
+            raise ValueError(f"surge={self.surge} must be in (0, 2] (normalised motor units)")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} must be one of {', '.join(SPLITS)}")
         if self.variant_split is not None and self.variant_split not in SPLITS:
@@ -153,7 +159,8 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     car = make_car(config.car)
     expert = Expert(track, car.spec)
     motor = None if config.motor_noise == -1.0 else config.motor_noise
-    dart = DartNoise(NoiseSpec(scale=config.noise, motor_scale=motor), config.fps, seed=track_seed)
+    noise = NoiseSpec(scale=config.noise, motor_scale=motor, surge_rate_hz=config.surge_rate, surge_gain=config.surge)
+    dart = DartNoise(noise, config.fps, seed=track_seed)
     rng = split_rng(track_seed, config.split, stream=3)
     start = float(rng.uniform(0, track.length))
     x, y, yaw = track.point_at(start)
@@ -196,7 +203,8 @@ def record_run(config: SimRecordConfig, index: int, on_step=None) -> Path:
     v = world.variant
     meta = {"track_seed": track_seed, "split": config.split, "world": world.name, "variant_seed": v.seed,
             "variant_split": v.split, "lane_width_m": track.lane_width, "track_length_m": track.length,
-            "fps": config.fps, "noise": config.noise, "motor_noise": dart.spec.motor_std, "car_model": config.car,
+            "fps": config.fps, "noise": config.noise, "motor_noise": dart.spec.motor_std,
+            "surge_rate_hz": config.surge_rate, "surge": config.surge, "car_model": config.car,
             "camera": asdict(v.camera), "car": asdict(car.spec), "expert": asdict(expert.spec)}
     own = (v.seed, v.split) == (track_seed, config.split)
     name = f"sim_{config.split}_{track_seed:05d}" + ("" if own else f"_v{v.split}{v.seed:05d}")

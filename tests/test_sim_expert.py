@@ -114,6 +114,31 @@ def test_dart_motor_noise_has_its_own_scale():
         NoiseSpec(motor_scale=1.5)
 
 
+def test_throttle_surges_raise_the_motor_for_a_while_and_are_off_by_default():
+    """Surges (``driver sim record --surge-rate``) add 0.5..1 x ``surge_gain`` to the motor for ``surge_s``
+    seconds at about ``surge_rate_hz``; off, they draw nothing, so recordings without them are unchanged."""
+    fps = 30
+    plain = DartNoise(NoiseSpec(scale=0.2), fps, seed=9)
+    off = DartNoise(NoiseSpec(scale=0.2, surge_rate_hz=0.0), fps, seed=9)
+    assert np.array_equal([plain.sample() for _ in range(300)], [off.sample() for _ in range(300)])
+    only = DartNoise(NoiseSpec(scale=0.0, motor_scale=0.0, surge_rate_hz=0.5, surge_gain=0.6, surge_s=(0.5, 1.5)),
+                     fps, seed=9)
+    m = np.array([only.sample()[1] for _ in range(fps * 600)])  # ten minutes
+    assert (m >= 0).all() and (m[m > 0] >= 0.3 - 1e-12).all() and (m <= 0.6 + 1e-12).all()
+    # each surge holds one level (drawn anew each time) for 0.5..1.5 s: runs of one nonzero value
+    change = np.flatnonzero(np.diff(m)) + 1
+    bounds = np.concatenate([[0], change, [len(m)]])
+    surges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if m[a] > 0 and a > 0 and b < len(m)]
+    lengths = np.array([b - a for a, b in surges])
+    assert lengths.min() >= 0.5 * fps and lengths.max() <= 1.5 * fps + 1
+    # one starts at 0.5/s while none runs (~1 s each): ~1/3 of the time surging, ~0.33 starts per second
+    assert 0.2 < (m > 0).mean() < 0.45 and 120 < len(surges) < 280
+    with pytest.raises(ValueError, match=r"surge_rate_hz=3 must be in 0..2"):
+        NoiseSpec(surge_rate_hz=3)
+    with pytest.raises(ValueError, match=r"surge_s=\(2.0, 1.0\) must be"):
+        NoiseSpec(surge_s=(2.0, 1.0))
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="scale=2"):
         NoiseSpec(scale=2)

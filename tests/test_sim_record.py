@@ -64,6 +64,28 @@ def test_encoder_is_the_wheel_speed_and_braking_is_recorded_honestly(tmp_path):
     assert set(np.unique(series(p, "sim_sliding"))) <= {0, 1}
 
 
+def test_throttle_surges_take_the_car_over_the_plan_and_the_labels_brake(tmp_path):
+    """``--surge-rate``: the executed motor is raised for a while, the car runs faster than the expert's plan more
+    often, and the label there is the clean command, which brakes; the run says how it was recorded."""
+    cfg = {"runs": 2, "seconds": 15, "height": 24, "width": 32, "seed": 0, "noise": 0.15, "motor_noise": 0.3}
+    plain = record_runs(SimRecordConfig(out=tmp_path / "plain", **cfg))
+    surged = record_runs(SimRecordConfig(out=tmp_path / "surged", surge_rate=0.3, **cfg))
+
+    def over_plan(paths):
+        over = np.concatenate([series(p, "speed") - series(p, "sim_target_speed") for p in paths])
+        return over, np.concatenate([run_to_norm(series(p, "motor")) for p in paths])
+
+    over0, _ = over_plan(plain)
+    over1, label1 = over_plan(surged)
+    assert (over1 > 0.4).mean() > 1.3 * (over0 > 0.4).mean()
+    assert (label1[over1 > 0.4] < 0).mean() > 0.9  # over the plan, the label brakes
+    gap = np.concatenate([series(p, "sim_executed_motor") - run_to_norm(series(p, "motor")) for p in surged])
+    assert gap.max() > 0.5  # a surge: executed well above the label
+    with h5py.File(surged[0], "r") as f:
+        meta = json.loads(f.attrs["sim"])
+    assert meta["surge_rate_hz"] == 0.3 and meta["surge"] == 0.6
+
+
 def test_runs_in_other_variants_are_named_and_described(tmp_path):
     paths = record_runs(SimRecordConfig(out=tmp_path, runs=2, seconds=0.5, height=24, width=32, variants=[4],
                                         variant_split="eval", car="kinematic"))
@@ -93,6 +115,7 @@ def test_recording_is_deterministic(tmp_path):
     ("split", "test", "split='test' must be one of train, eval"), ("runs", 0, "runs=0 must be in"),
     ("car", "bus", "car='bus' must be one of dynamic, kinematic"), ("variants", [], r"variants=\[\] must be"),
     ("variant_split", "x", "variant_split='x' must be one of train, eval"),
+    ("surge_rate", 5, "surge_rate=5 must be in 0..2 surges per second"), ("surge", 0, r"surge=0 must be in \(0, 2\]"),
 ])
 def test_config_validation_names_field_and_range(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
