@@ -1,7 +1,8 @@
 """``driver train --budget 20m``: size steps, warmup and validation to wall-clock time on this machine.
 
-Before training, real steps (forward and backward on real batches, no update; 3 to 30 of them, for up to 2%
-of the budget) and a small validation are timed; then, of the budget left after setting up:
+Before training, real steps (forward and backward on real batches, no update, a ``--teacher``'s forward
+passes included; 3 to 30 of them, for up to 2% of the budget) and a small validation are timed; then, of the
+budget left after setting up:
 
 - validation gets at most 10%: up to ``MAX_VALIDATIONS`` validations of at most ``val_clips`` clips each
   (fewer clips when one validation would not fit);
@@ -68,9 +69,13 @@ def seconds_per_step(setup, budget_s: float) -> float:
         t0 = time.perf_counter()
         batch = _batch(setup.train_ds, rng.integers(0, len(setup.train_ds), cfg.batch_size))
         x = frames_to_input(batch["frames"].to(setup.device), channels_last=cfg.channels_last)
+        modes, speed, target = batch["modes"].to(setup.device), batch_speed(batch, setup.device), batch["target"]
+        if setup.teacher is not None:  # --teacher: its members' forward passes are part of every step
+            target, _ = setup.teacher.targets(x, modes, speed, target.to(setup.device), None,
+                                              torch.ones(x.shape[0], dtype=torch.bool), setup.autocast)
         with setup.autocast():
-            out, _ = setup.net(x, batch["modes"].to(setup.device), None, speed=batch_speed(batch, setup.device))
-        weighted_loss(out.float(), batch["target"].to(setup.device), cfg, setup.stats).backward()
+            out, _ = setup.net(x, modes, None, speed=speed)
+        weighted_loss(out.float(), target.to(setup.device), cfg, setup.stats).backward()
         model.zero_grad(set_to_none=True)
         if i:  # the first step warms up the allocator and kernels
             times.append(time.perf_counter() - t0)

@@ -66,6 +66,8 @@ class TrainConfig:
                                         # from each frame's encoder features alone (0 = off; not used on the car)
     ema: float = 0.0                    # decay of a moving average of the weights, e.g. 0.999 (0 = off): the average
                                         # is validated, chosen and saved as the model (weight_average.py)
+    teacher: str = ""                   # a checkpoint or ensemble manifest whose outputs join the targets (distill.py)
+    teacher_weight: float = 0.5         # target = (1 - this) x the labels + this x the teacher's output (0..1)
     zero_state_prob: float = 0.05       # recurrent: chance a lane starts a chunk from zero state
     lane_jump: float = 0.0              # recurrent: chance a lane jumps to a new random clip (zero state) each step
     random_clip_epochs: int = 0         # recurrent: the first this many epochs draw independent random clips (zero
@@ -126,7 +128,7 @@ class TrainConfig:
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
                              ("grad_clip", 0.0, 1e6), ("frame_loss", 0.0, 100.0), ("ema", 0.0, 0.99999),
-                             ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
+                             ("teacher_weight", 0.0, 1.0), ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
                              ("random_clip_epochs", 0, 10**5), ("random_clip_share", 0.0, 1.0),
                              ("val_every", 0, 10**9), ("val_clips", 1, 10**7), ("checkpoint_every", 1, 10**9),
                              ("precise_bn", 0, 10**6),
@@ -138,6 +140,11 @@ class TrainConfig:
                              "or in frames (--clip-length)")
         if self.steer_weight + self.motor_weight <= 0:
             raise ValueError("steer_weight and motor_weight are both 0: nothing to learn")
+        if not isinstance(self.teacher, str):
+            raise ValueError(f"teacher={self.teacher!r} must be a path (a checkpoint or an ensemble manifest)")
+        if self.teacher and self.teacher_weight == 0:
+            raise ValueError(f"teacher={self.teacher!r} with teacher_weight=0 would ignore the teacher; give a "
+                             "weight in (0, 1] or no teacher")
         if not isinstance(self.arch_kwargs, dict):
             raise ValueError(f"arch_kwargs={self.arch_kwargs!r} must be a table/dict of architecture options")
         if self.budget:

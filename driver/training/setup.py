@@ -23,6 +23,7 @@ from driver.models import InputSpec, create_model
 from . import distributed as ddp
 from .batches import PlanMaker
 from .config import TrainConfig
+from .distill import Teacher
 from .evaluate import LabelStats
 from .optim import make_optimizer, make_scheduler
 from .recipe import clip_config, resolve_curriculum, resolve_data, resolve_optimisation
@@ -52,6 +53,7 @@ class Setup:
     autocast: object
     scaler: object
     precision: str
+    teacher: Teacher | None = None  # --teacher: the model or ensemble whose outputs join the targets
 
     @property
     def total_steps(self) -> int:
@@ -157,9 +159,13 @@ def prepare(config: TrainConfig, dist: ddp.DistInfo, fresh: bool, size_run=None)
     if fresh and config.target_norm:
         start_at_the_mean(model, spec, stats.seen_mean(config.flip))
     autocast, scaler, precision = autocast_for(config, device)
+    teacher = None
+    if config.teacher:
+        teacher = Teacher(config.teacher, config.teacher_weight, spec, train_ds.config.modes, config.camera_names,
+                          config.speed_input == "on", bool(model.is_recurrent), device, config.channels_last)
     setup = Setup(config, dist, device, store, train_runs, val_runs, parts, train_ds, val_ds, stats, spec, model,
                   DistributedDataParallel(model) if dist.enabled else model, None, 0, None, None, autocast, scaler,
-                  precision)
+                  precision, teacher)
     if fresh and size_run is not None:
         setup.config = size_run(setup)
         if dist.enabled:  # every rank follows rank 0's sizing

@@ -30,6 +30,28 @@ def _best_score(training: dict) -> float:
     return math.inf
 
 
+def mask_state(state: RecurrentState, keep: torch.Tensor) -> RecurrentState:
+    """Zero the carried state of lanes that restart (``keep`` (B,) bool False): tensors are (layers, B, hidden)."""
+    if state is None:
+        return None
+    k = keep.to(dtype=torch.float32)[None, :, None]
+    return tuple(s * k for s in state) if isinstance(state, tuple) else state * k
+
+
+def state_to_cpu(state: RecurrentState):
+    """A carried state as saved: on the CPU, a tuple (LSTM) as a list."""
+    if state is None:
+        return None
+    return [s.cpu() for s in state] if isinstance(state, tuple) else state.cpu()
+
+
+def state_to_device(saved, device: torch.device) -> RecurrentState:
+    """A saved carried state back on ``device`` (a list becomes the LSTM's tuple)."""
+    if saved is None:
+        return None
+    return tuple(s.to(device) for s in saved) if isinstance(saved, list) else saved.to(device)
+
+
 @dataclass
 class TrainingState:
     step: int = 0
@@ -44,6 +66,7 @@ class TrainingState:
     window: list[float] = field(default_factory=list)  # training losses since the last metrics row
     carry: RecurrentState = None  # recurrent state carried into the next step's lanes (this rank)
     error_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0])  # --loss-balance: running, per target
+    teacher_carry: list | None = None  # --teacher: each recurrent member's state carried along the lanes (this rank)
     # throughput of this process
     samples: int = 0
     wait_s: float = 0.0
@@ -61,22 +84,21 @@ class TrainingState:
     @classmethod
     def from_checkpoint(cls, training: dict, rank: int, device: torch.device) -> TrainingState:
         """The state of ``last.pt``'s ``training`` entry for ``rank`` (older checkpoints lack some fields)."""
-        carry = training["carry"][rank] if training.get("carry") else None
-        carry = tuple(c.to(device) for c in carry) if isinstance(carry, list) else carry
-        carry = carry.to(device) if isinstance(carry, torch.Tensor) else carry
+        carry = state_to_device(training["carry"][rank] if training.get("carry") else None, device)
+        teacher = training["teacher_carry"][rank] if training.get("teacher_carry") else None
         return cls(step=training["step"], epoch=training["epoch"], batch_in_epoch=training["batch_in_epoch"],
                    best_score=_best_score(training), bad_validations=training["bad_validations"],
                    best_val=dict(training.get("best_val", {})), last_val=dict(training.get("last_val", {})),
                    window=list(training.get("window", [])), carry=carry,
+                   teacher_carry=None if teacher is None else [state_to_device(c, device) for c in teacher],
                    best_drive=training.get("best_drive", -math.inf),
                    drive_history=[list(h) for h in training.get("drive_history", [])],
                    error_ratios=list(training.get("error_ratios", [1.0, 1.0])))
 
     def carry_cpu(self):
-        """The carried state on the CPU, as saved (a tuple becomes a list)."""
-        if self.carry is None:
-            return None
-        return [c.cpu() for c in self.carry] if isinstance(self.carry, tuple) else self.carry.cpu()
+        """The carried states on the CPU, as saved: (the model's, the teacher members' or None)."""
+        teacher = None if self.teacher_carry is None else [state_to_cpu(c) for c in self.teacher_carry]
+        return state_to_cpu(self.carry), teacher
 
     @property
     def samples_per_s(self) -> float | None:

@@ -37,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, parse_budget, write_config
+from .distill import check_same_teacher
 from .evaluate import balance_factors, batch_speed, evaluate, not_beating, running_error_ratios, weighted_loss
 from .health import HealthMonitor, blown_up
 from .metrics import MetricsLog, plot_curves
@@ -44,7 +45,7 @@ from .optim import lr_factor
 from .precise_bn import recompute_batchnorm
 from .recipe import store_frame_rate
 from .setup import Setup, device_for, prepare
-from .state import TrainingState
+from .state import TrainingState, mask_state
 from .weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
@@ -148,14 +149,6 @@ def _new_run_dir(config: TrainConfig, dist: ddp.DistInfo) -> Path:
     return run_dir
 
 
-def _mask_state(state, keep: torch.Tensor):
-    """Zero the carried state of lanes that restart: state tensors are (layers, B, hidden)."""
-    if state is None:
-        return None
-    k = keep.to(dtype=torch.float32)[None, :, None]
-    return tuple(s * k for s in state) if isinstance(state, tuple) else state * k
-
-
 class Trainer:
     """One training run: the setup, the state, and the steps between them."""
 
@@ -187,6 +180,8 @@ class Trainer:
     def _restore(self, ckpt: dict) -> TrainingState:
         s, training = self.s, ckpt["training"]
         check_compatible(ckpt, self.cfg.arch, s.spec)
+        if s.teacher is not None:
+            check_same_teacher(ckpt.get("distill", {}).get("members"), s.teacher, self.run_dir)
         if self.average is not None:  # the checkpoint's model is the average; the trained weights travel beside
             self.average.load(ckpt["model"], training["weight_average"])
             s.model.load_state_dict(training["trained_model"])
@@ -215,6 +210,8 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "units": UNITS, "precision": s.precision,
                 "preprocess": preprocess_info(s.spec, self.cfg.camera_names, s.train_ds.config.modes),
                 "label_stats": s.stats.to_dict(),
+                **({"distill": {"teacher": s.teacher.path, "weight": s.teacher.weight,
+                                "members": s.teacher.fingerprint()}} if s.teacher is not None else {}),
                 "dataset": {"store": str(s.store.path), "train_runs": s.train_runs, "val_runs": s.val_runs,
                             "fingerprint": dataset_fingerprint(s.store, s.train_runs + s.val_runs)}}
 
@@ -321,16 +318,19 @@ class Trainer:
         s, st, cfg = self.s, self.state, self.cfg
         x = frames_to_input(batch["frames"].to(s.device, non_blocking=True), channels_last=cfg.channels_last)
         target = batch["target"].to(s.device, non_blocking=True)
+        modes, speed = batch["modes"].to(s.device, non_blocking=True), batch_speed(batch, s.device)
+        keep = torch.from_numpy(~reset).to(s.device)
         state_in = None
         if s.model.is_recurrent and st.carry is not None:
-            state_in = _mask_state(st.carry, torch.from_numpy(~reset).to(s.device))
+            state_in = mask_state(st.carry, keep)
+        if s.teacher is not None:  # --teacher: the labels mixed with the teacher's output on the same input
+            target, st.teacher_carry = s.teacher.targets(x, modes, speed, target, st.teacher_carry, keep, s.autocast)
         measure = self.health is not None and (st.step + 1) % cfg.health_every == 0
         if measure:
             self.health.start()
         extra = {"frame_outputs": True} if cfg.frame_loss > 0 else {}
         with s.autocast():
-            out, state, *framewise = s.net(x, batch["modes"].to(s.device, non_blocking=True), state_in,
-                                           speed=batch_speed(batch, s.device), **extra)
+            out, state, *framewise = s.net(x, modes, state_in, speed=speed, **extra)
         if cfg.loss_balance:
             st.error_ratios = running_error_ratios(st.error_ratios, out, target, s.stats)
         balance = balance_factors(cfg, st.error_ratios) if cfg.loss_balance else None
@@ -494,10 +494,12 @@ class Trainer:
             carries = [mine]
         if not self.main:
             return
+        models, teachers = [c[0] for c in carries], [c[1] for c in carries]
         training = {**st.to_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                     "scaler": s.scaler.state_dict() if s.scaler is not None else {}, "rng": rngs,
                     "cuda_rng": cuda_rngs if my_cuda_rng is not None else None,
-                    "carry": carries if any(c is not None for c in carries) else None}
+                    "carry": models if any(c is not None for c in models) else None,
+                    "teacher_carry": teachers if any(c is not None for c in teachers) else None}
         if self.average is not None:
             training |= {"weight_average": self.average.state_dict(),
                          "trained_model": {k: v.detach().cpu() for k, v in s.model.state_dict().items()}}
