@@ -4,10 +4,8 @@ reset with the student's), training moves towards the teacher, a resume continue
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,8 +15,7 @@ from driver.models import InputSpec, create_model
 from driver.training import TrainConfig, load_checkpoint, train
 from driver.training.checkpoint import model_from_checkpoint, model_payload, preprocess_info, save_checkpoint
 from driver.training.distill import Teacher, TeacherError
-from tests.limits import SAFETY_S
-from tests.test_train import ENV, _cfg, store48  # noqa: F401  (the fixture)
+from tests.test_train import ENV, _cfg, kill_after_checkpoint, store48  # noqa: F401  (the fixture)
 
 GRU_KW = {"hidden_size": 8, "base_width": 16, "width_increment": 16}
 
@@ -130,15 +127,7 @@ def test_a_distilled_run_resumes_exactly_and_refuses_a_changed_teacher(store48, 
     full = subprocess.run(_train_cmd(store48, tmp_path, "full", *extra), env=ENV, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
     # killed after a checkpoint, then resumed: the same weights as the uninterrupted run
-    proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed", *extra), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + SAFETY_S
-    while time.time() < deadline and not ckpt.exists():
-        time.sleep(0.01)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = kill_after_checkpoint(_train_cmd(store48, tmp_path, "killed", *extra), tmp_path / "killed")
     saved = load_checkpoint(ckpt)["training"]
     assert 0 < saved["step"] < 12, "the run finished before it was killed"
     assert len(saved["teacher_carry"][0]) == 2  # both members' states travel

@@ -92,6 +92,19 @@ def _train_cmd(store, out, name, *extra):
             *extra]
 
 
+def kill_after_checkpoint(cmd: list[str], run_dir) -> object:
+    """Start the training ``cmd``, SIGKILL it soon after its first ``last.pt`` in ``run_dir``; that path."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "last.pt"
+    deadline = time.time() + SAFETY_S
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ckpt
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["trained", "weight-average"])
 def test_resume_after_kill_equals_uninterrupted(store48, tmp_path, extra):
@@ -99,15 +112,7 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path, extra):
     # and its resume, in processes of their own. One thread in each (OMP_NUM_THREADS caps the automatic count).
     # With --ema the checkpoint's model is the weight average and the trained weights travel beside it
     assert cli_main(_train_cmd(store48, tmp_path, "full", "--threads", "1", *extra)[3:]) == 0
-    proc = subprocess.Popen(_train_cmd(store48, tmp_path, "killed", *extra), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + SAFETY_S
-    while time.time() < deadline and not ckpt.exists():
-        time.sleep(0.01)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = kill_after_checkpoint(_train_cmd(store48, tmp_path, "killed", *extra), tmp_path / "killed")
     step = load_checkpoint(ckpt)["training"]["step"]
     assert 0 < step < 24, "the run finished before it was killed"
     resumed = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(tmp_path / "killed")],
