@@ -15,7 +15,7 @@ from driver.models import InputSpec, create_model
 from driver.training import TrainConfig, load_checkpoint, train
 from driver.training.checkpoint import model_from_checkpoint, model_payload, preprocess_info, save_checkpoint
 from driver.training.distill import Teacher, TeacherError
-from tests.test_train import ENV, _cfg, kill_after_checkpoint, store48  # noqa: F401  (the fixture)
+from tests.test_train import ENV, _cfg, assert_same_model, kill_after_checkpoint, resume_run, store48  # noqa: F401
 
 GRU_KW = {"hidden_size": 8, "base_width": 16, "width_increment": 16}
 
@@ -131,18 +131,15 @@ def test_a_distilled_run_resumes_exactly_and_refuses_a_changed_teacher(store48, 
     saved = load_checkpoint(ckpt)["training"]
     assert 0 < saved["step"] < 12, "the run finished before it was killed"
     assert len(saved["teacher_carry"][0]) == 2  # both members' states travel
-    more = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(tmp_path / "killed")],
-                          env=ENV, capture_output=True, text=True)
+    more = resume_run(tmp_path / "killed")
     assert more.returncode == 0, more.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(ckpt)
     assert a["training"]["step"] == b["training"]["step"] == 12
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after a kill at step {saved['step']}"
+    assert_same_model(a, b, f"after a kill at step {saved['step']}")
     # a member replaced by another model: the run's targets would change, so the resume is refused
     shutil.copy(_gru(tmp_path / "other.pt", spec, modes48, seed=9), paths[1])
     write_ensemble(EnsembleConfig(members=paths, out=manifest))
-    again = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(tmp_path / "killed"),
-                            "--epochs", "3"], env=ENV, capture_output=True, text=True)
+    again = resume_run(tmp_path / "killed", "--epochs", "3")
     assert again.returncode != 0 and "now has other files or contents" in again.stderr
 
 

@@ -105,6 +105,18 @@ def kill_after_checkpoint(cmd: list[str], run_dir) -> object:
     return ckpt
 
 
+def resume_run(run_dir, *extra: str) -> subprocess.CompletedProcess:
+    """``driver train --resume run_dir`` in a process of its own (asserted only by the caller)."""
+    return subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(run_dir), *extra],
+                          env=ENV, capture_output=True, text=True)
+
+
+def assert_same_model(a: dict, b: dict, what: str) -> None:
+    """Two checkpoints hold bit-identical model weights."""
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs {what}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["trained", "weight-average"])
 def test_resume_after_kill_equals_uninterrupted(store48, tmp_path, extra):
@@ -115,13 +127,11 @@ def test_resume_after_kill_equals_uninterrupted(store48, tmp_path, extra):
     ckpt = kill_after_checkpoint(_train_cmd(store48, tmp_path, "killed", *extra), tmp_path / "killed")
     step = load_checkpoint(ckpt)["training"]["step"]
     assert 0 < step < 24, "the run finished before it was killed"
-    resumed = subprocess.run([sys.executable, "-m", "driver.cli", "train", "--resume", str(tmp_path / "killed")],
-                             env=ENV, capture_output=True, text=True)
+    resumed = resume_run(tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(ckpt)
     assert a["training"]["step"] == b["training"]["step"] == 24
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after a kill at step {step}"
+    assert_same_model(a, b, f"after a kill at step {step}")
     assert ("trained_model" in b["training"]) == bool(extra)
     for k in a["training"].get("trained_model", {}):
         assert torch.equal(a["training"]["trained_model"][k], b["training"]["trained_model"][k]), k
