@@ -120,10 +120,45 @@ def test_sinks_parse_with_clear_errors():
         ViewSink.parse("movie.mp4")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 both free on every interface (the web viewer and Rerun's gRPC proxy)."""
+    while True:
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("0.0.0.0", 0))
+            port = a.getsockname()[1]
+            if port + 1 > 65535:
+                continue
+            try:
+                b.bind(("0.0.0.0", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+def _start_web_view(store) -> tuple[subprocess.Popen, int]:
+    """``driver view --web`` on a free port pair, serving; another process may take a port between the check and
+    the server's bind (the suite runs in parallel), so a server that stops with 'Address already in use' is
+    started again on another pair, up to three times."""
+    for _ in range(3):
+        port = _free_port_pair()
+        server = subprocess.Popen([sys.executable, "-m", "driver.cli", "view", str(store), "--web", "--port",
+                                   str(port), "--every", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SAFETY_S
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return server, port
+            if server.poll() is not None:
+                break
+            time.sleep(0.5)
+        else:
+            server.terminate()
+            server.wait(timeout=SAFETY_S)
+            raise AssertionError(f"driver view --web did not serve on port {port} within {SAFETY_S} s")
+        log = server.stdout.read().decode()
+        if "Address already in use" not in log:
+            raise AssertionError(log)
+    raise AssertionError(f"no free port pair after three tries: {log}")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -132,19 +167,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it and runs this)")
 def test_web_view_loads_in_headless_chromium(tmp_path, sim_store):  # noqa: F811
-    port = _free_port()
-    while port + 1 > 65534:
-        port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "driver.cli", "view", str(sim_store), "--web", "--port",
-                               str(port), "--every", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server, port = _start_web_view(sim_store)
     try:
-        deadline = time.monotonic() + SAFETY_S
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, server.stdout.read().decode()
-            time.sleep(0.5)
         url = f"http://127.0.0.1:{port}/?url=rerun%2Bhttp://127.0.0.1:{port + 1}/proxy"
         profile = tempfile.mkdtemp(prefix="chromium-")
         dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
