@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from driver.policy import load_policy
-from driver.sim.camera import CameraSpec
+from driver.sim.camera import CameraSpec, _ground_rays
 from driver.sim.car import CarState, DynamicSpec
 from driver.sim.closed_loop import ClosedLoopConfig, drive_closed_loop
 from driver.sim.expert import Expert
@@ -48,17 +48,10 @@ def project(spec: CameraSpec, height: int, width: int, x: float, y: float) -> tu
 
 
 def ground_rows(spec: CameraSpec, height: int, width: int) -> list[tuple[int, float]]:
-    """(row, metres ahead of the rear axle) of the centre column's rows that meet the ground, top first (the
-    renderer's ``_ground_rays``)."""
-    f = (width / 2) / math.tan(math.radians(spec.hfov_deg) / 2)
-    th = math.radians(spec.pitch_deg)
-    out = []
-    for r in range(height):
-        b = (r - (height - 1) / 2) / f
-        ray_x, ray_z = math.cos(th) - b * math.sin(th), -b * math.cos(th) - math.sin(th)
-        if ray_z < -1e-6:
-            out.append((r, spec.forward_m + spec.height_m * ray_x / -ray_z))
-    return out
+    """(row, metres ahead of the rear axle) of the rows that meet the ground, top first, at the middle column:
+    the renderer's own rays (``driver.sim.camera._ground_rays``)."""
+    first, gx, _, _ = _ground_rays(spec, height, width, 0.0)
+    return [(first + i, float(x)) for i, x in enumerate(gx[:, width // 2])]
 
 
 def main() -> None:
