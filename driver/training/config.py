@@ -59,6 +59,7 @@ class TrainConfig:
     steer_weight: float = 1.0           # loss weight of steering
     motor_weight: float = 0.5           # loss weight of throttle and brake
     throttle_excess_weight: float = 1.0  # motor loss x this where the model asks more throttle/less brake (1 = off)
+    brake_weight: float = 1.0           # motor loss x this where the label brakes (below neutral; 1 = off)
     target_norm: bool = True            # weigh each target's loss by 1/variance of its labels; start at their mean
     loss_balance: bool = True           # also weigh each target by 1/its running error ratio (the score's balance)
     grad_clip: float = 1.0              # max gradient norm (0 = off)
@@ -127,6 +128,7 @@ class TrainConfig:
                              ("momentum", 0.0, 1.0), ("warmup_steps", -1, 10**7), ("batch_size", 1, 65536),
                              ("epochs", 1, 10**5), ("steps_per_epoch", 0, 10**9), ("steer_weight", 0.0, 1e3),
                              ("motor_weight", 0.0, 1e3), ("throttle_excess_weight", 1.0, 100.0),
+                             ("brake_weight", 1.0, 100.0),
                              ("grad_clip", 0.0, 1e6), ("frame_loss", 0.0, 100.0), ("ema", 0.0, 0.99999),
                              ("teacher_weight", 0.0, 1.0), ("zero_state_prob", 0.0, 1.0), ("lane_jump", 0.0, 1.0),
                              ("random_clip_epochs", 0, 10**5), ("random_clip_share", 0.0, 1.0),

@@ -111,13 +111,20 @@ def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
     divided by the sum of steer_weight and motor_weight. With ``target_norm`` the constant predictor scores
     1.0 on the training distribution. With ``throttle_excess_weight`` k > 1 the motor error counts k times
     where the prediction is above the label (more throttle or less brake than the expert: the error that
-    enters corners too fast), so the model errs towards braking."""
+    enters corners too fast), so the model errs towards braking. With ``brake_weight`` b > 1 the motor error
+    counts b times where the label brakes (below neutral), whatever side the prediction is on: the rare
+    labels before the sharpest corners, without slowing the straights."""
     weights = target_weights(config, stats, out.device, out.dtype, balance)
     per = F.huber_loss(out, target, reduction="none", delta=0.1) if config.loss == "huber" else (out - target) ** 2
-    k = getattr(config, "throttle_excess_weight", 1.0)  # configs of older checkpoints lack it
-    if k != 1.0:  # risk-averse motor: too much throttle (too little brake) costs k times as much as too little
-        over = out[..., 1] > target[..., 1]
-        per = torch.cat([per[..., :1], torch.where(over, k * per[..., 1], per[..., 1]).unsqueeze(-1)], -1)
+    k = getattr(config, "throttle_excess_weight", 1.0)  # configs of older checkpoints lack these two
+    b = getattr(config, "brake_weight", 1.0)
+    if k != 1.0 or b != 1.0:
+        motor = per[..., 1]
+        if k != 1.0:  # risk-averse motor: too much throttle (too little brake) costs k times as much as too little
+            motor = torch.where(out[..., 1] > target[..., 1], k * motor, motor)
+        if b != 1.0:  # the driver brakes here: the error counts b times
+            motor = torch.where(target[..., 1] < 0, b * motor, motor)
+        per = torch.cat([per[..., :1], motor.unsqueeze(-1)], -1)
     return (per * weights).sum(-1).flatten(1).mean(1) / (config.steer_weight + config.motor_weight)
 
 
