@@ -113,7 +113,7 @@ def per_clip_loss(out: torch.Tensor, target: torch.Tensor, config: TrainConfig,
     where the prediction is above the label (more throttle or less brake than the expert: the error that
     enters corners too fast), so the model errs towards braking. With ``brake_weight`` b > 1 the motor error
     counts b times where the label brakes (below neutral), whatever side the prediction is on: the rare
-    labels before the sharpest corners, without slowing the straights."""
+    labels before the sharpest corners, and not the labels of the straights."""
     weights = target_weights(config, stats, out.device, out.dtype, balance)
     per = F.huber_loss(out, target, reduction="none", delta=0.1) if config.loss == "huber" else (out - target) ** 2
     k = getattr(config, "throttle_excess_weight", 1.0)  # configs of older checkpoints lack these two
