@@ -2,6 +2,7 @@
 every ``#anchor`` a heading (GitHub's slug) or an ``<a id>`` of the file it points to."""
 
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
+@cache
+def anchors(path: Path) -> frozenset[str]:
     found, seen, in_code = set(), {}, False
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
@@ -30,7 +32,7 @@ def anchors(path: Path) -> set[str]:
             n = seen.get(s, 0)
             seen[s] = n + 1
             found.add(s if n == 0 else f"{s}-{n}")  # GitHub numbers repeated headings
-    return found
+    return frozenset(found)
 
 
 def links(path: Path) -> list[tuple[str, str]]:
