@@ -12,6 +12,10 @@ With ``head_skip=True`` a second linear map reads the normed features of the sam
 head's output (``head(hidden) + skip(features)``): what the picture says now reaches the output without
 passing the RNN's gates, as a frame model's does, and the RNN adds what the frames before it say.
 
+With ``head_widths=(50, 10)`` the head is a small MLP instead of one linear map: Linear + ReLU layers of
+those widths between the RNN's output and the final linear layer (PilotNet's fc 50 and fc 10 after its
+fc 100), so the output is more than one linear read of the RNN's state.
+
 With ``frame_head=True`` a linear map reads the same normed features and predicts the targets from the frame
 alone; ``forward(..., frame_outputs=True)`` returns its (B, T, horizon, 2) output as a third value. Training
 adds its loss (``--frame-loss``) so the encoder is taught to read each picture on its own, as a frame
@@ -126,6 +130,7 @@ class RecurrentDriver(nn.Module):
         speed_input: bool = False,
         head_skip: bool = False,
         frame_head: bool = False,
+        head_widths: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
@@ -133,6 +138,9 @@ class RecurrentDriver(nn.Module):
         for name, value in (("speed_input", speed_input), ("head_skip", head_skip), ("frame_head", frame_head)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be true or false")
+        if not isinstance(head_widths, (tuple, list)) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 4096 for w in head_widths):
+            raise ValueError(f"head_widths={head_widths!r} must be a list of layer widths, each 1..4096")
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1")
         self.spec = spec
@@ -154,7 +162,14 @@ class RecurrentDriver(nn.Module):
         # the training-only per-frame head (registered before ``head``: the last output layer stays the head's)
         self.frame_head = nn.Linear(rnn_in, spec.outputs) if frame_head else None
         self.rnn = RNN_CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, spec.outputs)
+        # the hidden layers of an MLP head (none by default: the head is one linear map); ``head`` stays the last
+        layers: list[nn.Module] = []
+        width_in = hidden_size
+        for width in head_widths:
+            layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True)]
+            width_in = width
+        self.head_layers = nn.Sequential(*layers) if layers else None
+        self.head = nn.Linear(width_in, spec.outputs)
         self.skip = nn.Linear(rnn_in, spec.outputs) if head_skip else None
         self.output_activation = make_output_activation(output_activation)
 
@@ -187,7 +202,10 @@ class RecurrentDriver(nn.Module):
                 normed = torch.cat([normed, self.speed_norm(speed.reshape(-1, 1).to(normed.device))], dim=1)
             normed = normed.view(batch, steps, -1)
             hidden, new_state = self.rnn(normed, state)  # (B, T, hidden)
-        raw = self.head(hidden.flatten(0, 1))  # (B*T, 2*horizon)
+        hidden = hidden.flatten(0, 1)
+        if self.head_layers is not None:
+            hidden = self.head_layers(hidden)
+        raw = self.head(hidden)  # (B*T, 2*horizon)
         if self.skip is not None:
             raw = raw + self.skip(normed.flatten(0, 1).to(raw.dtype))
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
@@ -220,7 +238,7 @@ def takes_speed_input(arch: str) -> bool:
 
 
 _RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input", "head_skip",
-               "frame_head")
+               "frame_head", "head_widths")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
