@@ -3,9 +3,9 @@
     python bench/extsim/heldout_r2.py --work W W/train/default/best.pt W/train/default/last.pt
 
 Replays each checkpoint on ``W/test.zarr`` with ``driver replay`` (as the benchmark's open-loop stage does)
-and prints steering and throttle R² (run units, first predicted step), pooled and the range over the held-out
-runs, and the training step the checkpoint holds. Used to compare the checkpoint a validation rule chose
-(``best.pt``) with the last one (``last.pt``).
+and prints steering (to four places) and throttle R² (run units, first predicted step), pooled and the range
+over the held-out runs, and the training step the checkpoint holds. Used to compare the checkpoint a validation
+rule chose (``best.pt``) with the last one (``last.pt``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         r = stage_replay(cfg, name, str(ckpt), test)
         runs = r["per_run"].values()
         span = {t: f"{fmt(min(x[t] for x in runs))}–{fmt(max(x[t] for x in runs))}" for t in ("steer", "motor")}
-        print(f"| {ckpt} | {checkpoint_step(ckpt)} | {fmt(r['overall']['steer'])} | {fmt(r['overall']['motor'])} "
+        print(f"| {ckpt} | {checkpoint_step(ckpt)} | {fmt(r['overall']['steer'], 4)} | {fmt(r['overall']['motor'])} "
               f"| {span['steer']} | {span['motor']} |")
     return 0
 
