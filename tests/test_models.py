@@ -398,15 +398,14 @@ def test_head_widths_put_an_mlp_between_the_rnn_and_the_output(arch):
     """``head_widths``: Linear + ReLU layers of those widths before the final linear map (``head`` stays the
     last layer), recorded in ``arch_kwargs`` so the checkpoint rebuilds it; none by default (the same
     parameters as before the knob), and the clip forward still equals stepping."""
-    spec = SMALL
-    plain = build(arch, spec, hidden_size=8).eval()
-    mlp = build(arch, spec, hidden_size=8, head_widths=[5, 3]).eval()
+    plain = build(arch, SMALL, hidden_size=8).eval()
+    mlp = build(arch, SMALL, hidden_size=8, head_widths=[5, 3]).eval()
     assert plain.head_layers is None and "head_widths" not in plain.arch_kwargs
-    assert count_parameters(mlp) - count_parameters(plain) == (8 * 5 + 5) + (5 * 3 + 3) + (3 - 8) * spec.outputs
+    assert count_parameters(mlp) - count_parameters(plain) == (8 * 5 + 5) + (5 * 3 + 3) + (3 - 8) * SMALL.outputs
     assert mlp.head.in_features == 3 and list(mlp.arch_kwargs["head_widths"]) == [5, 3]
-    clip, modes = make_inputs(spec, steps=3)
+    clip, modes = make_inputs(SMALL, steps=3)
     assert_steps_like_forward(mlp, clip, modes)
-    rebuilt = create_model(arch, spec, **mlp.arch_kwargs).eval()
+    rebuilt = create_model(arch, SMALL, **mlp.arch_kwargs).eval()
     rebuilt.load_state_dict(mlp.state_dict())  # the same layers, strict
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(clip, modes)[0], mlp(clip, modes)[0])
@@ -417,4 +416,4 @@ def test_head_widths_put_an_mlp_between_the_rnn_and_the_output(arch):
         assert not torch.allclose(plain(clip, modes)[0], plain(clip, modes)[0][:1, :1].expand_as(out))
     for bad in ([0], [5, -1], "50", [2.5], [True]):
         with pytest.raises(ValueError, match="must be a list of layer widths, each 1..4096"):
-            build(arch, spec, head_widths=bad)
+            build(arch, SMALL, head_widths=bad)
