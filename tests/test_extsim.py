@@ -245,6 +245,20 @@ def test_error_structure_tells_slow_from_fast_error():
     assert slow["autocorr_8"] > 0.9 and slow["slow_share"] > 0.9
 
 
+def test_pairs_tell_alike_errors_from_opposite_ones(capsys):
+    from bench.extsim.error_structure import print_pairs
+
+    rng = np.random.default_rng(0)
+    human = rng.normal(size=500)
+    error = rng.normal(scale=0.1, size=500)
+    print_pairs(["a", "b", "c"], [human + error, human + error, human - error], human)
+    rows = {tuple(cells[1:3]): cells[3:5] for line in capsys.readouterr().out.splitlines()
+            if (cells := [c.strip() for c in line.split("|")])[1:2] in (["a"], ["b"])}
+    r2 = 1 - np.mean(error ** 2) / np.var(human)
+    assert rows[("a", "b")] == ["1.000", f"{r2:.4f}"]  # the same errors: averaging gains nothing
+    assert rows[("a", "c")] == ["-1.000", "1.0000"] == rows[("b", "c")]  # opposite errors cancel
+
+
 def _episode(seed, weighted, distance, interventions=0, survived=45.0):
     return Episode(seed, 45.0, 600.0, survived, weighted, distance, interventions, 0.2, 8.0)
 

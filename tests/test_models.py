@@ -393,6 +393,36 @@ def test_head_skip_reads_the_frame_past_the_rnn(arch):
         build(arch, SMALL, head_skip="yes")
 
 
+@pytest.mark.parametrize("arch", ["pilotnet_gru", "z2color_gru"])
+def test_skip_widths_make_the_skip_path_an_mlp(arch):
+    """``skip_widths`` with ``head_skip``: Linear + ReLU layers of those widths before the skip's linear map
+    (over ``pilotnet_gru``'s fc 100, PilotNet's own classifier), recorded so the checkpoint rebuilds it; the clip
+    forward still equals stepping, and the skip's MLP alone carries the frame past the RNN."""
+    linear = build(arch, SMALL, hidden_size=8, head_skip=True).eval()
+    mlp = build(arch, SMALL, hidden_size=8, head_skip=True, skip_widths=[5, 3]).eval()
+    rnn_in = linear.rnn.input_size
+    assert linear.skip_layers is None and "skip_widths" not in linear.arch_kwargs
+    added = (rnn_in * 5 + 5) + (5 * 3 + 3) + (3 - rnn_in) * SMALL.outputs
+    assert count_parameters(mlp) - count_parameters(linear) == added
+    assert mlp.skip.in_features == 3 and list(mlp.arch_kwargs["skip_widths"]) == [5, 3]
+    clip, modes = make_inputs(SMALL, steps=3)
+    assert_steps_like_forward(mlp, clip, modes)
+    rebuilt = create_model(arch, SMALL, **mlp.arch_kwargs).eval()
+    rebuilt.load_state_dict(mlp.state_dict())  # the same layers, strict
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(clip, modes)[0], mlp(clip, modes)[0])
+        for layer in (mlp.head, mlp.rnn):  # the RNN's path silent: the output is the skip's MLP of each frame
+            for weight in layer.parameters():
+                weight.zero_()
+        single = torch.cat([mlp(clip[:, t:t + 1], modes)[0] for t in range(clip.shape[1])], 1)
+        torch.testing.assert_close(mlp(clip, modes)[0], single)  # no memory: frame by frame from zero state
+        assert not torch.allclose(single[:, :1], single[:, 1:2])  # and it reads each frame
+    with pytest.raises(ValueError, match=r"skip_widths=\[5\] shapes the skip path: it needs head_skip=true"):
+        build(arch, SMALL, skip_widths=[5])
+    with pytest.raises(ValueError, match="skip_widths=\\[0\\] must be a list of layer widths, each 1..4096"):
+        build(arch, SMALL, head_skip=True, skip_widths=[0])
+
+
 @pytest.mark.parametrize("arch", ["pilotnet_gru", "squeezenet_lstm"])
 def test_head_widths_put_an_mlp_between_the_rnn_and_the_output(arch):
     """``head_widths``: Linear + ReLU layers of those widths before the final linear map (``head`` stays the

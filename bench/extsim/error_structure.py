@@ -17,11 +17,16 @@ Drives each checkpoint through every held-out run of ``W/test.zarr`` frame by fr
   too timid);
 - for checkpoints trained with ``--frame-loss``, R² of the per-frame head alone (each frame's encoder
   reading, no state): how well the encoder reads a single picture.
+
+With ``--pairs`` it also prints, for every two checkpoints, how alike their steering errors are (their
+correlation over all held-out frames) and the R² of the mean of their two predictions: two models that err
+in the same places gain little by averaging, two that err apart gain much.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -74,7 +79,7 @@ def frame_head_policy(ckpt: str) -> Policy:
     in the skip's place (``out = head(hidden) + skip(features)``), so the output is ``frame_head(features)``."""
     policy = load_policy(ckpt, threads=1)
     model = policy.model
-    model.skip = model.frame_head
+    model.skip, model.skip_layers = model.frame_head, None
     nn.init.zeros_(model.head.weight)
     nn.init.zeros_(model.head.bias)
     return policy
@@ -102,12 +107,22 @@ def best_shift(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:
     return k, float(scores[k])
 
 
+def print_pairs(names: list[str], preds: list[np.ndarray], human: np.ndarray) -> None:
+    """For every two checkpoints: the correlation of their steering errors and the R² of their mean prediction."""
+    print("\n| checkpoint | checkpoint | error correlation | R² of the two averaged |\n|---|---|---:|---:|")
+    for i, j in itertools.combinations(range(len(names)), 2):
+        corr = np.corrcoef(preds[i] - human, preds[j] - human)[0, 1]
+        mean = (preds[i] + preds[j]) / 2
+        print(f"| {names[i]} | {names[j]} | {corr:.3f} | {1 - np.mean((mean - human) ** 2) / np.var(human):.4f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, help="the benchmark's work folder (holds test.zarr)")
     ap.add_argument("--reset-every", type=lambda v: [int(k) for k in v.split(",") if k], default=[1, 5, 15],
                     help="for recurrent checkpoints: also score with the state forgotten every K frames, "
                          "comma-separated (default 1,5,15)")
+    ap.add_argument("--pairs", action="store_true", help="also compare the errors of every two checkpoints")
     ap.add_argument("checkpoints", nargs="+", help="checkpoint files to score")
     a = ap.parse_args(argv)
     store = Store(str(Path(a.work) / "test.zarr"))
@@ -115,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| checkpoint | steer R² | MSE | autocorr 1 / 3 / 8 frames | slow (1 s) share of MSE | R² with the state "
           "forgotten every K frames | best shift: R² | slope | frame head R² |")
     print("|---|---:|---:|---|---:|---|---|---:|---:|")
+    preds = []
     for ckpt in a.checkpoints:
         policy = load_policy(ckpt, threads=1)
         pairs = [predict_steer(policy, store, r) for r in store.runs]
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in a.reset_every:
                 e = np.concatenate([p - h for p, h in (predict_steer(policy, store, r, k) for r in store.runs)])
                 scores.append(f"K={k}: {1 - np.mean(e ** 2) / np.var(human):.3f}")
-            resets = ", ".join(scores)
+            resets = ", ".join(scores) or "-"
         frame = "-"
         if getattr(policy.model, "frame_head", None) is not None:
             reading = frame_head_policy(ckpt)
@@ -137,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         autocorr = " / ".join(f"{s['autocorr_' + str(k)]:.2f}" for k in LAGS)
         shift, shifted = best_shift(pairs)
         pred = np.concatenate([p for p, _ in pairs])
+        preds.append(pred)
         slope = float(np.cov(pred, human)[0, 1] / np.var(pred, ddof=1))
         print(f"| {ckpt} | {1 - mse / np.var(human):.4f} | {mse:.2f} | {autocorr} | {s['slow_share']:.2f} | {resets} "
               f"| {shift:+d}: {shifted:.4f} | {slope:.3f} | {frame} |", flush=True)
+    if a.pairs:
+        print_pairs(a.checkpoints, preds, human)
     return 0
 
 

@@ -141,6 +141,10 @@ RECIPES: dict[str, list[str]] = {
                                   '{"head_widths": [50, 10]}', "--seed", "2"],
     "pilotnet_gru_rcs50_mlp_s3": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5", "--arch-kwargs",
                                   '{"head_widths": [50, 10]}', "--seed", "3"],
+    # R12: PilotNet's classifier as the skip path beside the GRU (PilotNet plus what the GRU adds)
+    **{f"pilotnet_gru_rcs50_pnskip{tail}": ["--arch", "pilotnet_gru", "--random-clip-share", "0.5", "--arch-kwargs",
+                                            '{"head_skip": true, "skip_widths": [50, 10]}', *seed]
+       for tail, seed in (("", []), ("_s2", ["--seed", "2"]), ("_s3", ["--seed", "3"]))},
     "speed_half": ["--speed-input", "on", "--arch-kwargs", HALF],
     "speed_half_stack1": ["--speed-input", "on", "--stack", "1", "--arch-kwargs", HALF],
     "speed_half_noflip": ["--speed-input", "on", "--flip", "0", "--arch-kwargs", HALF],
@@ -150,6 +154,7 @@ RECIPES: dict[str, list[str]] = {
     "pilotnet_s2": ["--arch", "pilotnet", "--stack", "1", "--seed", "2"],
     "pilotnet_s3": ["--arch", "pilotnet", "--stack", "1", "--seed", "3"],
     "default_s2": ["--seed", "2"],
+    "default_s3": ["--seed", "3"],
     # each target's loss weight x 1 / its running error ratio (--loss-balance: the default since it was measured
     # here; the `_unbalanced` recipes are the two before it)
     "default_balance": ["--loss-balance"],

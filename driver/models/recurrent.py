@@ -10,7 +10,10 @@ a linear head predicts the next ``horizon`` (steer, motor) pairs at every frame:
 
 With ``head_skip=True`` a second linear map reads the normed features of the same frame and adds to the
 head's output (``head(hidden) + skip(features)``): what the picture says now reaches the output without
-passing the RNN's gates, as a frame model's does, and the RNN adds what the frames before it say.
+passing the RNN's gates, as a frame model's does, and the RNN adds what the frames before it say. With
+``skip_widths=(50, 10)`` as well, that path is a small MLP (Linear + ReLU layers of those widths, then the
+linear map): over ``pilotnet_gru``'s fc 100 it is PilotNet's own classifier, so the model is PilotNet plus
+what the RNN adds.
 
 With ``head_widths=(50, 10)`` the head is a small MLP instead of one linear map: Linear + ReLU layers of
 those widths between the RNN's output and the final linear layer (PilotNet's fc 50 and fc 10 after its
@@ -80,6 +83,15 @@ def _feature_norm(kind: str, features: int) -> nn.Module:
     return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(features)
 
 
+def _mlp(width_in: int, widths) -> tuple[nn.Sequential | None, int]:
+    """Linear + ReLU layers of ``widths`` (None when there are none) and the width they end at."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True)]
+        width_in = width
+    return (nn.Sequential(*layers) if layers else None), width_in
+
+
 ENCODER_POOLS = ("avg", "spatial")
 
 
@@ -131,6 +143,7 @@ class RecurrentDriver(nn.Module):
         head_skip: bool = False,
         frame_head: bool = False,
         head_widths: tuple[int, ...] | list[int] = (),
+        skip_widths: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
@@ -138,9 +151,12 @@ class RecurrentDriver(nn.Module):
         for name, value in (("speed_input", speed_input), ("head_skip", head_skip), ("frame_head", frame_head)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be true or false")
-        if not isinstance(head_widths, (tuple, list)) or not all(
-                isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 4096 for w in head_widths):
-            raise ValueError(f"head_widths={head_widths!r} must be a list of layer widths, each 1..4096")
+        for name, widths in (("head_widths", head_widths), ("skip_widths", skip_widths)):
+            if not isinstance(widths, (tuple, list)) or not all(
+                    isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 4096 for w in widths):
+                raise ValueError(f"{name}={widths!r} must be a list of layer widths, each 1..4096")
+        if skip_widths and not head_skip:
+            raise ValueError(f"skip_widths={list(skip_widths)!r} shapes the skip path: it needs head_skip=true")
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1")
         self.spec = spec
@@ -163,14 +179,11 @@ class RecurrentDriver(nn.Module):
         self.frame_head = nn.Linear(rnn_in, spec.outputs) if frame_head else None
         self.rnn = RNN_CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, batch_first=True)
         # the hidden layers of an MLP head (none by default: the head is one linear map); ``head`` stays the last
-        layers: list[nn.Module] = []
-        width_in = hidden_size
-        for width in head_widths:
-            layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True)]
-            width_in = width
-        self.head_layers = nn.Sequential(*layers) if layers else None
+        self.head_layers, width_in = _mlp(hidden_size, head_widths)
         self.head = nn.Linear(width_in, spec.outputs)
-        self.skip = nn.Linear(rnn_in, spec.outputs) if head_skip else None
+        # the skip path: its MLP layers (``skip_widths``, none by default) and its last linear map
+        self.skip_layers, width_in = _mlp(rnn_in, skip_widths)
+        self.skip = nn.Linear(width_in, spec.outputs) if head_skip else None
         self.output_activation = make_output_activation(output_activation)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> RecurrentState:
@@ -207,7 +220,8 @@ class RecurrentDriver(nn.Module):
             hidden = self.head_layers(hidden)
         raw = self.head(hidden)  # (B*T, 2*horizon)
         if self.skip is not None:
-            raw = raw + self.skip(normed.flatten(0, 1).to(raw.dtype))
+            frame = normed.flatten(0, 1).to(raw.dtype)
+            raw = raw + self.skip(frame if self.skip_layers is None else self.skip_layers(frame))
         out = self.output_activation(outputs_to_pairs(raw, self.spec.horizon))
         out = out.reshape(batch, steps, self.spec.horizon, 2)
         if not frame_outputs:
@@ -238,7 +252,7 @@ def takes_speed_input(arch: str) -> bool:
 
 
 _RNN_KWARGS = ("hidden_size", "num_layers", "output_activation", "feature_norm", "speed_input", "head_skip",
-               "frame_head", "head_widths")
+               "frame_head", "head_widths", "skip_widths")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
