@@ -233,6 +233,24 @@ def test_r_squared_reference_points():
         r_squared(y, y[:3])
 
 
+def test_expert_hands_lag_the_steering_and_forget_on_reset():
+    from bench.extsim.expert import Expert, ExpertSpec
+
+    lagging = Expert(ExpertSpec(steer_lag_s=0.15))
+    alpha = 1 - math.exp(-1 / (15.0 * 0.15))  # the share of the gap closed each command at 15 Hz
+    assert lagging.lagged(0.0, 15.0) == 0.0  # the first command after a start is the pure-pursuit angle
+    steps = [lagging.lagged(1.0, 15.0) for _ in range(3)]
+    assert steps == pytest.approx([1 - (1 - alpha) ** k for k in (1, 2, 3)])  # a step input, approached
+    lagging.reset()
+    assert lagging.lagged(-0.5, 15.0) == -0.5
+    plain = Expert()  # the benchmark's expert: no memory
+    assert [plain.lagged(x, 15.0) for x in (0.0, 1.0, -0.3)] == [0.0, 1.0, -0.3]
+    with pytest.raises(ValueError, match="steer_lag_s=3.0 must be in 0..2 s"):
+        ExpertSpec(steer_lag_s=3.0)
+    with pytest.raises(ValueError, match="steer_lag=-0.1 must be in 0..2 s"):
+        RecordConfig(out="x", steer_lag=-0.1)
+
+
 def test_error_structure_tells_slow_from_fast_error():
     from bench.extsim.error_structure import error_structure
 

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.extsim.env import RacetrackSim, SimConfig, sim_version
-from bench.extsim.expert import Expert
+from bench.extsim.expert import Expert, ExpertSpec
 from driver.errors import DriverError
 from driver.policy import NonFiniteOutput, Policy
 from driver.sim.closed_loop import autonomy_percent
@@ -85,11 +85,11 @@ class PolicyController:
 class ExpertController:
     """The scripted expert (privileged: reads the simulator state), without noise: the reference."""
 
-    def __init__(self):
-        self.expert = Expert()
+    def __init__(self, spec: ExpertSpec | None = None):
+        self.expert = Expert(spec)
 
     def reset(self) -> None:
-        pass
+        self.expert.reset()
 
     def act(self, frame: np.ndarray, sim: RacetrackSim) -> tuple[float, float]:
         return self.expert.command(sim)

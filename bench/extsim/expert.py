@@ -12,6 +12,11 @@ pose from the simulator, never the camera.
   straights), tracked by a proportional acceleration command. So the expert accelerates out of curves,
   coasts (command ≈ 0) at its cruise speed and brakes before curves.
 
+- Hands (``steer_lag_s``, off by default): the steering command follows the pure-pursuit angle through a
+  first-order lag of that time constant, as a human's hands and a steering servo do, so the command depends on
+  the commands before it and not only on what the camera shows now. Off, the steering is a function of the
+  car's pose and speed alone (the benchmark's expert); on, the expert carries state: ``reset()`` at each start.
+
 DART (Laskey et al. 2017) noise for recording comes from ``driver.sim.expert.DartNoise``: the car
 executes the expert's command plus correlated noise while the run records the clean command.
 """
@@ -46,12 +51,15 @@ class ExpertSpec:
     preview_m: float = 30.0  # how far ahead the speed plan reads the curvature
     sample_m: float = 1.0  # centre-line sampling step for the speed plan
     speed_gain: float = 1.5  # 1/s, acceleration per m/s of speed error
+    steer_lag_s: float = 0.0  # time constant of a first-order lag on the steering command (0 = none)
 
     def __post_init__(self):
         if not 0.0 < self.v_min <= self.v_max:
             raise ValueError(f"v_min={self.v_min}, v_max={self.v_max} must satisfy 0 < v_min <= v_max")
         if not 1.0 <= self.lookahead_min <= 50.0:
             raise ValueError(f"lookahead_min={self.lookahead_min} must be in 1..50 m")
+        if not 0.0 <= self.steer_lag_s <= 2.0:
+            raise ValueError(f"steer_lag_s={self.steer_lag_s} must be in 0..2 s")
         if not 0.1 <= self.sample_m <= self.preview_m:
             raise ValueError(f"sample_m={self.sample_m} must be in 0.1..preview_m ({self.preview_m}) m")
 
@@ -80,6 +88,19 @@ class Expert:
     def __init__(self, spec: ExpertSpec | None = None):
         self.spec = spec or ExpertSpec()
         self._preview = np.arange(0.0, self.spec.preview_m + 1e-9, self.spec.sample_m)
+        self._steer: float | None = None  # the lagged steering command (``steer_lag_s`` > 0)
+
+    def reset(self) -> None:
+        """Forget the lagged steering command: the next command starts from the pure-pursuit angle."""
+        self._steer = None
+
+    def lagged(self, steer: float, fps: float) -> float:
+        """``steer`` through the first-order lag of ``steer_lag_s`` at ``fps`` commands a second."""
+        if self.spec.steer_lag_s <= 0.0 or self._steer is None:
+            self._steer = steer
+        else:
+            self._steer += (1.0 - np.exp(-1.0 / (fps * self.spec.steer_lag_s))) * (steer - self._steer)
+        return self._steer
 
     def command(self, sim: RacetrackSim) -> tuple[float, float]:
         sp, v = self.spec, sim.vehicle
@@ -98,7 +119,8 @@ class Expert:
         v_target = target_speed(curv, self._preview[:-1], min(sp.v_min, v_max), v_max, sp.lateral_accel,
                                 sp.brake_accel)
         accel = speed_command(speed, v_target, sp.speed_gain, ACCEL_LIMIT) / ACCEL_LIMIT
-        return float(np.clip(steer, -1.0, 1.0)), float(np.clip(accel, -1.0, 1.0))
+        steer = self.lagged(float(np.clip(steer, -1.0, 1.0)), sim.config.fps)
+        return steer, float(np.clip(accel, -1.0, 1.0))
 
 
 __all__ = ["Expert", "ExpertSpec", "centreline_ahead"]

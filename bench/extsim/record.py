@@ -90,6 +90,7 @@ class RecordConfig:
     seed: int = 0
     noise: float = 0.15  # DART steering noise std, normalised (0 = the clean expert: no noise at all)
     accel_noise: float = 0.2  # DART acceleration noise std, normalised
+    steer_lag: float = 0.0  # the expert's steering lag, s (ExpertSpec.steer_lag_s; 0 = the benchmark's expert)
     force: bool = False
     sim: SimConfig = SimConfig()
 
@@ -104,6 +105,8 @@ class RecordConfig:
             raise ValueError(f"seed={self.seed} must be in 0..999999")
         if not 0.0 <= self.noise <= 1.0 or not 0.0 <= self.accel_noise <= 1.0:
             raise ValueError(f"noise={self.noise}, accel_noise={self.accel_noise} must be in 0..1 (normalised)")
+        if not 0.0 <= self.steer_lag <= 2.0:
+            raise ValueError(f"steer_lag={self.steer_lag} must be in 0..2 s")
 
     def run_seed(self, index: int) -> int:
         return SPLIT_SEEDS[self.split] + self.seed + index
@@ -153,6 +156,7 @@ def record_run(config: RecordConfig, index: int, sim: RacetrackSim, expert: Expe
     fps = config.sim.fps
     rng = np.random.default_rng([seed, 1])
     sim.place_random(rng)
+    expert.reset()
     spec = NoiseSpec(scale=config.noise, motor_fraction=config.accel_noise / config.noise if config.noise else 0.0)
     dart = DartNoise(spec, fps, seed=seed)
     n_total = max(1, int(round(config.seconds * fps)))
@@ -182,6 +186,7 @@ def record_run(config: RecordConfig, index: int, sim: RacetrackSim, expert: Expe
             frames, series = [], {k: [] for k in series}
             sim.recover()
             dart.reset()
+            expert.reset()
             resets += 1
             t += SEGMENT_GAP_S
             t_start = t
@@ -202,7 +207,7 @@ def record_runs(config: RecordConfig, progress: bool = False) -> list[Path]:
     Path(config.out).mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(config.runs) if config.force or not config.run_path(i).exists()]
     if todo:
-        sim, expert = RacetrackSim(config.sim), Expert(ExpertSpec())
+        sim, expert = RacetrackSim(config.sim), Expert(ExpertSpec(steer_lag_s=config.steer_lag))
         per_run = max(1, int(round(config.seconds * config.sim.fps)))
         with interrupt_between_steps(), closing(sim):
             if progress and sys.stderr.isatty():
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="first seed within the split")
     ap.add_argument("--noise", type=float, default=0.15, help="DART steering noise std (normalised)")
     ap.add_argument("--accel-noise", type=float, default=0.2, help="DART acceleration noise std (normalised)")
+    ap.add_argument("--steer-lag", type=float, default=0.0,
+                    help="time constant (s) of a lag on the expert's steering, as a human's hands (0 = none)")
     ap.add_argument("--track", default="racetrack-v1")
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = RecordConfig(out=a.out, runs=a.runs, seconds=a.seconds, split=a.split, seed=a.seed, noise=a.noise,
-                              accel_noise=a.accel_noise, force=a.force,
+                              accel_noise=a.accel_noise, steer_lag=a.steer_lag, force=a.force,
                               sim=SimConfig(track=a.track, fps=a.fps, height=a.size[0], width=a.size[1]))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -53,6 +53,7 @@ from bench.extsim.closed_loop import (
     summarize,
 )
 from bench.extsim.env import RacetrackSim, SimConfig, sim_version
+from bench.extsim.expert import ExpertSpec
 from bench.extsim.record import RecordConfig, record_runs
 from bench.extsim.scores import constant_r_squared, fmt, r_squared_from_mse
 from driver.datasets.store import Store
@@ -233,6 +234,7 @@ class BenchConfig:
     eval_seconds: float = 45.0
     seed: int = 0
     parallel: bool = False  # train every model at once, one torch thread each (the same load for all)
+    steer_lag: float = 0.0  # the expert's steering lag, s, in the recordings and the closed-loop reference
     sim: SimConfig = SimConfig()
 
     def __post_init__(self):
@@ -257,7 +259,7 @@ class BenchConfig:
 def stage_record(cfg: BenchConfig) -> None:
     for split, n in (("train", cfg.train_runs), ("test", cfg.test_runs)):
         record_runs(RecordConfig(out=str(cfg.root / "runs" / split), runs=n, seconds=cfg.seconds, split=split,
-                                 seed=cfg.seed, sim=cfg.sim), progress=True)
+                                 seed=cfg.seed, steer_lag=cfg.steer_lag, sim=cfg.sim), progress=True)
 
 
 def stage_ingest(cfg: BenchConfig) -> None:
@@ -397,7 +399,7 @@ def stage_closed_loop(cfg: BenchConfig, controllers: dict[str, object]) -> dict[
     loop = ClosedLoopConfig(episodes=cfg.eval_episodes, seconds=cfg.eval_seconds, seed=cfg.seed, sim=cfg.sim)
     sim = RacetrackSim(cfg.sim)
     try:
-        expert = evaluate(ExpertController(), loop, sim)
+        expert = evaluate(ExpertController(ExpertSpec(steer_lag_s=cfg.steer_lag)), loop, sim)
         results = {"expert": summarize(expert, expert, cfg.sim.fps)}
         for name, controller in controllers.items():
             t = time.perf_counter()
@@ -501,13 +503,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parallel", action="store_true",
                     help="train the models at the same time, one torch thread each (the same load for all)")
+    ap.add_argument("--steer-lag", type=float, default=0.0,
+                    help="time constant (s) of a lag on the expert's steering, as a human's hands (0 = none: "
+                         "the benchmark's expert); record.py's flag, also the closed loop's reference")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         cfg = BenchConfig(work=a.work, train_runs=a.train_runs, test_runs=a.test_runs, seconds=a.seconds,
                           budget_minutes=a.budget_minutes, models=a.models, eval_episodes=a.eval_episodes,
-                          eval_seconds=a.eval_seconds, seed=a.seed, parallel=a.parallel)
+                          eval_seconds=a.eval_seconds, seed=a.seed, parallel=a.parallel, steer_lag=a.steer_lag)
         run_benchmark(cfg)
     except (DriverError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
