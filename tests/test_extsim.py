@@ -4,6 +4,7 @@ What needs highway-env is in test_extsim_sim.py (skipped when the bench-only ext
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -249,6 +250,19 @@ def test_expert_hands_lag_the_steering_and_forget_on_reset():
         ExpertSpec(steer_lag_s=3.0)
     with pytest.raises(ValueError, match="steer_lag=-0.1 must be in 0..2 s"):
         RecordConfig(out="x", steer_lag=-0.1)
+
+
+def test_runs_on_disk_must_come_from_the_same_expert(tmp_path):
+    from bench.extsim.record import record_runs
+
+    for i, lag in enumerate((0.15, 0.15)):
+        meta = {"expert": {"steer_lag_s": lag}}
+        write_run(tmp_path / f"extsim_train_{i:07d}.h5", [_segment(5, i)], labels=LABELS,
+                  attrs={"extsim": json.dumps(meta)})
+    assert len(record_runs(RecordConfig(out=str(tmp_path), runs=2, steer_lag=0.15))) == 2  # kept, nothing recorded
+    with pytest.raises(ValueError, match=r"extsim_train_0000000.h5 was recorded with the expert's steering lag 0.15 s, "
+                                         r"not 0.0 s"):
+        record_runs(RecordConfig(out=str(tmp_path), runs=2))
 
 
 def test_error_structure_tells_slow_from_fast_error():

@@ -35,6 +35,7 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `bench.extsim` importable
@@ -202,10 +203,23 @@ def record_run(config: RecordConfig, index: int, sim: RacetrackSim, expert: Expe
     return path
 
 
+def recorded_steer_lag(path: Path) -> float:
+    """The expert's steering lag (s) a run was recorded with (0 for runs recorded before the knob existed)."""
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f.attrs["extsim"]) if "extsim" in f.attrs else {}
+    return float(meta.get("expert", {}).get("steer_lag_s", 0.0))
+
+
 def record_runs(config: RecordConfig, progress: bool = False) -> list[Path]:
-    """Record every run of ``config`` that is not on disk yet (all with ``force``); returns all run paths."""
+    """Record every run of ``config`` that is not on disk yet (all with ``force``); returns all run paths.
+    Raises if a run on disk was recorded with another expert steering lag than ``config`` asks for."""
     Path(config.out).mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(config.runs) if config.force or not config.run_path(i).exists()]
+    for i in sorted(set(range(config.runs)) - set(todo)):
+        lag = recorded_steer_lag(config.run_path(i))
+        if lag != config.steer_lag:
+            raise ValueError(f"{config.run_path(i)} was recorded with the expert's steering lag {lag} s, not "
+                             f"{config.steer_lag} s: record into another folder (or pass --force)")
     if todo:
         sim, expert = RacetrackSim(config.sim), Expert(ExpertSpec(steer_lag_s=config.steer_lag))
         per_run = max(1, int(round(config.seconds * config.sim.fps)))
