@@ -393,6 +393,18 @@ def test_head_skip_reads_the_frame_past_the_rnn(arch):
         build(arch, SMALL, head_skip="yes")
 
 
+def assert_rebuilds_and_steps_like_forward(arch, model):
+    """``model``'s clip forward equals stepping, and ``create_model`` rebuilds it from its recorded ``arch_kwargs``
+    into the same layers (strict load, the same output). Returns the (clip, modes) it checked with."""
+    clip, modes = make_inputs(SMALL, steps=3)
+    assert_steps_like_forward(model, clip, modes)
+    rebuilt = create_model(arch, SMALL, **model.arch_kwargs).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(clip, modes)[0], model(clip, modes)[0])
+    return clip, modes
+
+
 @pytest.mark.parametrize("arch", ["pilotnet_gru", "z2color_gru"])
 def test_skip_widths_make_the_skip_path_an_mlp(arch):
     """``skip_widths`` with ``head_skip``: Linear + ReLU layers of those widths before the skip's linear map
@@ -405,12 +417,8 @@ def test_skip_widths_make_the_skip_path_an_mlp(arch):
     added = (rnn_in * 5 + 5) + (5 * 3 + 3) + (3 - rnn_in) * SMALL.outputs
     assert count_parameters(mlp) - count_parameters(linear) == added
     assert mlp.skip.in_features == 3 and list(mlp.arch_kwargs["skip_widths"]) == [5, 3]
-    clip, modes = make_inputs(SMALL, steps=3)
-    assert_steps_like_forward(mlp, clip, modes)
-    rebuilt = create_model(arch, SMALL, **mlp.arch_kwargs).eval()
-    rebuilt.load_state_dict(mlp.state_dict())  # the same layers, strict
+    clip, modes = assert_rebuilds_and_steps_like_forward(arch, mlp)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(clip, modes)[0], mlp(clip, modes)[0])
         for layer in (mlp.head, mlp.rnn):  # the RNN's path silent: the output is the skip's MLP of each frame
             for weight in layer.parameters():
                 weight.zero_()
@@ -433,12 +441,8 @@ def test_head_widths_put_an_mlp_between_the_rnn_and_the_output(arch):
     assert plain.head_layers is None and "head_widths" not in plain.arch_kwargs
     assert count_parameters(mlp) - count_parameters(plain) == (8 * 5 + 5) + (5 * 3 + 3) + (3 - 8) * SMALL.outputs
     assert mlp.head.in_features == 3 and list(mlp.arch_kwargs["head_widths"]) == [5, 3]
-    clip, modes = make_inputs(SMALL, steps=3)
-    assert_steps_like_forward(mlp, clip, modes)
-    rebuilt = create_model(arch, SMALL, **mlp.arch_kwargs).eval()
-    rebuilt.load_state_dict(mlp.state_dict())  # the same layers, strict
+    clip, modes = assert_rebuilds_and_steps_like_forward(arch, mlp)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(clip, modes)[0], mlp(clip, modes)[0])
         mlp.head_layers[-2].weight.zero_()  # the last hidden layer silent: the output no longer reads the input
         mlp.head_layers[-2].bias.zero_()
         out = mlp(clip, modes)[0]
